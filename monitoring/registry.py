@@ -1,0 +1,117 @@
+"""The live sessions of this server process and the figures behind /stats."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Iterable, Protocol
+
+CONNECTION_STATES = ("connecting", "active", "processing", "buffering", "disconnecting", "error")
+_LATENCY_WINDOW = 2000  # most recent latencies kept for averages and percentiles
+
+
+class TrackedSession(Protocol):
+    connection_id: str
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    def stats_entry(self) -> dict[str, Any]: ...
+
+    @property
+    def current_utterance_id(self) -> str | None: ...
+
+
+def percentile(values: Iterable[float], fraction: float) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    index = min(len(ordered) - 1, max(0, int(round(fraction * (len(ordered) - 1)))))
+    return ordered[index]
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    items = list(values)
+    return sum(items) / len(items) if items else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[str, TrackedSession] = {}
+        self.started_at = time.time()
+        self.total_connections = 0
+        self.rejected_connections = 0
+        self.utterances_processed = 0
+        self.partial_latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self.final_latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+
+    def try_register(self, session: TrackedSession, limit: int) -> bool:
+        """Register a new connection unless `limit` connections are already live."""
+        with self._lock:
+            if len(self._live) >= limit:
+                self.rejected_connections += 1
+                return False
+            self._live[session.connection_id] = session
+            self.total_connections += 1
+            return True
+
+    def unregister(self, session: TrackedSession) -> None:
+        with self._lock:
+            self._live.pop(session.connection_id, None)
+
+    def record_partial(self, latency_seconds: float) -> None:
+        with self._lock:
+            self.partial_latencies.append(latency_seconds)
+
+    def record_final(self, latency_seconds: float) -> None:
+        with self._lock:
+            self.final_latencies.append(latency_seconds)
+            self.utterances_processed += 1
+
+    @property
+    def active_connections(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def sessions(self) -> list[TrackedSession]:
+        with self._lock:
+            return list(self._live.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The design document's "Enhanced Connection Statistics" for this process."""
+        sessions = self.sessions()
+        by_state = {state: 0 for state in CONNECTION_STATES}
+        for session in sessions:
+            by_state[session.state] = by_state.get(session.state, 0) + 1
+        with self._lock:
+            partial = list(self.partial_latencies)
+            final = list(self.final_latencies)
+            processed = self.utterances_processed
+        return {
+            "active_connections": len(sessions),
+            "total_connections": self.total_connections,
+            "rejected_connections": self.rejected_connections,
+            "connections_by_state": by_state,
+            "processing_stats": {s.session_id: s.stats_entry() for s in sessions},
+            "performance_metrics": {
+                "avg_partial_latency_ms": _ms(_mean(partial)),
+                "avg_final_latency_ms": _ms(_mean(final)),
+                "p95_partial_latency_ms": _ms(percentile(partial, 0.95)),
+                "p95_final_latency_ms": _ms(percentile(final, 0.95)),
+                "total_utterances_processed": processed,
+                "active_utterances": sum(1 for s in sessions if s.current_utterance_id),
+            },
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }
+
+
+registry = SessionRegistry()

@@ -1,0 +1,66 @@
+"""HTTP endpoints: service information, health and statistics."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.shortcuts import render
+
+from monitoring.health import check_model, overall_health
+from monitoring.registry import registry
+from stt import protocol
+from stt.engine import get_engine
+
+SERVICE_NAME = "Fasttalk STT"
+VERSION = "0.1.0"
+
+
+def _endpoints(request: HttpRequest) -> dict[str, str]:
+    ws_scheme = "wss" if request.is_secure() else "ws"
+    host = request.get_host()
+    return {
+        "websocket": f"{ws_scheme}://{host}/ws/transcribe",
+        "health": "/health",
+        "stats": "/stats",
+        "admin": "/admin/",
+    }
+
+
+async def index(request: HttpRequest):
+    info = {
+        "service": SERVICE_NAME,
+        "version": VERSION,
+        "protocol_version": protocol.PROTOCOL_VERSION,
+        "description": "Real-time speech-to-text over WebSocket: partials while the user speaks, "
+                       "a final when they stop, and voice-activity events for barge-in.",
+        "endpoints": _endpoints(request),
+        "audio": {"encoding": "float32le", "sample_rate": protocol.SAMPLE_RATE, "channels": 1},
+        "model": check_model(),
+        "max_connections": settings.WEBSOCKET_MAX_CONNECTIONS,
+        "active_connections": registry.active_connections,
+        "documentation": "docs/protocol.md",
+    }
+    if "text/html" in request.headers.get("Accept", ""):
+        return render(request, "index.html", {"info": info})
+    return JsonResponse(info)
+
+
+async def health(request: HttpRequest) -> JsonResponse:
+    report, serving = await overall_health()
+    return JsonResponse(report, status=200 if serving else 503)
+
+
+async def stats(request: HttpRequest) -> JsonResponse:
+    snapshot = registry.snapshot()
+    engine = get_engine()
+    snapshot["engine"] = {
+        "model_loaded": engine.loaded,
+        "queue_depth": engine.queue_depth,
+        "in_flight": engine.in_flight,
+        "inferences": engine.stats.inferences,
+        "failures": engine.stats.failures,
+        "timeouts": engine.stats.timeouts,
+        "audio_seconds": round(engine.stats.audio_seconds, 3),
+        "inference_seconds": round(engine.stats.inference_seconds, 3),
+    }
+    return JsonResponse(snapshot)

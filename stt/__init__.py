@@ -1,0 +1,1 @@
+"""The streaming speech-to-text app: WebSocket protocol, sessions, streaming, engine."""

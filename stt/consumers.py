@@ -1,0 +1,70 @@
+"""The WebSocket endpoint. Thin on purpose: it moves frames between Channels and an
+SttSession, which holds all protocol logic."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from stt.session import SttSession
+
+logger = logging.getLogger(__name__)
+
+# Every consumer joins this group, so the server side can reach all sessions.
+BROADCAST_GROUP = "stt.sessions"
+
+
+def session_group(session_id: str) -> str:
+    """The channel-layer group of one session (group names allow [A-Za-z0-9._-])."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in session_id)
+    return f"stt.session.{safe}"[:99]
+
+
+class TranscribeConsumer(AsyncWebsocketConsumer):
+    session: SttSession | None = None
+    groups_joined: list[str]
+
+    async def connect(self) -> None:
+        self.groups_joined = []
+        client = self.scope.get("client")
+        address = f"{client[0]}:{client[1]}" if client else None
+        self.session = SttSession(send=self._send_json, close=self._close, client=address)
+        await self.accept()
+        if await self.session.open():
+            await self._join(BROADCAST_GROUP)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        assert self.session is not None
+        if bytes_data is not None:
+            await self.session.on_audio(bytes_data)
+            return
+        was_started = self.session.started
+        await self.session.on_text(text_data or "")
+        if self.session.started and not was_started:
+            await self._join(session_group(self.session.session_id))
+
+    async def disconnect(self, code: int) -> None:
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        if self.session is not None:
+            await self.session.on_disconnect()
+
+    async def stt_control(self, event: dict[str, Any]) -> None:
+        """Channel-layer message {"type": "stt.control", "action": ...}."""
+        assert self.session is not None
+        await self.session.on_server_control(str(event.get("action", "")))
+
+    async def _join(self, group: str) -> None:
+        if self.channel_layer is None:
+            return
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined.append(group)
+
+    async def _send_json(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(message, separators=(",", ":")))
+
+    async def _close(self, code: int, reason: str) -> None:
+        await self.close(code=code, reason=reason)

@@ -1,0 +1,235 @@
+"""The WebSocket wire protocol: client messages in, server messages out.
+
+Client messages are parsed and validated here (pydantic, strict: no type coercion,
+no unknown keys), so that nothing reaches a session half-checked. Server messages
+are built here too, so every one carries the same `metadata` envelope.
+docs/protocol.md is the prose form of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stt.errors import SttError
+from stt.languages import normalize_language
+
+PROTOCOL_VERSION = "1.0"
+SAMPLE_RATE = 16000
+
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+# Keys that name who and what a session is; `configure` cannot change them.
+IMMUTABLE_CONFIG_KEYS = frozenset({"session_id", "user_id", "conversation_id"})
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and a Z suffix, e.g. 2024-01-15T10:30:00.123Z."""
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _setting(name: str) -> Any:
+    return lambda: getattr(settings, name)
+
+
+class SessionConfig(BaseModel):
+    """Everything a client may set in start_session.session_config or configure.config."""
+
+    model_config = _STRICT
+
+    language: str | None = None
+    enable_timestamps: bool = True
+    enable_vad: bool = True
+    enable_partial_transcription: bool = True
+    buffer_duration: float = Field(default_factory=_setting("BUFFER_DURATION"), ge=0.5, le=30.0)
+    partial_chunk_duration: float = Field(default_factory=_setting("PARTIAL_CHUNK_DURATION"), ge=0.05, le=10.0)
+    final_chunk_duration: float = Field(default_factory=_setting("FINAL_CHUNK_DURATION"), ge=0.1)
+    fasttalk_mode: bool = False
+    user_id: str | None = Field(default=None, max_length=256)
+    conversation_id: str | None = Field(default=None, max_length=256)
+    session_id: str | None = None
+    barge_in_enabled: bool | None = None
+    send_legacy_transcription: bool = True
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        return normalize_language(value)
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_id_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _ID_PATTERN.match(value):
+            raise ValueError(
+                "must be 1-128 characters of letters, digits and ._:@/- starting with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _silence_within_server_bound(self) -> "SessionConfig":
+        bound = settings.MAX_SILENCE_DURATION
+        if self.final_chunk_duration > bound:
+            raise ValueError(
+                f"final_chunk_duration must be at most MAX_SILENCE_DURATION ({bound} s)"
+            )
+        if self.barge_in_enabled is None:
+            self.barge_in_enabled = self.fasttalk_mode
+        return self
+
+    def merged(self, changes: dict[str, Any]) -> "SessionConfig":
+        """A new config with `changes` applied, validated as a whole (or SttError)."""
+        for key in sorted(IMMUTABLE_CONFIG_KEYS & changes.keys()):
+            if changes[key] != getattr(self, key):
+                raise SttError("invalid_config", f"{key} cannot be changed after start_session", field=key)
+        candidate = self.model_dump()
+        candidate.update(changes)
+        return validate_config(candidate)
+
+
+def validate_config(raw: Any) -> SessionConfig:
+    if not isinstance(raw, dict):
+        raise SttError("invalid_config", "the config must be a JSON object", field="session_config")
+    try:
+        return SessionConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _config_error(exc: ValidationError) -> SttError:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "session_config"
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'session_config'}: {_clean(err['msg'])}"
+        for err in exc.errors()
+    )
+    code = "unsupported_language" if field == "language" else "invalid_config"
+    return SttError(code, f"invalid session config ({problems}); nothing was applied", field=field)
+
+
+def _clean(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+# --- Client messages -------------------------------------------------------------------
+
+
+class StartSession(BaseModel):
+    model_config = _STRICT
+    type: Literal["start_session"]
+    # Validated by SessionConfig in the session, which knows the loaded model.
+    session_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class EndSession(BaseModel):
+    model_config = _STRICT
+    type: Literal["end_session"]
+
+
+class FlushBuffer(BaseModel):
+    model_config = _STRICT
+    type: Literal["flush_buffer"]
+
+
+class Configure(BaseModel):
+    model_config = _STRICT
+    type: Literal["configure"]
+    config: dict[str, Any]
+
+
+class ContextData(BaseModel):
+    model_config = _STRICT
+    conversation_state: Literal["listening", "processing", "responding"] | None = None
+    expected_response_type: Literal["question", "command", "casual"] | None = None
+    language_context: str | None = Field(default=None, max_length=35)
+
+
+class ContextUpdate(BaseModel):
+    model_config = _STRICT
+    type: Literal["context_update"]
+    data: ContextData
+
+
+class InterruptData(BaseModel):
+    model_config = _STRICT
+    reason: str | None = Field(default=None, max_length=256)
+
+
+class Interrupt(BaseModel):
+    model_config = _STRICT
+    type: Literal["interrupt"]
+    data: InterruptData = Field(default_factory=InterruptData)
+
+
+ClientMessage = Annotated[
+    Union[StartSession, EndSession, FlushBuffer, Configure, ContextUpdate, Interrupt],
+    Field(discriminator="type"),
+]
+CLIENT_MESSAGE_TYPES = ("start_session", "end_session", "flush_buffer", "configure", "context_update", "interrupt")
+
+
+class _ClientEnvelope(BaseModel):
+    message: ClientMessage
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_client_message(text: str) -> StartSession | EndSession | FlushBuffer | Configure | ContextUpdate | Interrupt:
+    """Parse one text frame into a client message, or raise SttError."""
+    if len(text.encode("utf-8")) > settings.MAX_CONTROL_MESSAGE_BYTES:
+        raise SttError(
+            "message_too_large",
+            f"control messages are limited to {settings.MAX_CONTROL_MESSAGE_BYTES} bytes",
+        )
+    try:
+        raw = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise SttError("invalid_json", f"text frames must be JSON objects: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SttError("invalid_json", "text frames must be JSON objects")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise SttError("invalid_message", "a control message needs a string `type`", field="type")
+    if kind not in CLIENT_MESSAGE_TYPES:
+        raise SttError(
+            "unknown_message_type",
+            f"unknown message type {kind!r}; expected one of {', '.join(CLIENT_MESSAGE_TYPES)}",
+            field="type",
+        )
+    try:
+        return _ClientEnvelope.model_validate({"message": raw}).message
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        # Drop the envelope and the discriminator tag from the location.
+        loc = [str(p) for p in first["loc"][2:]]
+        field = ".".join(loc) or "type"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][2:]) or 'message'}: {_clean(err['msg'])}"
+            for err in exc.errors()
+        )
+        raise SttError("invalid_message", f"invalid {kind} message ({problems})", field=field) from None
+
+
+# --- Server messages -------------------------------------------------------------------
+
+
+class WordTimestamp(BaseModel):
+    word: str
+    start_ms: int
+    end_ms: int
+    confidence: float
+
+
+def envelope(message_type: str, metadata: dict[str, Any], **body: Any) -> dict[str, Any]:
+    """A server message: its type, its body keys, and the metadata every message carries."""
+    message: dict[str, Any] = {"type": message_type}
+    message.update(body)
+    message["metadata"] = {**metadata, "timestamp": utc_timestamp()}
+    return message

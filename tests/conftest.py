@@ -1,0 +1,97 @@
+"""Shared fixtures: real speech, the real model, and the services of this machine.
+
+bin/test sets DATABASE_URL (PostgreSQL) and REDIS_URL (Redis) before pytest starts,
+so the whole suite runs on the real database and channel layer. Tests that are about
+those services refuse to run on the embedded fallbacks rather than pass vacuously.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.conf import settings
+from faster_whisper.audio import decode_audio
+
+from stt.engine import SpeechEngine, get_engine, replace_engine
+
+AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+JFK_PATH = AUDIO_DIR / "jfk.flac"
+JFK_TEXT = (
+    "And so my fellow Americans, ask not what your country can do for you, "
+    "ask what you can do for your country."
+)
+SAMPLE_RATE = 16000
+
+
+def load_audio(path: Path | str) -> np.ndarray:
+    """Any audio file as 16 kHz mono float32."""
+    return decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def frames(audio: np.ndarray, size: int = 1024) -> list[bytes]:
+    """The audio as binary WebSocket frames of float32 little-endian samples."""
+    return [audio[i:i + size].astype("<f4").tobytes() for i in range(0, len(audio), size)]
+
+
+@pytest.fixture(scope="session")
+def jfk_audio() -> np.ndarray:
+    if not JFK_PATH.is_file():
+        pytest.fail(f"test speech missing: {JFK_PATH} (the shared/ folder beside the checkout)")
+    return load_audio(JFK_PATH)
+
+
+@pytest.fixture(scope="session")
+def speak():
+    """speak(text) -> 16 kHz float32 speech synthesized by espeak-ng."""
+    binary = shutil.which("espeak-ng")
+    if binary is None:
+        pytest.fail("espeak-ng is not installed (bin/test installs it with apt-get)")
+    cache: dict[str, np.ndarray] = {}
+
+    def synthesize(text: str) -> np.ndarray:
+        if text not in cache:
+            with tempfile.TemporaryDirectory() as folder:
+                wav = Path(folder) / "speech.wav"
+                subprocess.run([binary, "-s", "150", "-w", str(wav), text], check=True)
+                cache[text] = load_audio(wav)
+        return cache[text]
+
+    return synthesize
+
+
+@pytest.fixture(scope="session")
+def engine() -> SpeechEngine:
+    """The process's real engine with the bundled model, loaded once for the whole run."""
+    engine = get_engine()
+    engine.start_loading().result(timeout=120)
+    return engine
+
+
+@pytest.fixture
+def broken_engine():
+    """The process engine swapped for one whose model directory does not exist."""
+    broken = SpeechEngine(model="/nonexistent/whisper-model")
+    previous = replace_engine(broken)
+    yield broken
+    replace_engine(previous)
+
+
+@pytest.fixture
+def redis_channel_layer():
+    """The Redis channel layer of this machine; fails if the suite runs without it."""
+    if not settings.REDIS_URL:
+        pytest.fail("REDIS_URL is not set: channel-layer tests run against real Redis (use bin/test)")
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    assert type(layer).__name__ == "RedisChannelLayer"
+    return layer

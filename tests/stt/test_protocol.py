@@ -1,0 +1,156 @@
+"""Client messages: what is accepted, and how each kind of bad input is named."""
+
+import json
+
+import pytest
+from django.test import override_settings
+
+from stt import protocol
+from stt.errors import SttError
+
+
+def parse(message) -> object:
+    return protocol.parse_client_message(json.dumps(message) if not isinstance(message, str) else message)
+
+
+def rejection(message) -> SttError:
+    with pytest.raises(SttError) as caught:
+        parse(message)
+    return caught.value
+
+
+class TestParsing:
+    def test_every_client_message_type_parses(self):
+        assert parse({"type": "start_session", "session_config": {"language": "en"}}).type == "start_session"
+        assert parse({"type": "start_session"}).session_config == {}
+        assert parse({"type": "end_session"}).type == "end_session"
+        assert parse({"type": "flush_buffer"}).type == "flush_buffer"
+        assert parse({"type": "configure", "config": {"buffer_duration": 1.5}}).config == {"buffer_duration": 1.5}
+        update = parse({"type": "context_update", "data": {"conversation_state": "responding",
+                                                           "expected_response_type": "question",
+                                                           "language_context": "en-US"}})
+        assert update.data.conversation_state == "responding"
+        assert parse({"type": "interrupt"}).data.reason is None
+        assert parse({"type": "interrupt", "data": {"reason": "barge-in"}}).data.reason == "barge-in"
+
+    @pytest.mark.parametrize("text", ["not json", "[1, 2]", '"start_session"', "{", '{"type": NaN}'])
+    def test_text_that_is_not_a_json_object_is_invalid_json(self, text):
+        assert rejection(text).code == "invalid_json"
+
+    @pytest.mark.parametrize("message", [{}, {"type": 3}, {"type": None}])
+    def test_a_message_without_a_string_type_is_invalid(self, message):
+        error = rejection(message)
+        assert (error.code, error.field) == ("invalid_message", "type")
+
+    def test_an_unknown_type_is_named(self):
+        error = rejection({"type": "start_sesion"})
+        assert error.code == "unknown_message_type"
+        assert "start_sesion" in error.message
+
+    def test_unknown_keys_and_wrong_shapes_name_the_field(self):
+        assert rejection({"type": "end_session", "now": True}).field == "now"
+        assert rejection({"type": "configure"}).field == "config"
+        assert rejection({"type": "configure", "config": [1]}).field == "config"
+        assert rejection({"type": "context_update", "data": {"conversation_state": "sleeping"}}).field == \
+            "data.conversation_state"
+
+    @override_settings(MAX_CONTROL_MESSAGE_BYTES=100)
+    def test_oversized_control_messages_are_refused_before_parsing(self):
+        assert rejection({"type": "end_session", "pad": "x" * 200}).code == "message_too_large"
+
+    def test_errors_carry_every_field_of_the_protocol_shape(self):
+        payload = rejection({"type": "nope"}).to_payload()
+        assert set(payload) >= {"code", "message", "category", "severity", "recoverable", "retry_after"}
+        assert payload["category"] == "connection"
+        assert payload["recoverable"] is True
+
+
+class TestSessionConfig:
+    def test_defaults_come_from_settings(self, settings):
+        settings.BUFFER_DURATION = 3.0
+        settings.PARTIAL_CHUNK_DURATION = 0.4
+        settings.FINAL_CHUNK_DURATION = 0.7
+        config = protocol.validate_config({})
+        assert (config.buffer_duration, config.partial_chunk_duration, config.final_chunk_duration) == (3.0, 0.4, 0.7)
+        assert config.enable_vad and config.enable_partial_transcription and config.enable_timestamps
+        assert config.language is None and config.send_legacy_transcription
+
+    def test_every_key_of_the_design_document_is_accepted(self):
+        config = protocol.validate_config({
+            "language": "en", "enable_timestamps": False, "enable_vad": True,
+            "enable_partial_transcription": True, "buffer_duration": 2.0,
+            "partial_chunk_duration": 0.25, "final_chunk_duration": 1.0,
+            "fasttalk_mode": True, "user_id": "user-1", "conversation_id": "conv-1",
+            "session_id": "session-1", "barge_in_enabled": True,
+        })
+        assert config.session_id == "session-1" and config.barge_in_enabled is True
+
+    def test_barge_in_follows_fasttalk_mode_unless_set(self):
+        assert protocol.validate_config({"fasttalk_mode": True}).barge_in_enabled is True
+        assert protocol.validate_config({}).barge_in_enabled is False
+        assert protocol.validate_config({"fasttalk_mode": True, "barge_in_enabled": False}).barge_in_enabled is False
+
+    @pytest.mark.parametrize("value, expected", [("en", "en"), ("EN", "en"), ("en-US", "en"), ("pt_BR", "pt"),
+                                                 ("auto", None), (None, None)])
+    def test_language_codes_are_normalized(self, value, expected):
+        assert protocol.validate_config({"language": value}).language == expected
+
+    @pytest.mark.parametrize("config, field", [
+        ({"language": "klingon"}, "language"),
+        ({"language": 7}, "language"),
+        ({"enable_vad": "yes"}, "enable_vad"),
+        ({"enable_timestamps": 1}, "enable_timestamps"),
+        ({"buffer_duration": "2"}, "buffer_duration"),
+        ({"buffer_duration": 0.1}, "buffer_duration"),
+        ({"buffer_duration": 1e9}, "buffer_duration"),
+        ({"partial_chunk_duration": -1}, "partial_chunk_duration"),
+        ({"final_chunk_duration": 0.0}, "final_chunk_duration"),
+        ({"session_id": "has spaces"}, "session_id"),
+        ({"user_id": "u" * 300}, "user_id"),
+        ({"enable_vads": True}, "enable_vads"),
+    ])
+    def test_a_bad_value_is_refused_naming_its_field(self, config, field):
+        with pytest.raises(SttError) as caught:
+            protocol.validate_config(config)
+        assert caught.value.field == field
+        assert field in caught.value.message
+        assert caught.value.code in {"invalid_config", "unsupported_language"}
+
+    def test_the_end_of_utterance_silence_is_bounded_by_max_silence_duration(self, settings):
+        settings.MAX_SILENCE_DURATION = 1.0
+        protocol.validate_config({"final_chunk_duration": 1.0})
+        with pytest.raises(SttError, match="MAX_SILENCE_DURATION"):
+            protocol.validate_config({"final_chunk_duration": 1.5})
+
+    def test_configure_merges_and_validates_the_whole_config(self):
+        config = protocol.validate_config({"buffer_duration": 2.0, "user_id": "u1"})
+        updated = config.merged({"buffer_duration": 1.5, "enable_timestamps": False})
+        assert (updated.buffer_duration, updated.enable_timestamps, updated.user_id) == (1.5, False, "u1")
+        assert config.buffer_duration == 2.0, "the original is not modified"
+
+    def test_configure_applies_nothing_when_one_value_is_bad(self):
+        config = protocol.validate_config({})
+        with pytest.raises(SttError) as caught:
+            config.merged({"buffer_duration": 1.5, "partial_chunk_duration": "fast"})
+        assert caught.value.field == "partial_chunk_duration"
+        assert config.buffer_duration == 2.0
+
+    def test_identity_keys_cannot_be_changed_by_configure(self):
+        config = protocol.validate_config({"session_id": "s1", "user_id": "u1"})
+        for key in ("session_id", "user_id", "conversation_id"):
+            with pytest.raises(SttError) as caught:
+                config.merged({key: "other"})
+            assert caught.value.field == key
+        assert config.merged({"user_id": "u1"}).user_id == "u1", "restating the same value is fine"
+
+
+def test_timestamps_are_iso8601_utc_with_milliseconds():
+    stamp = protocol.utc_timestamp()
+    assert stamp.endswith("Z") and "T" in stamp and len(stamp) == len("2024-01-15T10:30:00.000Z")
+
+
+def test_every_server_message_carries_session_id_and_timestamp():
+    message = protocol.envelope("session_ended", {"session_id": "s1"}, data={"reason": "end_session"})
+    assert message["type"] == "session_ended"
+    assert message["metadata"]["session_id"] == "s1"
+    assert message["metadata"]["timestamp"].endswith("Z")

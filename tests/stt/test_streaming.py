@@ -1,0 +1,222 @@
+"""The utterance lifecycle on real speech, with the real VAD and model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stt.evaluation import word_error_rate
+from stt.protocol import validate_config
+from stt.streaming import (
+    AudioBuffer,
+    FinalReason,
+    FinalResult,
+    PartialResult,
+    SpeechStart,
+    StreamingTranscriber,
+    StreamParams,
+)
+from tests.conftest import JFK_TEXT, SAMPLE_RATE, silence
+
+FIRST = "Please turn on the kitchen lights."
+SECOND = "What is the weather like tomorrow?"
+
+
+class Recorder:
+    """A StreamListener that keeps everything it is told, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[SpeechStart | PartialResult | FinalResult] = []
+
+    async def on_speech_start(self, event: SpeechStart) -> None:
+        self.events.append(event)
+
+    async def on_partial(self, result: PartialResult) -> None:
+        self.events.append(result)
+
+    async def on_final(self, result: FinalResult) -> None:
+        self.events.append(result)
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+    @property
+    def finals(self) -> list[FinalResult]:
+        return self.of(FinalResult)
+
+    @property
+    def final_text(self) -> str:
+        return " ".join(f.transcript.text for f in self.finals if f.transcript)
+
+
+async def stream(engine, audio: np.ndarray, frame: int = 1024, close: bool = True, **config):
+    recorder = Recorder()
+    transcriber = StreamingTranscriber(StreamParams.from_config(validate_config(config)), engine, recorder)
+    for start in range(0, audio.size, frame):
+        await transcriber.push_audio(audio[start:start + frame])
+    if close:
+        await transcriber.close(FinalReason.SESSION_END)
+    return transcriber, recorder
+
+
+def two_sentences(speak, pause: float) -> np.ndarray:
+    return np.concatenate([silence(0.5), speak(FIRST), silence(pause), speak(SECOND), silence(1.0)])
+
+
+class TestUtterances:
+    async def test_real_speech_comes_out_as_the_known_sentence(self, engine, jfk_audio):
+        _, recorder = await stream(engine, np.concatenate([jfk_audio, silence(1)]))
+        assert word_error_rate(JFK_TEXT, recorder.final_text) == 0.0
+        assert all(f.reason == FinalReason.SILENCE for f in recorder.finals)
+
+    async def test_a_pause_longer_than_the_silence_threshold_ends_the_utterance(self, engine, speak):
+        _, recorder = await stream(engine, two_sentences(speak, pause=1.5), final_chunk_duration=0.8)
+        finals = recorder.finals
+        assert len(finals) == 2
+        assert word_error_rate(FIRST, finals[0].transcript.text) <= 0.2
+        assert word_error_rate(SECOND, finals[1].transcript.text) <= 0.2
+        assert finals[0].utterance_id != finals[1].utterance_id
+        assert finals[0].end_sample <= finals[1].start_sample, "utterances do not overlap"
+
+    async def test_a_shorter_pause_stays_inside_one_utterance(self, engine, speak):
+        _, recorder = await stream(engine, two_sentences(speak, pause=1.0), final_chunk_duration=1.5)
+        assert len(recorder.finals) == 1
+        assert word_error_rate(f"{FIRST} {SECOND}", recorder.final_text) <= 0.2
+
+    async def test_each_utterance_is_announced_then_grows_partials_then_ends_in_one_final(self, engine, jfk_audio):
+        _, recorder = await stream(engine, np.concatenate([jfk_audio, silence(1)]))
+        seen_final: set[str] = set()
+        for event in recorder.events:
+            assert event.utterance_id not in seen_final, "nothing of an utterance follows its final"
+            if isinstance(event, FinalResult):
+                seen_final.add(event.utterance_id)
+        starts = recorder.of(SpeechStart)
+        assert [s.utterance_id for s in starts] == [f.utterance_id for f in recorder.finals]
+        for onset, final in zip(starts, recorder.finals):
+            assert final.start_sample <= onset.offset_samples < final.end_sample
+            assert 0 < onset.confidence <= 1 and 0 < onset.energy_level <= 1
+            assert final.announced
+
+    async def test_partials_cover_the_whole_utterance_so_far(self, engine, jfk_audio):
+        # Paced like a live client so the partial path gets its turns.
+        recorder = Recorder()
+        transcriber = StreamingTranscriber(StreamParams.from_config(validate_config({})), engine, recorder)
+        import asyncio
+
+        for start in range(0, jfk_audio.size, 1024):
+            await transcriber.push_audio(jfk_audio[start:start + 1024])
+            await asyncio.sleep(0.01)
+        await transcriber.close(FinalReason.SESSION_END)
+        partials = recorder.of(PartialResult)
+        assert partials, "partials arrive while the user speaks"
+        by_utterance: dict[str, list[PartialResult]] = {}
+        for partial in partials:
+            by_utterance.setdefault(partial.utterance_id, []).append(partial)
+        for group in by_utterance.values():
+            lengths = [p.audio_samples for p in group]
+            assert lengths == sorted(lengths), "each partial covers more of the utterance"
+            assert [p.sequence for p in group] == list(range(1, len(group) + 1))
+            assert all(p.transcript.text for p in group)
+
+    async def test_silence_and_noise_make_no_utterance(self, engine):
+        rng = np.random.default_rng(3)
+        noise = (rng.standard_normal(3 * SAMPLE_RATE) * 0.01).astype(np.float32)
+        transcriber, recorder = await stream(engine, np.concatenate([silence(2), noise]))
+        assert recorder.events == []
+        assert transcriber.stats.samples_received == 5 * SAMPLE_RATE
+
+    async def test_decisions_follow_the_audio_clock_not_the_frame_size(self, engine, speak):
+        audio = two_sentences(speak, pause=1.5)
+        _, small = await stream(engine, audio, frame=512, enable_partial_transcription=False)
+        _, large = await stream(engine, audio, frame=4000, enable_partial_transcription=False)
+        assert [(f.start_sample, f.end_sample) for f in small.finals] == \
+            [(f.start_sample, f.end_sample) for f in large.finals]
+
+    async def test_partials_can_be_switched_off(self, engine, jfk_audio):
+        _, recorder = await stream(engine, jfk_audio, enable_partial_transcription=False)
+        assert recorder.of(PartialResult) == []
+        assert recorder.finals
+
+
+class TestFlushInterruptAndLimits:
+    async def test_flush_finalizes_the_open_utterance_at_once(self, engine, jfk_audio):
+        transcriber, recorder = await stream(engine, jfk_audio[:3 * SAMPLE_RATE], close=False,
+                                             final_chunk_duration=2.0)
+        assert transcriber.current_utterance_id is not None
+        result = await transcriber.finalize_now(FinalReason.FLUSH)
+        assert result.reason == FinalReason.FLUSH
+        assert "fellow americans" in result.transcript.text.lower()
+        assert transcriber.current_utterance_id is None
+        nothing = await transcriber.finalize_now(FinalReason.FLUSH)
+        assert nothing is None, "a flush with nothing open finalizes nothing"
+        await transcriber.close(FinalReason.SESSION_END)
+
+    async def test_close_finalizes_speech_that_never_went_silent(self, engine, jfk_audio):
+        _, recorder = await stream(engine, jfk_audio[:3 * SAMPLE_RATE], final_chunk_duration=2.0)
+        assert recorder.finals[-1].reason == FinalReason.SESSION_END
+        assert "fellow americans" in recorder.final_text.lower()
+
+    async def test_interrupt_discards_the_open_utterance(self, engine, jfk_audio):
+        transcriber, recorder = await stream(engine, jfk_audio[:2 * SAMPLE_RATE], close=False)
+        open_id = transcriber.current_utterance_id
+        outcome = transcriber.interrupt()
+        assert outcome.discarded_utterance_id == open_id and outcome.buffer_cleared
+        await transcriber.close(FinalReason.SESSION_END)
+        assert all(f.utterance_id != open_id for f in recorder.finals)
+
+    async def test_speech_after_an_interrupt_starts_a_new_utterance(self, engine, jfk_audio, speak):
+        transcriber, recorder = await stream(engine, jfk_audio[:2 * SAMPLE_RATE], close=False)
+        transcriber.interrupt()
+        follow_up = np.concatenate([silence(0.3), speak(SECOND), silence(1.0)])
+        for start in range(0, follow_up.size, 1024):
+            await transcriber.push_audio(follow_up[start:start + 1024])
+        await transcriber.close(FinalReason.SESSION_END)
+        assert len(recorder.finals) == 1
+        assert word_error_rate(SECOND, recorder.final_text) <= 0.2
+
+    async def test_long_speech_is_cut_into_consecutive_finals_without_losing_words(self, engine, jfk_audio, settings):
+        settings.MAX_UTTERANCE_DURATION = 4.0
+        # 30 s of speech with no pause long enough to end an utterance.
+        audio = np.concatenate([jfk_audio] * 3)
+        _, recorder = await stream(engine, audio, enable_partial_transcription=False, final_chunk_duration=2.0)
+        finals = recorder.finals
+        assert len(finals) >= 6
+        assert all(f.end_sample - f.start_sample <= 4 * SAMPLE_RATE for f in finals)
+        assert any(f.reason == FinalReason.MAX_DURATION for f in finals)
+        for before, after in zip(finals, finals[1:]):
+            assert before.end_sample <= after.start_sample
+        assert word_error_rate(" ".join([JFK_TEXT] * 3), recorder.final_text) <= 0.2
+
+
+class TestWithoutVad:
+    async def test_audio_is_cut_into_buffer_duration_segments(self, engine, speak):
+        audio = np.concatenate([speak(f"{FIRST} {SECOND}"), silence(0.5)])
+        transcriber, recorder = await stream(engine, audio, enable_vad=False, buffer_duration=2.0,
+                                             enable_partial_transcription=False)
+        finals = recorder.finals
+        assert recorder.of(SpeechStart) == [], "no voice-activity events without VAD"
+        assert len(finals) >= 2
+        assert all(f.end_sample - f.start_sample <= 2 * SAMPLE_RATE for f in finals)
+        assert finals[0].start_sample == 0 and finals[-1].end_sample == audio.size, "all audio is covered"
+        assert word_error_rate(f"{FIRST} {SECOND}", recorder.final_text) <= 0.35
+
+    async def test_switching_vad_off_mid_session_keeps_the_stream_going(self, engine, jfk_audio):
+        transcriber, recorder = await stream(engine, jfk_audio[:SAMPLE_RATE * 3], close=False)
+        transcriber.reconfigure(StreamParams.from_config(validate_config({"enable_vad": False,
+                                                                          "buffer_duration": 10.0})))
+        for start in range(3 * SAMPLE_RATE, jfk_audio.size, 1024):
+            await transcriber.push_audio(jfk_audio[start:start + 1024])
+        await transcriber.close(FinalReason.SESSION_END)
+        assert word_error_rate(JFK_TEXT, recorder.final_text) <= 0.2
+
+
+class TestAudioBuffer:
+    def test_slices_by_absolute_position_across_chunks(self):
+        buffer = AudioBuffer()
+        for value in range(4):
+            buffer.append(np.full(10, value, np.float32))
+        np.testing.assert_array_equal(buffer.slice(8, 22), [0, 0] + [1] * 10 + [2, 2])
+        buffer.discard_before(15)
+        assert buffer.start == 10, "whole chunks are dropped"
+        np.testing.assert_array_equal(buffer.slice(0, 12), [1, 1])
+        assert buffer.slice(50, 60).size == 0
