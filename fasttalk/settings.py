@@ -128,7 +128,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNEL_LAYER_PREFIX},
+            "CONFIG": {
+                # redis-py 8 defaults to a 5 s socket timeout, the same as channels-redis's
+                # blocking receive: the read then times out and kills the consumer (1011).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}],
+                "prefix": CHANNEL_LAYER_PREFIX,
+            },
         }
     }
 else:

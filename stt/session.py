@@ -422,6 +422,7 @@ class SttSession:
             "processing_time_ms": round(result.processing_seconds * 1000),
             "audio_duration_ms": samples_to_ms(result.audio_samples),
             "confidence": transcript.confidence,
+            "start_ms": samples_to_ms(result.start_sample),
             "metadata": {
                 "duration": round(result.audio_samples / protocol.SAMPLE_RATE, 3),
                 "reason": "speech_detected" if vad_on else "audio_received",

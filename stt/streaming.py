@@ -98,6 +98,7 @@ class SpeechStart:
 class PartialResult:
     utterance_id: str
     transcript: Transcript
+    start_sample: int  # the utterance's start on the session timeline
     audio_samples: int
     processing_seconds: float
     sequence: int
@@ -480,7 +481,8 @@ class StreamingTranscriber:
         self.stats.partials += 1
         self.stats.partial_latencies.append(elapsed)
         await self.listener.on_partial(
-            PartialResult(utterance.utterance_id, transcript, audio.size, elapsed, utterance.partial_count)
+            PartialResult(utterance.utterance_id, transcript, utterance.start, audio.size, elapsed,
+                          utterance.partial_count)
         )
         self._maybe_request_partial()
 

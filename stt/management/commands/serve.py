@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import daphne.server
 from daphne.cli import CommandLineInterface
+from daphne.ws_protocol import WebSocketFactory
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+
+class ClosingWebSocketFactory(WebSocketFactory):
+    """Daphne's factory, but a protocol violation (an oversized message, invalid UTF-8)
+    is answered with a close frame carrying its code (1009, 1007) instead of a silent
+    TCP drop, so clients can tell what went wrong."""
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("failByDrop", False)
+        super().setProtocolOptions(*args, **kwargs)
 
 
 class Command(BaseCommand):
@@ -19,6 +31,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         host = options["host"] or settings.WEBSOCKET_HOST
         port = options["port"] or settings.WEBSOCKET_PORT
+        daphne.server.WebSocketFactory = ClosingWebSocketFactory
         self.stdout.write(f"Fasttalk STT on http://{host}:{port}/  (WebSocket: /ws/transcribe)")
         CommandLineInterface().run([
             "--bind", host,

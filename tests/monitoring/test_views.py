@@ -1,0 +1,87 @@
+"""/, /health and /stats over Django's async test client, on the suite's real services."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import AsyncClient
+
+from monitoring.registry import registry
+from stt.session import SttSession
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_index_lists_the_service_and_its_endpoints(engine):
+    response = await AsyncClient().get("/")
+    info = response.json()
+    assert response.status_code == 200
+    assert info["service"] == "Fasttalk STT"
+    assert info["endpoints"]["websocket"] == "ws://testserver/ws/transcribe"
+    assert {"health", "stats"} <= set(info["endpoints"])
+    assert info["audio"] == {"encoding": "float32le", "sample_rate": 16000, "channels": 1}
+
+
+async def test_index_renders_a_page_for_browsers(engine):
+    response = await AsyncClient().get("/", headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert b"/ws/transcribe" in response.content and b"<html" in response.content
+
+
+async def test_health_is_200_with_every_part_checked(engine, redis_channel_layer):
+    response = await AsyncClient().get("/health")
+    report = response.json()
+    assert response.status_code == 200 and report["status"] == "healthy"
+    assert report["checks"]["model"]["status"] == "ok"
+    assert report["checks"]["database"] == {**report["checks"]["database"], "status": "ok", "vendor": "postgresql"}
+    assert report["checks"]["channel_layer"]["backend"] == "RedisChannelLayer"
+
+
+async def test_health_is_503_when_the_model_cannot_load(broken_engine):
+    broken_engine.start_loading().exception(timeout=30)
+    response = await AsyncClient().get("/health")
+    assert response.status_code == 503
+    assert response.json()["checks"]["model"]["status"] == "error"
+
+
+async def test_health_is_503_when_the_channel_layer_is_unreachable(engine, settings):
+    # Nothing listens on port 1: a real connection failure, not a simulated one.
+    settings.CHANNEL_LAYERS = {"default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 1}]},
+    }}
+    response = await AsyncClient().get("/health")
+    assert response.status_code == 503
+    assert response.json()["checks"]["channel_layer"]["status"] == "error"
+
+
+async def test_stats_has_every_field_of_the_design_document(engine):
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    session = SttSession(send, close, engine=engine)
+    await session.open()
+    await session.on_text(json.dumps({"type": "start_session", "session_config": {"session_id": "stats-1"}}))
+    try:
+        stats = (await AsyncClient().get("/stats")).json()
+    finally:
+        await session.end("session_end", ended_reason="test")
+    assert stats["active_connections"] >= 1 and stats["total_connections"] >= 1
+    assert set(stats["connections_by_state"]) >= {"active", "processing", "buffering"}
+    entry = stats["processing_stats"]["stats-1"]
+    assert set(entry) >= {
+        "total_chunks", "partial_transcriptions", "final_transcriptions", "total_processing_time",
+        "average_partial_latency", "average_final_latency", "current_utterance_id",
+        "partial_processing_enabled", "real_time_factor", "partial_response_time", "final_response_time",
+    }
+    assert set(stats["performance_metrics"]) == {
+        "avg_partial_latency_ms", "avg_final_latency_ms", "p95_partial_latency_ms", "p95_final_latency_ms",
+        "total_utterances_processed", "active_utterances",
+    }
+    assert "stats-1" not in registry.snapshot()["processing_stats"], "ended sessions leave the live list"

@@ -1,0 +1,118 @@
+"""/ws/transcribe through Channels' WebsocketCommunicator: the real ASGI application,
+the real model, and the channel layer of the running suite (Redis under bin/test)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from fasttalk.asgi import application
+from stt.control import send_control
+from stt.evaluation import word_error_rate
+from tests.conftest import JFK_TEXT, frames, silence
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def connect() -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(application, "/ws/transcribe")
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    return communicator
+
+
+async def start(communicator: WebsocketCommunicator, **config) -> dict:
+    await communicator.send_json_to({"type": "start_session", "session_config": config})
+    started = await communicator.receive_json_from(timeout=30)
+    assert started["type"] == "session_started", started
+    return started
+
+
+async def stream(communicator: WebsocketCommunicator, audio: np.ndarray) -> None:
+    for frame in frames(audio):
+        await communicator.send_to(bytes_data=frame)
+
+
+async def receive_until_closed(communicator: WebsocketCommunicator, timeout: float = 60) -> tuple[list[dict], int]:
+    """Every message until the server closes the socket, and the close code."""
+    messages: list[dict] = []
+    while True:
+        output = await communicator.receive_output(timeout=timeout)
+        if output["type"] == "websocket.close":
+            return messages, output.get("code", 1000)
+        messages.append(json.loads(output["text"]))
+
+
+def of(messages: list[dict], kind: str) -> list[dict]:
+    return [m for m in messages if m["type"] == kind]
+
+
+async def test_jfk_streams_to_its_known_sentence(engine, jfk_audio):
+    communicator = await connect()
+    await start(communicator, enable_timestamps=True)
+    await stream(communicator, np.concatenate([jfk_audio, silence(1)]))
+    await communicator.send_json_to({"type": "end_session"})
+    messages, code = await receive_until_closed(communicator)
+    finals = of(messages, "transcription_final")
+    assert word_error_rate(JFK_TEXT, " ".join(f["data"]["text"] for f in finals)) == 0.0
+    assert code == 1000
+    assert messages[-1]["type"] == "session_ended"
+    assert of(messages, "voice_activity_detected") and of(messages, "transcription")
+    for message in messages:
+        assert message["metadata"]["session_id"] and message["metadata"]["timestamp"].endswith("Z")
+
+
+async def test_bad_input_gets_errors_and_the_session_goes_on(engine, jfk_audio):
+    communicator = await connect()
+    await communicator.send_to(text_data="{not json")
+    assert (await communicator.receive_json_from())["error"]["code"] == "invalid_json"
+    await start(communicator, final_chunk_duration=2.0)
+    await communicator.send_to(bytes_data=b"\x01\x02\x03")
+    error = await communicator.receive_json_from()
+    assert error["error"]["category"] == "audio_format" and error["error"]["recoverable"] is True
+    await communicator.send_json_to({"type": "configure", "config": {"partial_chunk_duration": "soon"}})
+    error = await communicator.receive_json_from()
+    assert (error["error"]["code"], error["error"]["field"]) == ("invalid_config", "partial_chunk_duration")
+    await stream(communicator, jfk_audio[: int(2.5 * 16000)])
+    await communicator.send_json_to({"type": "end_session"})
+    messages, code = await receive_until_closed(communicator)
+    assert "fellow americans" in of(messages, "transcription_final")[0]["data"]["text"].lower()
+    assert code == 1000
+
+
+async def test_an_operator_can_end_a_session_by_id_over_the_channel_layer(engine, jfk_audio, redis_channel_layer):
+    communicator = await connect()
+    await start(communicator, session_id="operator-test-1", final_chunk_duration=2.0)
+    await stream(communicator, jfk_audio[: int(2.5 * 16000)])
+    await asyncio.sleep(0.2)
+    # As another process would: through Redis, knowing only the session id.
+    await send_control("end_session", session_id="operator-test-1")
+    messages, code = await receive_until_closed(communicator)
+    assert code == 1000
+    assert "fellow americans" in of(messages, "transcription_final")[0]["data"]["text"].lower()
+    assert messages[-1]["data"]["reason"] == "end_session"
+
+
+async def test_a_broadcast_reaches_every_session(engine, redis_channel_layer):
+    first, second = await connect(), await connect()
+    await start(first)
+    await start(second)
+    await send_control("interrupt")
+    for communicator in (first, second):
+        ack = await communicator.receive_json_from(timeout=10)
+        assert ack["type"] == "interrupt_acknowledged"
+        await communicator.disconnect()
+
+
+async def test_connections_beyond_the_limit_are_closed_with_1013(engine, settings):
+    settings.WEBSOCKET_MAX_CONNECTIONS = 1
+    first = await connect()
+    second = await connect()
+    error = await second.receive_json_from()
+    assert error["error"]["code"] == "server_overloaded"
+    assert (await second.receive_output())["code"] == 1013
+    await first.disconnect()

@@ -1,0 +1,177 @@
+"""The service as deployed: a real Daphne process and a `websockets` client, streaming
+at real-time pace like a microphone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import websockets
+
+from stt.evaluation import word_error_rate
+from tests.conftest import JFK_TEXT, frames, silence
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAME = 1024  # 64 ms
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class Server:
+    def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}/ws/transcribe"
+        self.log = tmp_path / f"server-{self.port}.log"
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+                       cwd=ROOT, env=env, check=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()}")
+            try:
+                status, _ = get_json(f"{self.base}/health")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Daphne with this suite's environment: PostgreSQL and Redis under bin/test."""
+    running = Server(dict(os.environ), tmp_path_factory.mktemp("server"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def embedded_server(tmp_path_factory):
+    """Daphne on the embedded defaults: no DATABASE_URL, no REDIS_URL."""
+    folder = tmp_path_factory.mktemp("embedded")
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    # A private SQLite file: the default lives in the project directory.
+    env["DATABASE_URL"] = f"sqlite:///{folder / 'embedded.sqlite3'}"
+    running = Server(env, folder)
+    yield running
+    running.stop()
+
+
+async def stream_in_real_time(url: str, audio: np.ndarray, config: dict) -> list[tuple[float, dict]]:
+    """Send audio paced like a microphone; return (seconds since the first frame, message)."""
+    received: list[tuple[float, dict]] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start_session", "session_config": config}))
+        assert json.loads(await ws.recv())["type"] == "session_started"
+        started = time.perf_counter()
+
+        async def reader():
+            async for raw in ws:
+                received.append((time.perf_counter() - started, json.loads(raw)))
+
+        reading = asyncio.create_task(reader())
+        for index, frame in enumerate(frames(audio, FRAME)):
+            await ws.send(frame)
+            # Sleep to the frame's due time, so drift does not accumulate.
+            await asyncio.sleep(max(0.0, started + (index + 1) * FRAME / 16000 - time.perf_counter()))
+        await ws.send(json.dumps({"type": "end_session"}))
+        await asyncio.wait_for(reading, 60)
+        assert ws.close_code == 1000
+    return received
+
+
+@pytest.mark.realtime
+async def test_real_time_stream_gets_partials_during_speech_and_the_right_finals(server, jfk_audio):
+    audio = np.concatenate([jfk_audio, silence(1.0)])
+    received = await stream_in_real_time(server.ws, audio, {"enable_timestamps": True})
+    kinds = [m["type"] for _, m in received]
+    finals = [m for _, m in received if m["type"] == "transcription_final"]
+    assert word_error_rate(JFK_TEXT, " ".join(f["data"]["text"] for f in finals)) == 0.0
+    speech_end = len(jfk_audio) / 16000
+    partial_times = [t for t, m in received if m["type"] == "transcription_partial"]
+    assert len(partial_times) >= 5 and partial_times[0] < 3.0, "partials come while the user is speaking"
+    # Each utterance but the last is final before the audio stops: finals follow speech, not the session.
+    assert sum(1 for t, m in received if m["type"] == "transcription_final" and t < speech_end) >= len(finals) - 1
+    assert kinds[-1] == "session_ended"
+
+
+async def test_health_stats_and_index_of_the_running_server(server):
+    status, health = get_json(f"{server.base}/health")
+    assert status == 200 and health["status"] == "healthy"
+    assert health["checks"]["database"]["vendor"] == "postgresql"
+    assert health["checks"]["channel_layer"]["backend"] == "RedisChannelLayer"
+    status, info = get_json(f"{server.base}/")
+    assert status == 200 and info["endpoints"]["websocket"].endswith("/ws/transcribe")
+    status, stats = get_json(f"{server.base}/stats")
+    assert status == 200 and {"active_connections", "total_connections", "connections_by_state",
+                              "processing_stats", "performance_metrics"} <= set(stats)
+
+
+async def test_messages_over_daphnes_size_limit_close_with_1009(server):
+    async with websockets.connect(server.ws, max_size=None) as ws:
+        await ws.send(b"\x00" * (2 * 1024 * 1024))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(server):
+    async with websockets.connect(server.ws) as ws:
+        # Below the client library's checks: a text frame whose bytes are not UTF-8.
+        ws.protocol.send_text(b"\xff\xfe{}")
+        ws.send_data()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd.code == 1007
+
+
+async def test_the_embedded_defaults_serve_a_session(embedded_server, speak):
+    status, health = get_json(f"{embedded_server.base}/health")
+    assert status == 200
+    assert health["checks"]["database"]["vendor"] == "sqlite"
+    assert health["checks"]["channel_layer"]["backend"] == "InMemoryChannelLayer"
+    audio = np.concatenate([silence(0.3), speak("Hello world, the service is running."), silence(0.8)])
+    async with websockets.connect(embedded_server.ws) as ws:
+        await ws.send(json.dumps({"type": "start_session"}))
+        for frame in frames(audio, 4096):
+            await ws.send(frame)
+        await ws.send(json.dumps({"type": "end_session"}))
+        messages = [json.loads(raw) async for raw in ws]
+    text = " ".join(m["data"]["text"] for m in messages if m["type"] == "transcription_final")
+    assert "hello world" in text.lower()
+    assert messages[-1]["type"] == "session_ended"
