@@ -181,8 +181,9 @@ MAX_SILENCE_DURATION = env_float("MAX_SILENCE_DURATION", 2.0)
 PARTIAL_CHUNK_DURATION = env_float("PARTIAL_CHUNK_DURATION", 0.25)
 # final_chunk_duration: trailing silence that ends an utterance and triggers its final.
 FINAL_CHUNK_DURATION = env_float("FINAL_CHUNK_DURATION", 0.5)
-# Longest utterance with VAD on; longer speech is cut at its quietest recent point.
-MAX_UTTERANCE_DURATION = env_float("MAX_UTTERANCE_DURATION", 30.0)
+# Longest utterance with VAD on; longer speech is cut at its most recent pause, so a
+# monologue becomes consecutive finals with bounded memory and latency.
+MAX_UTTERANCE_DURATION = env_float("MAX_UTTERANCE_DURATION", 20.0)
 
 # --- Voice activity detection (silero-vad) -----------------------------------------
 
@@ -216,6 +217,14 @@ STT_TRANSCRIPTION_TIMEOUT = env_float("STT_TRANSCRIPTION_TIMEOUT", 30.0)
 # Retries of a failed final, with exponential backoff from the base delay.
 STT_FINAL_RETRIES = env_int("STT_FINAL_RETRIES", 2)
 STT_RETRY_BASE_DELAY = env_float("STT_RETRY_BASE_DELAY", 1.0)
+# Shortest encoder window: shorter audio is padded with silence up to it (see engine.py).
+STT_MIN_WINDOW_SECONDS = env_float("STT_MIN_WINDOW_SECONDS", 10.0)
+# Jobs decoded together; 0 = 4 on CPU, 16 on CUDA.
+STT_MAX_BATCH = env_int("STT_MAX_BATCH", 0)
+# Results kept by audio digest, so identical audio is never decoded twice.
+STT_CACHE_SIZE = env_int("STT_CACHE_SIZE", 256)
+# Start decoding a final while the end-of-utterance silence is still running out.
+STT_SPECULATIVE_FINALS = env_bool("STT_SPECULATIVE_FINALS", True)
 # Start loading the model when the ASGI application starts, not on first use.
 STT_PRELOAD_MODEL = env_bool("STT_PRELOAD_MODEL", True)
 

@@ -1,28 +1,48 @@
 """The inference engine: one speech model per process, shared by every session.
 
-Small API: `get_engine()` returns the process's engine; `await engine.ready()` loads
-the model (once, in a thread); `await engine.transcribe(audio, options)` queues an
-inference and returns a Transcript. Inference runs on the engine's own worker
-threads, never on the event loop. Finals are taken from the queue before partials.
+Small API:
+  get_engine()                          the process's engine (built from settings once)
+  await engine.ready()                  load the model (once, in a thread)
+  await engine.transcribe(audio, opts)  queue an inference, get a Transcript
+  engine.prefetch(audio, opts)          start an inference whose result may be asked for soon
+  engine.cancel_stream(key)             drop a stream's queued work (barge-in)
+
+How it is fast on a small CPU:
+- Short windows. Whisper's encoder is built for 30 s windows, and a stock
+  transcribe() pays for 30 s (about 300 ms here) even for 1 s of speech. CTranslate2's
+  encoder takes shorter inputs, so the audio is padded with silence only up to a
+  window of max(STT_MIN_WINDOW_SECONDS, audio + 2 s), in 2 s buckets. Much shorter
+  windows make Whisper loop or drop words; 10 s keeps its accuracy at a third of the
+  cost. The decoder is capped in tokens in proportion to the audio, and looped tails
+  are trimmed.
+- Scheduling. One queue, finals first, then speculative finals, then partials. A
+  stream has at most one queued partial (a new one replaces it), and a partial reads
+  its stream's latest audio only when a worker takes it: under load partials come
+  less often, not later.
+- Batching. Jobs of one kind and window bucket are encoded and decoded together.
+- Caching. Results are kept by (audio digest, options); an identical request is
+  answered from the cache or joins the one in flight, so nothing is decoded twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import importlib
 import itertools
 import logging
 import math
 import os
-import queue
 import threading
 import time
-from concurrent.futures import Future
+import zlib
+from collections import OrderedDict
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Union
 
 import numpy as np
 from django.conf import settings
@@ -33,9 +53,21 @@ from stt.errors import SttError
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-# Below this RMS (about -74 dBFS) audio is treated as digital silence and not decoded:
+# Below this RMS (about -74 dBFS) audio is digital silence and is not decoded:
 # Whisper tends to invent text ("Thank you.") for empty input.
 SILENCE_RMS = 2e-4
+# Window buckets grow in steps of this many seconds; the window keeps at least this
+# much silence after the audio, so the model sees where speech ends.
+_WINDOW_STEP = 2
+_WINDOW_TAIL = 2.0
+_MAX_WINDOW = 30
+# Token budget: generous for fast speech (English runs at 3-5 tokens/s).
+_TOKENS_PER_SECOND = 6.0
+_TOKENS_SLACK = 8
+# Whisper's own thresholds for "this was not speech" and "this is a loop".
+_NO_SPEECH_PROB = 0.6
+_LOW_LOGPROB = -1.0
+_MAX_COMPRESSION_RATIO = 2.4
 
 # Model names that resolve to a model shipped inside an installed Python package:
 # name -> (module, function returning the model directory).
@@ -44,25 +76,35 @@ BUNDLED_MODELS: dict[str, tuple[str, str]] = {
 }
 
 
-class Priority(IntEnum):
+class JobKind(IntEnum):
+    """Also the scheduling priority: lower runs first."""
+
     FINAL = 0
-    PARTIAL = 1
+    SPECULATIVE = 1
+    PARTIAL = 2
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
+    kind: JobKind
     beam_size: int
     word_timestamps: bool
     language: str | None
-    priority: Priority
+    # Token ids the decoder is forced to start with (a partial's committed words).
+    prefix: tuple[int, ...] = ()
 
     @classmethod
-    def partial(cls, language: str | None) -> "DecodeOptions":
-        return cls(settings.STT_PARTIAL_BEAM_SIZE, False, language, Priority.PARTIAL)
+    def partial(cls, language: str | None, prefix: tuple[int, ...] = ()) -> "DecodeOptions":
+        return cls(JobKind.PARTIAL, settings.STT_PARTIAL_BEAM_SIZE, False, language, prefix)
 
     @classmethod
     def final(cls, language: str | None, word_timestamps: bool) -> "DecodeOptions":
-        return cls(settings.STT_FINAL_BEAM_SIZE, word_timestamps, language, Priority.FINAL)
+        return cls(JobKind.FINAL, settings.STT_FINAL_BEAM_SIZE, word_timestamps, language)
+
+    @property
+    def cache_key(self) -> tuple:
+        """What makes two results interchangeable (a speculative final serves the final)."""
+        return (self.beam_size, self.word_timestamps, self.language, self.prefix)
 
 
 @dataclass(frozen=True)
@@ -74,14 +116,27 @@ class Word:
 
 
 @dataclass(frozen=True)
+class Piece:
+    """One word of the decoded text with the tokens that spell it."""
+
+    text: str  # with its leading space, as the tokenizer writes it
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Transcript:
-    text: str
+    text: str  # the whole text, forced prefix included
     words: tuple[Word, ...]
+    # The words after the forced prefix (all words when prefix_forced is False).
+    pieces: tuple[Piece, ...]
     language: str | None
     confidence: float
     audio_seconds: float
     queue_seconds: float
     inference_seconds: float
+    batch_size: int = 1
+    cached: bool = False
+    prefix_forced: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,10 +155,21 @@ class EngineInfo:
 @dataclass
 class EngineStats:
     inferences: int = 0
+    batches: int = 0
+    cache_hits: int = 0
+    superseded: int = 0
+    fallbacks: int = 0
     failures: int = 0
     timeouts: int = 0
     audio_seconds: float = 0.0
     inference_seconds: float = 0.0
+
+
+AudioSource = Union[np.ndarray, Callable[[], np.ndarray]]
+
+
+class Superseded(Exception):
+    """A queued partial was replaced by a newer one of the same stream."""
 
 
 def resolve_model(reference: str) -> str:
@@ -138,18 +204,81 @@ def _pick_device(device: str) -> str:
         return "cpu"
 
 
-@dataclass(order=True)
+def window_seconds(audio_seconds: float) -> int:
+    """The encoder window for this much audio: a bucket of _WINDOW_STEP seconds."""
+    needed = max(settings.STT_MIN_WINDOW_SECONDS, audio_seconds + _WINDOW_TAIL)
+    return int(min(_MAX_WINDOW, math.ceil(needed / _WINDOW_STEP) * _WINDOW_STEP))
+
+
+def trim_repetition(tokens: list[int], hit_cap: bool) -> list[int]:
+    """Cut a decoding loop ("A B C. A B C. A B") after its first round.
+
+    A tail that repeats a unit of 2+ tokens is a loop when it ran into the token cap,
+    or when the unit comes back 3 or more times; real speech rarely does either.
+    """
+    length = len(tokens)
+    for period in range(2, length // 2 + 1):
+        start = length - period  # walk back while the sequence is periodic
+        while start > 0 and tokens[start - 1] == tokens[start - 1 + period]:
+            start -= 1
+        repeated = length - start  # tokens covered by the periodic tail, first unit included
+        rounds = repeated / period
+        if rounds >= 2 and (hit_cap or rounds >= 3):
+            return tokens[: start + period]
+    return tokens
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / max(1, len(zlib.compress(data)))
+
+
+@dataclass(eq=False)
 class _Job:
-    priority: int
+    kind: JobKind
     sequence: int
-    audio: np.ndarray = field(compare=False)
-    options: DecodeOptions = field(compare=False)
-    future: Future = field(compare=False)
-    enqueued_at: float = field(compare=False)
+    source: AudioSource
+    options: DecodeOptions
+    future: Future
+    enqueued_at: float
+    stream_key: Any = None
+    audio: np.ndarray | None = None
+    key: tuple | None = None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (int(self.kind), self.sequence)
+
+
+class _ResultCache:
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple, Transcript] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Transcript | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple, value: Transcript) -> None:
+        if self._size <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+def _digest(audio: np.ndarray) -> bytes:
+    return hashlib.blake2b(audio.tobytes(), digest_size=16).digest()
 
 
 class SpeechEngine:
-    """A faster-whisper model behind a priority queue and a fixed set of worker threads."""
+    """A faster-whisper model behind a priority queue, a batcher and worker threads."""
 
     def __init__(
         self,
@@ -158,6 +287,8 @@ class SpeechEngine:
         compute_type: str = "auto",
         cpu_threads: int = 0,
         workers: int = 1,
+        max_batch: int = 0,
+        cache_size: int = 256,
         transcription_failure_threshold: int = 5,
         transcription_reset_seconds: float = 120.0,
         gpu_failure_threshold: int = 3,
@@ -168,21 +299,27 @@ class SpeechEngine:
         self.requested_compute_type = compute_type
         self.cpu_threads = cpu_threads or os.cpu_count() or 1
         self.workers = max(1, workers)
+        self.requested_max_batch = max_batch
+        self.max_batch = 1
         self.transcription_breaker = CircuitBreaker(
             "transcription", transcription_failure_threshold, transcription_reset_seconds
         )
         self.gpu_breaker = CircuitBreaker("gpu", gpu_failure_threshold, gpu_reset_seconds)
         self.stats = EngineStats()
+        self._cache = _ResultCache(cache_size)
         self._model: Any = None
+        self._tokenizers: dict[str | None, Any] = {}
         self._info: EngineInfo | None = None
         self._load_error: BaseException | None = None
         self._load_lock = threading.Lock()
         self._load_future: Future | None = None
-        self._queue: "queue.PriorityQueue[_Job]" = queue.PriorityQueue()
+        self._queue: list[_Job] = []
+        self._queued_partials: dict[Any, _Job] = {}
+        self._in_flight: dict[tuple, Future] = {}
+        self._cond = threading.Condition()
         self._sequence = itertools.count()
         self._threads: list[threading.Thread] = []
-        self._in_flight = 0
-        self._stats_lock = threading.Lock()
+        self._running = 0
         self._closed = False
 
     # --- loading -----------------------------------------------------------------
@@ -220,6 +357,7 @@ class SpeechEngine:
 
     def _load(self) -> None:
         future = self._load_future
+        assert future is not None
         started = time.perf_counter()
         try:
             from faster_whisper import WhisperModel
@@ -248,72 +386,67 @@ class SpeechEngine:
         except Exception as exc:
             logger.error("speech model %r failed to load: %s", self.model_reference, exc)
             self._load_error = exc
-            assert future is not None
             future.set_exception(exc)
             return
         self._model = model
+        # A GPU batches far more before it saturates than two CPU cores do.
+        self.max_batch = self.requested_max_batch or (16 if device == "cuda" else 4)
         self._info = info
         self._load_error = None
-        self._start_workers()
-        logger.info(
-            "speech model %s loaded on %s (%s) in %.2f s",
-            info.model, info.device, info.compute_type, info.load_seconds,
-        )
-        assert future is not None
-        future.set_result(info)
-
-    def _start_workers(self) -> None:
         for index in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"stt-inference-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        logger.info("speech model %s loaded on %s (%s) in %.2f s",
+                    info.model, info.device, info.compute_type, info.load_seconds)
+        future.set_result(info)
 
-    # --- inference ---------------------------------------------------------------
+    def tokenizer(self, language: str | None) -> Any:
+        """The model's tokenizer set up for `language` (English for English-only models)."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        assert self._model is not None and self._info is not None
+        multilingual = self._info.multilingual
+        code = (language or "en") if multilingual else None
+        if code not in self._tokenizers:
+            self._tokenizers[code] = Tokenizer(
+                self._model.hf_tokenizer, multilingual, task="transcribe" if multilingual else None,
+                language=code,
+            )
+        return self._tokenizers[code]
+
+    # --- requests ------------------------------------------------------------------
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._running
 
-    async def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Transcript:
-        """Transcribe 16 kHz mono float32 audio; raises SttError on failure."""
+    async def transcribe(self, source: AudioSource, options: DecodeOptions, stream_key: Any = None) -> Transcript:
+        """Transcribe 16 kHz mono float32 audio (or a callable giving the latest audio,
+        read when a worker takes the job). Raises SttError; a partial replaced by a newer
+        one of the same stream raises Superseded."""
         if self._closed:
             raise SttError("model_unavailable", "the speech engine is shut down")
         await self.ready()
         breaker = self.transcription_breaker
         if not breaker.allow():
-            raise SttError(
-                "transcription_unavailable",
-                "transcription is paused after repeated failures",
-                retry_after=round(breaker.retry_after(), 1),
-            )
-        job = _Job(
-            priority=int(options.priority),
-            sequence=next(self._sequence),
-            audio=np.ascontiguousarray(audio, dtype=np.float32),
-            options=options,
-            future=Future(),
-            enqueued_at=time.perf_counter(),
-        )
-        self._queue.put(job)
+            raise SttError("transcription_unavailable", "transcription is paused after repeated failures",
+                           retry_after=round(breaker.retry_after(), 1))
+        future = self._submit(source, options, stream_key)
         try:
-            transcript = await asyncio.wait_for(
-                asyncio.wrap_future(job.future), settings.STT_TRANSCRIPTION_TIMEOUT
-            )
+            transcript = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                                settings.STT_TRANSCRIPTION_TIMEOUT)
         except asyncio.TimeoutError:
-            job.future.cancel()  # a job still queued is skipped by the worker
-            with self._stats_lock:
-                self.stats.timeouts += 1
+            self._cancel_if_queued(future)
+            self.stats.timeouts += 1
             breaker.record_failure()
-            raise SttError(
-                "transcription_timeout",
-                f"transcription took longer than {settings.STT_TRANSCRIPTION_TIMEOUT} s",
-            ) from None
-        except asyncio.CancelledError:
-            job.future.cancel()
+            raise SttError("transcription_timeout",
+                           f"transcription took longer than {settings.STT_TRANSCRIPTION_TIMEOUT} s") from None
+        except (Superseded, CancelledError, asyncio.CancelledError):
             raise
         except SttError:
             breaker.record_failure()
@@ -321,75 +454,282 @@ class SpeechEngine:
         breaker.record_success()
         return transcript
 
+    def prefetch(self, audio: np.ndarray, options: DecodeOptions, stream_key: Any = None) -> None:
+        """Start decoding audio whose result will probably be asked for soon (a final
+        while the silence that confirms it is still running out). It outranks partials
+        only; skipped when finals already fill a batch."""
+        if self._closed or self._info is None:
+            return
+        if sum(1 for job in self._queue if job.kind is not JobKind.PARTIAL) >= self.max_batch:
+            return
+        self._submit(audio, options, stream_key, kind=JobKind.SPECULATIVE)
+
+    def cancel_stream(self, stream_key: Any) -> int:
+        """Drop the stream's queued partials and speculative finals; returns how many."""
+        with self._cond:
+            dropped = [j for j in self._queue
+                       if j.stream_key == stream_key and j.kind is not JobKind.FINAL]
+            for job in dropped:
+                self._remove_queued(job)
+                job.future.cancel()
+        return len(dropped)
+
+    def _submit(self, source: AudioSource, options: DecodeOptions, stream_key: Any,
+                kind: JobKind | None = None) -> Future:
+        kind = options.kind if kind is None else kind
+        job = _Job(kind, next(self._sequence), source, options, Future(), time.perf_counter(), stream_key)
+        if isinstance(source, np.ndarray):
+            job.audio = np.ascontiguousarray(source, dtype=np.float32)
+            job.key = (_digest(job.audio), options.cache_key)
+            cached = self._cache.get(job.key)
+            if cached is not None:
+                self.stats.cache_hits += 1
+                job.future.set_result(_replace(cached, cached=True, queue_seconds=0.0))
+                return job.future
+        with self._cond:
+            if job.key is not None and job.key in self._in_flight:
+                joined = self._in_flight[job.key]
+                if kind < JobKind.SPECULATIVE:
+                    self._promote(joined)
+                self.stats.cache_hits += 1
+                return joined
+            if kind is JobKind.PARTIAL and stream_key is not None:
+                stale = self._queued_partials.get(stream_key)
+                if stale is not None:
+                    self._remove_queued(stale)
+                    self.stats.superseded += 1
+                    stale.future.set_exception(Superseded())
+                self._queued_partials[stream_key] = job
+            if job.key is not None:
+                self._in_flight[job.key] = job.future
+            self._queue.append(job)
+            self._cond.notify()
+        return job.future
+
+    def _promote(self, future: Future) -> None:
+        """A final now waits for this job: let it jump the queue."""
+        for job in self._queue:
+            if job.future is future and job.kind > JobKind.FINAL:
+                job.kind = JobKind.FINAL
+
+    def _remove_queued(self, job: _Job) -> None:
+        if job in self._queue:
+            self._queue.remove(job)
+        if self._queued_partials.get(job.stream_key) is job:
+            del self._queued_partials[job.stream_key]
+        if job.key is not None and self._in_flight.get(job.key) is job.future:
+            del self._in_flight[job.key]
+
+    def _cancel_if_queued(self, future: Future) -> None:
+        with self._cond:
+            for job in list(self._queue):
+                if job.future is future:
+                    self._remove_queued(job)
+                    future.cancel()
+
+    # --- workers ---------------------------------------------------------------------
+
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
-            if self._closed:
-                return
-            if job.future.cancelled():
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._take_batch()
+                self._running += len(batch)
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._running -= len(batch)
+
+    def _take_batch(self) -> list[_Job]:
+        """The most urgent job and queued jobs that can share its inference."""
+        self._queue.sort(key=lambda j: j.order)
+        first = self._queue[0]
+        batch = [first]
+        self._materialize(first)
+        for job in self._queue[1:]:
+            if len(batch) >= self.max_batch:
+                break
+            if (job.kind is JobKind.PARTIAL) != (first.kind is JobKind.PARTIAL):
                 continue
+            same = job.options.cache_key[:3] == first.options.cache_key[:3]
+            if same and self._materialize(job) and _bucket(job) == _bucket(first):
+                batch.append(job)
+        for job in batch:
+            self._remove_queued(job)
+            if job.key is not None:  # keep it joinable while it runs
+                self._in_flight[job.key] = job.future
+        return batch
+
+    def _materialize(self, job: _Job) -> bool:
+        if job.audio is None:
+            audio = job.source() if callable(job.source) else job.source
+            job.audio = np.ascontiguousarray(audio, dtype=np.float32)
+            job.key = (_digest(job.audio), job.options.cache_key)
+        return True
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        todo: list[_Job] = []
+        for job in batch:
             if not job.future.set_running_or_notify_cancel():
                 continue
-            with self._stats_lock:
-                self._in_flight += 1
-            try:
-                job.future.set_result(self._run(job))
-            except Exception as exc:
-                logger.exception("inference failed")
-                with self._stats_lock:
-                    self.stats.failures += 1
-                if self._info is not None and self._info.device == "cuda":
-                    self.gpu_breaker.record_failure()
-                job.future.set_exception(SttError("transcription_failed", f"the model failed: {exc}"))
-            finally:
-                with self._stats_lock:
-                    self._in_flight -= 1
+            cached = self._cache.get(job.key)
+            if cached is not None:
+                self.stats.cache_hits += 1
+                self._finish(job, _replace(cached, cached=True, queue_seconds=started - job.enqueued_at))
+            elif job.audio.size == 0 or _rms(job.audio) < SILENCE_RMS:
+                self._finish(job, Transcript("", (), (), job.options.language, 0.0, job.audio.size / SAMPLE_RATE,
+                                             started - job.enqueued_at, 0.0))
+            else:
+                todo.append(job)
+        if not todo:
+            return
+        try:
+            results = self._decode(todo)
+        except Exception as exc:
+            logger.exception("inference failed")
+            self.stats.failures += 1
+            if self._info is not None and self._info.device == "cuda":
+                self.gpu_breaker.record_failure()
+            for job in todo:
+                self._fail(job, SttError("transcription_failed", f"the model failed: {exc}"))
+            return
+        elapsed = time.perf_counter() - started
+        self.stats.batches += 1
+        for job, (text, words, pieces, language, confidence, forced) in zip(todo, results):
+            audio_seconds = job.audio.size / SAMPLE_RATE
+            self.stats.inferences += 1
+            self.stats.audio_seconds += audio_seconds
+            self.stats.inference_seconds += elapsed / len(todo)
+            transcript = Transcript(text, words, pieces, language, confidence, audio_seconds,
+                                    started - job.enqueued_at, elapsed, batch_size=len(todo),
+                                    prefix_forced=forced)
+            self._cache.put(job.key, transcript)
+            self._finish(job, transcript)
 
-    def _run(self, job: _Job) -> Transcript:
-        started = time.perf_counter()
-        audio = job.audio
+    def _finish(self, job: _Job, transcript: Transcript) -> None:
+        with self._cond:
+            if job.key is not None and self._in_flight.get(job.key) is job.future:
+                del self._in_flight[job.key]
+        if not job.future.done():
+            job.future.set_result(transcript)
+
+    def _fail(self, job: _Job, error: Exception) -> None:
+        with self._cond:
+            if job.key is not None and self._in_flight.get(job.key) is job.future:
+                del self._in_flight[job.key]
+        if not job.future.done():
+            job.future.set_exception(error)
+
+    # --- decoding --------------------------------------------------------------------
+
+    def _decode(self, jobs: list[_Job]) -> list[tuple]:
+        """Decode jobs that share options and window in one encoder/decoder pass."""
+        import ctranslate2
+
+        options = jobs[0].options
+        window = _bucket(jobs[0])
+        if window is None or (self._info.multilingual and options.language is None):
+            # Longer than one window, or the language must be detected first: the
+            # stock long-form path does both.
+            return [self._decode_stock(job) for job in jobs]
+        tokenizer = self.tokenizer(options.language)
+        features = np.stack([self._features(job.audio, window) for job in jobs])
+        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(features),
+                                           to_cpu=self._info.device == "cuda" and self.workers > 1)
+        base_prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+        prompts = [base_prompt + list(job.options.prefix) for job in jobs]
+        caps = [int(job.audio.size / SAMPLE_RATE * _TOKENS_PER_SECOND) + _TOKENS_SLACK for job in jobs]
+        generated = self._model.model.generate(
+            encoded, prompts, beam_size=options.beam_size,
+            max_length=max(len(p) + c for p, c in zip(prompts, caps)),
+            return_scores=True, return_no_speech_prob=True,
+            suppress_blank=True, suppress_tokens=[-1],
+        )
+        results: list[tuple] = []
+        aligned_tokens: list[list[int]] = []
+        for job, result, cap in zip(jobs, generated, caps):
+            tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+            prefix_length = len(job.options.prefix)
+            hit_cap = len(tokens) - prefix_length >= cap - 1
+            tokens = tokens[:prefix_length] + trim_repetition(tokens[prefix_length:], hit_cap)
+            score = result.scores[0] if result.scores else 0.0
+            text = tokenizer.decode(tokens).strip()
+            if result.no_speech_prob > _NO_SPEECH_PROB and score < _LOW_LOGPROB:
+                tokens, text = [], ""
+            if job.kind is not JobKind.PARTIAL and text and _compression_ratio(text) > _MAX_COMPRESSION_RATIO:
+                results.append(None)  # a final that still loops: redo it the long way
+                aligned_tokens.append([])
+                continue
+            aligned_tokens.append(tokens)
+            results.append((text, tokens, score))
+        alignments: list[list[dict]] = [[] for _ in jobs]
+        if options.word_timestamps:
+            indices = [i for i, tokens in enumerate(aligned_tokens) if tokens]
+            if indices:
+                # Alignment runs on the encoder output of the whole batch.
+                found = self._model.find_alignment(
+                    tokenizer, [aligned_tokens[i] if i in indices else [tokenizer.eot] for i in range(len(jobs))],
+                    encoded, [max(2, job.audio.size // 160) for job in jobs],
+                )
+                for i in indices:
+                    alignments[i] = found[i]
+        outputs: list[tuple] = []
+        for index, (job, result) in enumerate(zip(jobs, results)):
+            if result is None:
+                self.stats.fallbacks += 1
+                outputs.append(self._decode_stock(job))
+                continue
+            text, tokens, score = result
+            pieces = _pieces(tokenizer, tokens[len(job.options.prefix):])
+            words = tuple(
+                Word(w["word"].strip(), float(w["start"]), float(w["end"]), float(w["probability"]))
+                for w in _merge_punctuation(alignments[index]) if w["word"].strip()
+            )
+            if words:
+                confidence = sum(w.probability for w in words) / len(words)
+            else:
+                confidence = math.exp(score) if text else 0.0
+            language = job.options.language if self._info.multilingual else "en"
+            outputs.append((text, words, pieces, language, round(min(1.0, confidence), 4),
+                            bool(job.options.prefix)))
+        return outputs
+
+    def _features(self, audio: np.ndarray, window: int) -> np.ndarray:
+        padded = np.zeros(window * SAMPLE_RATE, dtype=np.float32)
+        padded[: audio.size] = audio
+        features = self._model.feature_extractor(padded, padding=0)
+        return np.ascontiguousarray(features[:, : window * 100])
+
+    def _decode_stock(self, job: _Job) -> tuple:
+        """faster-whisper's own long-form transcription, with temperature fallback."""
         options = job.options
-        audio_seconds = audio.size / SAMPLE_RATE
-        language = options.language
-        assert self._info is not None
-        if not self._info.multilingual:
-            language = "en"
-        if audio.size == 0 or float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < SILENCE_RMS:
-            return Transcript("", (), language, 0.0, audio_seconds, started - job.enqueued_at, 0.0)
-        is_final = options.priority is Priority.FINAL
         segments, info = self._model.transcribe(
-            audio,
-            language=language,
+            job.audio,
+            language=options.language if self._info.multilingual else "en",
             beam_size=options.beam_size,
             word_timestamps=options.word_timestamps,
             condition_on_previous_text=False,
-            # Partials must be quick: no temperature fallback, no timestamp tokens.
-            temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if is_final else 0.0,
-            without_timestamps=not is_final,
             vad_filter=False,
         )
         segments = list(segments)
+        tokenizer = self.tokenizer(options.language)
+        tokens = [t for s in segments for t in s.tokens if t < tokenizer.eot]
         words = tuple(
             Word(w.word.strip(), float(w.start), float(w.end), float(w.probability))
-            for segment in segments
-            for w in (segment.words or ())
-            if w.word.strip()
+            for s in segments for w in (s.words or ()) if w.word.strip()
         )
-        text = " ".join(segment.text.strip() for segment in segments if segment.text.strip())
-        finished = time.perf_counter()
-        with self._stats_lock:
-            self.stats.inferences += 1
-            self.stats.audio_seconds += audio_seconds
-            self.stats.inference_seconds += finished - started
-        return Transcript(
-            text=text,
-            words=words,
-            language=info.language or language,
-            confidence=_confidence(segments, words),
-            audio_seconds=audio_seconds,
-            queue_seconds=started - job.enqueued_at,
-            inference_seconds=finished - started,
-        )
+        text = " ".join(s.text.strip() for s in segments if s.text.strip())
+        if words:
+            confidence = sum(w.probability for w in words) / len(words)
+        else:
+            scored = [s.avg_logprob for s in segments if s.text.strip()]
+            confidence = math.exp(sum(scored) / len(scored)) if scored else 0.0
+        return text, words, _pieces(tokenizer, tokens), info.language, round(min(1.0, confidence), 4), False
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the workers and release the model.
@@ -397,25 +737,51 @@ class SpeechEngine:
         Waits for inferences in progress, so that the model is never destroyed under a
         running inference (CTranslate2 aborts the process if it is).
         """
-        self._closed = True
-        sentinel_options = DecodeOptions(1, False, None, Priority.FINAL)
-        for _ in self._threads:
-            self._queue.put(_Job(-1, -1, np.zeros(0, np.float32), sentinel_options, Future(), 0.0))
+        with self._cond:
+            self._closed = True
+            for job in self._queue:
+                job.future.cancel()
+            self._queue.clear()
+            self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
         self._model = None
 
 
-def _confidence(segments: list[Any], words: tuple[Word, ...]) -> float:
-    """Mean word probability when words are known, else the mean token probability."""
-    if words:
-        return round(sum(w.probability for w in words) / len(words), 4)
-    scored = [(s.avg_logprob, max(s.end - s.start, 0.01)) for s in segments if s.text.strip()]
-    if not scored:
-        return 0.0
-    total = sum(weight for _, weight in scored)
-    return round(min(1.0, math.exp(sum(lp * weight for lp, weight in scored) / total)), 4)
+def _bucket(job: _Job) -> int | None:
+    seconds = job.audio.size / SAMPLE_RATE
+    if seconds + _WINDOW_TAIL > _MAX_WINDOW:
+        return None
+    return window_seconds(seconds)
+
+
+def _rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+
+
+def _pieces(tokenizer: Any, tokens: list[int]) -> tuple[Piece, ...]:
+    if not tokens:
+        return ()
+    words, word_tokens = tokenizer.split_to_word_tokens(list(tokens) + [tokenizer.eot])
+    return tuple(Piece(w, tuple(t)) for w, t in zip(words, word_tokens) if t and t[0] != tokenizer.eot)
+
+
+def _merge_punctuation(alignment: list[dict]) -> list[dict]:
+    """Attach punctuation to its word, as Whisper prints it (faster-whisper's rule)."""
+    if not alignment:
+        return []
+    from faster_whisper.transcribe import merge_punctuations
+
+    merged = [dict(word) for word in alignment]
+    merge_punctuations(merged, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+    return [w for w in merged if w["word"]]
+
+
+def _replace(transcript: Transcript, **changes: Any) -> Transcript:
+    from dataclasses import replace
+
+    return replace(transcript, **changes)
 
 
 _engine: SpeechEngine | None = None
@@ -429,6 +795,8 @@ def build_engine_from_settings() -> SpeechEngine:
         compute_type=settings.STT_COMPUTE_TYPE,
         cpu_threads=settings.STT_CPU_THREADS,
         workers=settings.STT_INFERENCE_WORKERS,
+        max_batch=settings.STT_MAX_BATCH,
+        cache_size=settings.STT_CACHE_SIZE,
         transcription_failure_threshold=settings.TRANSCRIPTION_FAILURE_THRESHOLD,
         transcription_reset_seconds=settings.TRANSCRIPTION_BREAKER_RESET_SECONDS,
         gpu_failure_threshold=settings.GPU_FAILURE_THRESHOLD,

@@ -415,7 +415,9 @@ class SttSession:
         registry.record_partial(result.processing_seconds)
         vad_on = self.config is not None and self.config.enable_vad
         await self._send(envelope("transcription_partial", self._metadata(), data={
-            "text": transcript.text,
+            "text": result.text,
+            "stable_text": result.stable_text,
+            "unstable_text": result.unstable_text,
             "is_partial": True,
             "utterance_id": result.utterance_id,
             "sequence": result.sequence,

@@ -7,6 +7,11 @@ knows nothing of WebSockets or message shapes: it reports to a StreamListener.
 Time inside the stream is the audio clock (samples received), so decisions do not
 depend on how fast the client sends: a file streamed at 10x real time is cut into
 the same utterances as the live microphone.
+
+Partials and finals run on two independent paths, so a final never waits behind its
+own stream's partial. Partials are stabilized LocalAgreement-style: words that two
+consecutive hypotheses agree on are committed, forced as the decoder's prefix from
+then on, and never revised within the utterance.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import numpy as np
 from django.conf import settings
 
 from stt.audio import SAMPLE_RATE, rms_energy, seconds_to_samples
-from stt.engine import DecodeOptions, SpeechEngine, Transcript
+from stt.engine import DecodeOptions, Piece, SpeechEngine, Superseded, Transcript
+from stt.evaluation import normalize_text
 from stt.errors import SttError
 from stt.protocol import SessionConfig
 from stt.vad import CHUNK_SAMPLES, SileroVad
@@ -36,9 +42,11 @@ logger = logging.getLogger(__name__)
 _HYSTERESIS = 0.15
 # Audio kept while nobody speaks, for the pre-roll of the next utterance.
 _LOOKBACK_SECONDS = 1.0
-# When an utterance must be cut mid-speech, look this far back for the quietest spot.
+# When an utterance must be cut mid-speech, look this far back for a pause.
 _CUT_SEARCH_SECONDS = 3.0
-_CUT_WINDOW_SAMPLES = 1600  # 100 ms
+_CUT_WINDOW_SAMPLES = 1600  # 100 ms, for the energy search without VAD
+# Committed words forced on the decoder are capped (Whisper's prompt limit is 223).
+_MAX_PREFIX_TOKENS = 180
 
 
 class FinalReason:
@@ -66,6 +74,7 @@ class StreamParams:
     vad_threshold: float
     vad_min_speech: int
     speech_pad: int
+    speculative_finals: bool
 
     @classmethod
     def from_config(cls, config: SessionConfig, language: str | None = None) -> "StreamParams":
@@ -82,7 +91,14 @@ class StreamParams:
             vad_threshold=settings.VAD_THRESHOLD,
             vad_min_speech=seconds_to_samples(settings.VAD_MIN_SPEECH_MS / 1000),
             speech_pad=seconds_to_samples(settings.VAD_SPEECH_PAD_MS / 1000),
+            speculative_finals=settings.STT_SPECULATIVE_FINALS,
         )
+
+    @property
+    def speculation_silence(self) -> int:
+        """Silence after which a final is decoded ahead of time: half the end silence,
+        and at least the trailing pad, so the audio is already the final's own."""
+        return max(self.speech_pad, self.end_silence // 2)
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,12 @@ class PartialResult:
     audio_samples: int
     processing_seconds: float
     sequence: int
+    stable_text: str  # committed words: never revised within the utterance
+    unstable_text: str  # the rest of the current hypothesis
+
+    @property
+    def text(self) -> str:
+        return " ".join(part for part in (self.stable_text, self.unstable_text) if part)
 
 
 @dataclass(frozen=True)
@@ -125,38 +147,59 @@ class StreamListener(Protocol):
 
 
 class AudioBuffer:
-    """Audio of one stream addressed by absolute sample position; old audio is dropped."""
+    """A stream's recent audio addressed by absolute sample position, in one array.
 
-    def __init__(self) -> None:
-        self._chunks: deque[np.ndarray] = deque()
-        self.start = 0  # absolute position of the first kept sample
-        self.end = 0  # absolute position after the last sample
+    The engine's workers read it from other threads (a partial takes the latest audio
+    when it starts), so every change publishes a fresh (array, offset, start, end)
+    view in one assignment, and the array is replaced, never shifted, on compaction.
+    """
+
+    def __init__(self, capacity: int = SAMPLE_RATE * 8) -> None:
+        self._data = np.zeros(capacity, dtype=np.float32)
+        self._offset = 0  # index in _data of absolute position `start`
+        self._view = (self._data, 0, 0, 0)  # (array, offset, start, end)
+
+    @property
+    def start(self) -> int:
+        return self._view[2]
+
+    @property
+    def end(self) -> int:
+        return self._view[3]
 
     def append(self, samples: np.ndarray) -> None:
-        self._chunks.append(samples)
-        self.end += samples.size
+        data, offset, start, end = self._view
+        length = end - start
+        if offset + length + samples.size > data.size:
+            grown = np.zeros(max(data.size, 2 * (length + samples.size)), dtype=np.float32)
+            grown[:length] = data[offset:offset + length]
+            data, offset = grown, 0
+        data[offset + length:offset + length + samples.size] = samples
+        self._data, self._offset = data, offset
+        self._view = (data, offset, start, end + samples.size)
 
     def slice(self, start: int, end: int) -> np.ndarray:
-        start, end = max(start, self.start), min(end, self.end)
+        data, offset, first, last = self._view
+        start, end = max(start, first), min(end, last)
         if end <= start:
             return np.zeros(0, dtype=np.float32)
-        pieces, position = [], self.start
-        for chunk in self._chunks:
-            chunk_end = position + chunk.size
-            if chunk_end > start and position < end:
-                pieces.append(chunk[max(0, start - position):min(chunk.size, end - position)])
-            if chunk_end >= end:
-                break
-            position = chunk_end
-        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        return data[offset + start - first:offset + end - first].copy()
 
     def discard_before(self, position: int) -> None:
-        while self._chunks and self.start + self._chunks[0].size <= position:
-            self.start += self._chunks.popleft().size
+        data, offset, start, end = self._view
+        position = min(max(position, start), end)
+        if position == start:
+            return
+        offset += position - start
+        if offset > data.size // 2:  # compact into a new array; readers keep the old one
+            compacted = np.zeros(data.size, dtype=np.float32)
+            compacted[:end - position] = data[offset:offset + end - position]
+            data, offset = compacted, 0
+        self._data, self._offset = data, offset
+        self._view = (data, offset, position, end)
 
     def clear(self) -> None:
-        self._chunks.clear()
-        self.start = self.end
+        self.discard_before(self.end)
 
 
 @dataclass
@@ -166,9 +209,19 @@ class _Utterance:
     last_speech_end: int
     frames: int = 1
     partial_count: int = 0
-    partial_audio_end: int = 0  # utterance length covered by the last partial request
+    partial_audio_end: int = 0  # utterance length the last partial covered
     announced: bool = False  # the client has heard of it (speech onset or partial)
+    closed: bool = False
     discarded: bool = False
+    speculated_end: int = -1  # last_speech_end of the last speculative final
+    committed: list[Piece] = field(default_factory=list)
+    tentative: list[Piece] = field(default_factory=list)  # the last hypothesis beyond `committed`
+    vad_history: deque = field(default_factory=lambda: deque(maxlen=int(_CUT_SEARCH_SECONDS * 40)))
+
+    @property
+    def prefix_tokens(self) -> tuple[int, ...]:
+        tokens = tuple(t for piece in self.committed for t in piece.tokens)
+        return tokens if len(tokens) <= _MAX_PREFIX_TOKENS else ()
 
 
 @dataclass
@@ -192,6 +245,7 @@ class StreamStats:
     finals: int = 0
     failed_finals: int = 0
     speech_onsets: int = 0
+    speculative_finals: int = 0
     processing_seconds: float = 0.0
     partial_latencies: deque = field(default_factory=lambda: deque(maxlen=500))
     final_latencies: deque = field(default_factory=lambda: deque(maxlen=500))
@@ -212,6 +266,7 @@ class StreamingTranscriber:
         self.engine = engine
         self.listener = listener
         self.stats = StreamStats()
+        self._key = object()  # this stream, for the engine's scheduler
         self._buffer = AudioBuffer()
         self._vad: SileroVad | None = SileroVad() if params.enable_vad else None
         self._vad_origin = 0  # absolute position of the VAD's first window
@@ -223,10 +278,13 @@ class StreamingTranscriber:
         self._last_utterance_end = 0
         self._finals: deque[_ClosedUtterance] = deque()
         self._partial_requested = False
-        self._wake = asyncio.Event()
-        self._busy_with: str | None = None  # "partial" / "final" while the engine works for us
+        self._partial_running = False
+        self._final_running = False
+        self._final_wake = asyncio.Event()
+        self._partial_wake = asyncio.Event()
         self._stopping = False
-        self._processor = asyncio.ensure_future(self._process())
+        self._final_task = asyncio.ensure_future(self._final_loop())
+        self._partial_task = asyncio.ensure_future(self._partial_loop())
 
     # --- state for monitoring ------------------------------------------------------
 
@@ -236,7 +294,7 @@ class StreamingTranscriber:
 
     @property
     def processing(self) -> bool:
-        return self._busy_with is not None
+        return self._partial_running or self._final_running
 
     @property
     def buffering(self) -> bool:
@@ -269,7 +327,8 @@ class StreamingTranscriber:
             window_start = self._vad_origin + self._vad_windows * CHUNK_SAMPLES
             self._vad_windows += 1
             window_end = window_start + CHUNK_SAMPLES
-            if self._current is None:
+            utterance = self._current
+            if utterance is None:
                 if probability >= p.vad_threshold:
                     if not self._speech_run:
                         self._speech_run_start = window_start
@@ -278,15 +337,23 @@ class StreamingTranscriber:
                         await self._speech_onset(window_end)
                 else:
                     self._speech_run.clear()
-            else:
-                if probability >= p.vad_threshold - _HYSTERESIS:
-                    self._silence_run = 0
-                    self._current.last_speech_end = window_end
-                else:
-                    self._silence_run += CHUNK_SAMPLES
-                    if self._silence_run >= p.end_silence:
-                        end = min(self._current.last_speech_end + p.speech_pad, self._buffer.end)
-                        self._close_utterance(FinalReason.SILENCE, end)
+                continue
+            utterance.vad_history.append((window_end, probability))
+            if probability >= p.vad_threshold - _HYSTERESIS:
+                self._silence_run = 0
+                utterance.last_speech_end = window_end
+                continue
+            self._silence_run += CHUNK_SAMPLES
+            end = min(utterance.last_speech_end + p.speech_pad, self._buffer.end)
+            if self._silence_run >= p.end_silence:
+                self._close_utterance(FinalReason.SILENCE, end)
+            elif (p.speculative_finals and self._silence_run >= p.speculation_silence
+                  and utterance.speculated_end != utterance.last_speech_end):
+                # Most pauses this long end the utterance: decode its final now, so it
+                # is ready (cached) when the silence runs out. Wasted if speech resumes.
+                utterance.speculated_end = utterance.last_speech_end
+                self.stats.speculative_finals += 1
+                self.engine.prefetch(self._final_audio(utterance, end), self._final_options(), self._key)
 
     async def _speech_onset(self, confirmed_at: int) -> None:
         p = self.params
@@ -313,23 +380,35 @@ class StreamingTranscriber:
         self.stats.utterances += 1
         return self._current
 
+    def _final_audio(self, utterance: _Utterance, end: int) -> np.ndarray:
+        """The audio a final decodes; a speculative final must build the very same array."""
+        audio = self._buffer.slice(utterance.start, end)
+        if 0 < audio.size < self.params.min_audio:
+            # Whisper does poorly on very short clips; trailing silence is harmless.
+            audio = np.concatenate([audio, np.zeros(self.params.min_audio - audio.size, np.float32)])
+        return audio
+
+    def _final_options(self) -> DecodeOptions:
+        return DecodeOptions.final(self.params.language, self.params.word_timestamps)
+
     def _close_utterance(self, reason: str, end: int | None = None) -> _ClosedUtterance | None:
         utterance = self._current
         if utterance is None:
             return None
         end = self._buffer.end if end is None else end
+        utterance.closed = True
         self._current = None
         self._partial_requested = False
         self._last_utterance_end = end
         self._speech_run = []
         self._silence_run = 0
-        audio = self._buffer.slice(utterance.start, end)
+        audio = self._final_audio(utterance, end)
         if audio.size == 0:
             self.stats.utterances -= 1
             return None
         closed = _ClosedUtterance(utterance, audio, end, reason, time.perf_counter())
         self._finals.append(closed)
-        self._wake.set()
+        self._final_wake.set()
         return closed
 
     def _enforce_length_limit(self) -> None:
@@ -340,42 +419,57 @@ class StreamingTranscriber:
         limit = p.max_utterance if p.enable_vad else p.segment_limit
         if self._buffer.end - utterance.start < limit:
             return
-        cut = self._quietest_point(utterance.start)
+        cut = self._pause_point(utterance)
         reason = FinalReason.MAX_DURATION if p.enable_vad else FinalReason.BUFFER_FULL
         self._close_utterance(reason, cut)
         # Speech goes on: the rest is the start of the next utterance, no new onset.
         follower = self._open_utterance(cut)
         follower.last_speech_end = self._buffer.end
 
-    def _quietest_point(self, utterance_start: int) -> int:
-        """Where to cut a long utterance: the middle of its quietest recent 100 ms."""
+    def _pause_point(self, utterance: _Utterance) -> int:
+        """Where to cut a long utterance: the middle of its longest recent pause (VAD),
+        or of its quietest recent 100 ms (no VAD), in the second half of the utterance."""
         end = self._buffer.end
-        search_start = max(utterance_start + (end - utterance_start) // 2,
+        search_start = max(utterance.start + (end - utterance.start) // 2,
                            end - seconds_to_samples(_CUT_SEARCH_SECONDS))
+        history = [(w_end, prob) for w_end, prob in utterance.vad_history if w_end - CHUNK_SAMPLES >= search_start]
+        if history:
+            quiet = self.params.vad_threshold - _HYSTERESIS
+            best, run_start, run = (0, 0), None, 0
+            for w_end, prob in history:
+                if prob < quiet:
+                    run_start = w_end - CHUNK_SAMPLES if run == 0 else run_start
+                    run += 1
+                    if run > best[0]:
+                        best = (run, run_start)
+                else:
+                    run = 0
+            if best[0]:
+                return best[1] + best[0] * CHUNK_SAMPLES // 2
+            w_end, _ = min(history, key=lambda item: item[1])
+            return w_end - CHUNK_SAMPLES // 2
         audio = self._buffer.slice(search_start, end)
         windows = audio.size // _CUT_WINDOW_SAMPLES
         if windows < 2:
             return end
         frames = audio[: windows * _CUT_WINDOW_SAMPLES].reshape(windows, _CUT_WINDOW_SAMPLES)
         energies = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
-        quietest = int(np.argmin(energies))
-        return search_start + quietest * _CUT_WINDOW_SAMPLES + _CUT_WINDOW_SAMPLES // 2
+        return search_start + int(np.argmin(energies)) * _CUT_WINDOW_SAMPLES + _CUT_WINDOW_SAMPLES // 2
 
     def _maybe_request_partial(self) -> None:
         utterance = self._current
         p = self.params
-        if utterance is None or not p.enable_partials or self._partial_requested:
+        if utterance is None or not p.enable_partials or self._partial_requested or self._partial_running:
             return
         length = self._buffer.end - utterance.start
         if length >= p.min_audio and length - utterance.partial_audio_end >= p.partial_interval:
             self._partial_requested = True
-            self._wake.set()
+            self._partial_wake.set()
 
     def _trim_buffer(self) -> None:
+        keep_from = self._buffer.end - seconds_to_samples(_LOOKBACK_SECONDS)
         if self._current is not None:
-            keep_from = self._current.start
-        else:
-            keep_from = self._buffer.end - seconds_to_samples(_LOOKBACK_SECONDS)
+            keep_from = min(keep_from, self._current.start)
         self._buffer.discard_before(keep_from)
 
     # --- control -------------------------------------------------------------------
@@ -403,14 +497,16 @@ class StreamingTranscriber:
         return closed.delivered
 
     def interrupt(self) -> InterruptOutcome:
-        """Drop the open utterance and any partial for it (barge-in clean-up).
+        """Drop the open utterance, its queued and in-flight partial work (barge-in).
 
         Finals of utterances already closed are still delivered: that speech was complete.
         """
         utterance = self._current
-        processing_stopped = self._busy_with == "partial" or self._partial_requested
+        dropped_jobs = self.engine.cancel_stream(self._key)
+        processing_stopped = bool(dropped_jobs) or self._partial_running or self._partial_requested
         if utterance is not None:
             utterance.discarded = True
+            utterance.closed = True
             self._current = None
             self._last_utterance_end = self._buffer.end
             self.stats.utterances -= 1
@@ -426,85 +522,107 @@ class StreamingTranscriber:
 
     async def close(self, reason: str) -> None:
         """Finalize what is pending, deliver it, and stop taking audio."""
-        if self._stopping:
-            await asyncio.shield(self._processor)
-            return
-        self.finalize_now(reason)
-        self._stopping = True
-        self._wake.set()
-        await asyncio.shield(self._processor)
+        if not self._stopping:
+            self.finalize_now(reason)
+            self._stopping = True
+            self.engine.cancel_stream(self._key)
+            self._final_wake.set()
+            self._partial_wake.set()
+        await asyncio.shield(self._final_task)
+        if not self._partial_task.done():
+            self._partial_task.cancel()
+            try:
+                await self._partial_task
+            except asyncio.CancelledError:
+                pass
 
-    # --- the processor: one engine request at a time, finals first -----------------
+    # --- the partial path ------------------------------------------------------------
 
-    async def _process(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while True:
-                try:
-                    if self._finals:
-                        await self._run_final(self._finals[0])
-                        continue
-                    if self._partial_requested and self._current is not None:
-                        await self._run_partial(self._current)
-                        continue
-                except Exception:
-                    # A fault delivering one result must not stop the stream's later ones.
-                    logger.exception("stream processor fault")
-                    if self._finals and not self._finals[0].delivered.done():
-                        self._finals.popleft().delivered.set_result(None)
-                    continue
-                break
-            if self._stopping and not self._finals:
-                return
+    async def _partial_loop(self) -> None:
+        while not self._stopping:
+            await self._partial_wake.wait()
+            self._partial_wake.clear()
+            utterance = self._current
+            if not self._partial_requested or utterance is None:
+                continue
+            self._partial_requested = False
+            self._partial_running = True
+            try:
+                await self._run_partial(utterance)
+            except Exception:
+                logger.exception("partial path fault")
+            finally:
+                self._partial_running = False
+            self._maybe_request_partial()
 
     async def _run_partial(self, utterance: _Utterance) -> None:
-        self._partial_requested = False
-        audio = self._buffer.slice(utterance.start, self._buffer.end)
-        utterance.partial_audio_end = audio.size
         requested_at = time.perf_counter()
-        self._busy_with = "partial"
+        buffer = self._buffer
+        start = utterance.start
+
+        def latest_audio() -> np.ndarray:
+            # Read by an engine worker when it takes the job: the freshest audio then.
+            return buffer.slice(start, buffer.end)
+
+        options = DecodeOptions.partial(self.params.language, utterance.prefix_tokens)
         try:
-            transcript = await self.engine.transcribe(audio, DecodeOptions.partial(self.params.language))
+            transcript = await self.engine.transcribe(latest_audio, options, stream_key=self._key)
+        except (Superseded, asyncio.CancelledError):
+            return
         except SttError as exc:
             # A lost partial is superseded by the next one; only the final must not be lost.
             logger.warning("partial for %s failed: %s", utterance.utterance_id, exc.message)
             return
-        finally:
-            self._busy_with = None
+        covered = int(round(transcript.audio_seconds * SAMPLE_RATE))
+        utterance.partial_audio_end = max(utterance.partial_audio_end, covered)
+        if utterance.closed or not transcript.text:
+            return  # nothing of an utterance follows its final
         elapsed = time.perf_counter() - requested_at
-        self.stats.processing_seconds += transcript.inference_seconds
-        if utterance.discarded or not transcript.text:
-            return
+        if not transcript.cached:
+            self.stats.processing_seconds += transcript.inference_seconds / transcript.batch_size
+        stable, unstable = _agree(utterance, transcript.pieces, transcript.prefix_forced)
         utterance.partial_count += 1
         utterance.announced = True
         self.stats.partials += 1
         self.stats.partial_latencies.append(elapsed)
-        await self.listener.on_partial(
-            PartialResult(utterance.utterance_id, transcript, utterance.start, audio.size, elapsed,
-                          utterance.partial_count)
-        )
-        self._maybe_request_partial()
+        await self.listener.on_partial(PartialResult(
+            utterance.utterance_id, transcript, start, covered, elapsed, utterance.partial_count,
+            stable_text=stable, unstable_text=unstable,
+        ))
 
-    async def _run_final(self, closed: _ClosedUtterance) -> None:
+    # --- the final path ----------------------------------------------------------------
+
+    async def _final_loop(self) -> None:
+        while True:
+            await self._final_wake.wait()
+            self._final_wake.clear()
+            while self._finals:
+                closed = self._finals[0]
+                self._final_running = True
+                try:
+                    result = await self._run_final(closed)
+                except Exception:
+                    # A fault delivering one final must not stop the stream's later ones.
+                    logger.exception("final path fault")
+                    result = None
+                finally:
+                    self._final_running = False
+                self._finals.popleft()
+                if not closed.delivered.done():
+                    closed.delivered.set_result(result)
+            if self._stopping:
+                return
+
+    async def _run_final(self, closed: _ClosedUtterance) -> FinalResult:
         utterance = closed.utterance
-        audio = closed.audio
-        if audio.size < self.params.min_audio:
-            # Whisper does poorly on very short clips; trailing silence is harmless.
-            audio = np.concatenate([audio, np.zeros(self.params.min_audio - audio.size, np.float32)])
-        options = DecodeOptions.final(self.params.language, self.params.word_timestamps)
-        transcript: Transcript | None = None
-        error: SttError | None = None
-        self._busy_with = "final"
-        try:
-            transcript, error = await self._transcribe_with_retries(audio, options)
-        finally:
-            self._busy_with = None
+        transcript, error = await self._transcribe_with_retries(closed.audio, self._final_options())
         elapsed = time.perf_counter() - closed.closed_at
+        audio_samples = closed.end - utterance.start
         if transcript is not None:
             self.stats.finals += 1
-            self.stats.samples_transcribed += closed.audio.size
-            self.stats.processing_seconds += transcript.inference_seconds
+            self.stats.samples_transcribed += audio_samples
+            # A final served from the cache was decoded speculatively: the work was still done.
+            self.stats.processing_seconds += transcript.inference_seconds / transcript.batch_size
             self.stats.final_latencies.append(elapsed)
         else:
             self.stats.failed_finals += 1
@@ -523,9 +641,7 @@ class StreamingTranscriber:
             announced=utterance.announced,
         )
         await self.listener.on_final(result)
-        self._finals.popleft()
-        if not closed.delivered.done():
-            closed.delivered.set_result(result)
+        return result
 
     async def _transcribe_with_retries(
         self, audio: np.ndarray, options: DecodeOptions
@@ -533,7 +649,7 @@ class StreamingTranscriber:
         attempts = 1 + max(0, settings.STT_FINAL_RETRIES)
         for attempt in range(attempts):
             try:
-                return await self.engine.transcribe(audio, options), None
+                return await self.engine.transcribe(audio, options, stream_key=self._key), None
             except SttError as exc:
                 retryable = exc.code in {"transcription_failed", "transcription_timeout"}
                 if not retryable or attempt == attempts - 1:
@@ -544,12 +660,42 @@ class StreamingTranscriber:
         raise AssertionError("unreachable")
 
 
+def _agree(utterance: _Utterance, pieces: tuple[Piece, ...], forced_prefix: bool) -> tuple[str, str]:
+    """LocalAgreement: commit the words this hypothesis shares with the previous one.
+
+    `pieces` is the hypothesis after the committed words when they were forced as the
+    decoder's prefix, else the whole hypothesis (whose start must then match them).
+    Returns (stable text, unstable text).
+    """
+    if forced_prefix:
+        tail = list(pieces)
+    else:
+        committed = len(utterance.committed)
+        head = [_norm(p.text) for p in pieces[:committed]]
+        if head != [_norm(p.text) for p in utterance.committed]:
+            # The prefix was too long to force and the model strayed: keep the
+            # committed words, show the rest of this hypothesis as it is.
+            tail = list(pieces[committed:]) if len(pieces) > committed else []
+        else:
+            tail = list(pieces[committed:])
+    agreed = 0
+    for previous, current in zip(utterance.tentative, tail):
+        if _norm(previous.text) != _norm(current.text) or not _norm(current.text):
+            break
+        agreed += 1
+    utterance.committed.extend(tail[:agreed])
+    utterance.tentative = tail[agreed:]
+    stable = "".join(p.text for p in utterance.committed).strip()
+    unstable = "".join(p.text for p in utterance.tentative).strip()
+    return stable, unstable
+
+
+def _norm(text: str) -> str:
+    return " ".join(normalize_text(text))
+
+
 def _energy_level(rms: float) -> float:
     if rms <= 0:
         return 0.0
     dbfs = 20 * math.log10(rms)
     return round(min(1.0, max(0.0, (dbfs + 60) / 60)), 3)
-
-
-def samples_to_seconds(samples: int) -> float:
-    return samples / SAMPLE_RATE

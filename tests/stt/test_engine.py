@@ -4,12 +4,29 @@ import asyncio
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from stt.engine import DecodeOptions, Priority, SpeechEngine, get_engine, resolve_model
+from stt.engine import (
+    DecodeOptions,
+    JobKind,
+    SpeechEngine,
+    Superseded,
+    get_engine,
+    resolve_model,
+    trim_repetition,
+    window_seconds,
+)
 from stt.errors import SttError
 from stt.evaluation import word_error_rate
 from tests.conftest import JFK_TEXT, silence
+
+_variant = iter(range(1, 10_000))
+
+
+def unique(audio: np.ndarray) -> np.ndarray:
+    """The same speech at a slightly different gain: other bytes, so no cache hit."""
+    return (audio * np.float32(1 - next(_variant) * 1e-4)).astype(np.float32)
 
 
 class TestModelResolution:
@@ -84,7 +101,7 @@ class TestTranscription:
                 last = now
 
         ticking = asyncio.create_task(ticker())
-        await engine.transcribe(jfk_audio, DecodeOptions.final("en", True))
+        await engine.transcribe(unique(jfk_audio), DecodeOptions.final("en", True))
         ticking.cancel()
         assert len(gaps) > 10
         assert max(gaps) < 0.1, f"event loop stalled for {max(gaps):.3f} s"
@@ -94,7 +111,7 @@ class TestTranscription:
         finished: list[str] = []
 
         async def run(name: str, options: DecodeOptions):
-            await engine.transcribe(jfk_audio[:32000], options)
+            await engine.transcribe(unique(jfk_audio[:32000]), options)
             finished.append(name)
 
         # The first request occupies the worker; the others wait in the queue.
@@ -111,7 +128,7 @@ class TestTranscription:
         await slow.ready()
         settings.STT_TRANSCRIPTION_TIMEOUT = 0.001
         with pytest.raises(SttError) as caught:
-            await slow.transcribe(jfk_audio, DecodeOptions.final("en", True))
+            await slow.transcribe(unique(jfk_audio), DecodeOptions.final("en", True))
         assert (caught.value.code, caught.value.spec.category.value) == ("transcription_timeout", "timeout")
         with pytest.raises(SttError) as caught:
             await slow.transcribe(jfk_audio, DecodeOptions.final("en", True))
@@ -121,7 +138,100 @@ class TestTranscription:
         slow.close()
 
 
+
+class TestScheduling:
+    """With one worker busy on a final, what waits in the queue and how it is served."""
+
+    @staticmethod
+    async def occupy(engine, audio):
+        task = asyncio.create_task(engine.transcribe(unique(audio), DecodeOptions.final("en", True)))
+        await asyncio.sleep(0.03)
+        return task
+
+    async def test_a_new_partial_replaces_the_queued_one_of_the_same_stream(self, engine, jfk_audio):
+        busy = await self.occupy(engine, jfk_audio)
+        stale = asyncio.create_task(engine.transcribe(jfk_audio[:32000], DecodeOptions.partial("en"), stream_key="s1"))
+        await asyncio.sleep(0.01)
+        fresh = asyncio.create_task(engine.transcribe(jfk_audio[:40000], DecodeOptions.partial("en"), stream_key="s1"))
+        with pytest.raises(Superseded):
+            await stale
+        assert "fellow americans" in (await fresh).text.lower()
+        await busy
+
+    async def test_a_partial_reads_the_latest_audio_when_a_worker_takes_it(self, engine, jfk_audio):
+        received = [jfk_audio[:16000]]
+        busy = await self.occupy(engine, jfk_audio)
+        pending = asyncio.create_task(engine.transcribe(lambda: np.concatenate(received), DecodeOptions.partial("en")))
+        await asyncio.sleep(0.01)
+        received.append(jfk_audio[16000:48000])  # audio that arrived while the job waited
+        transcript = await pending
+        assert transcript.audio_seconds == pytest.approx(3.0)
+        assert "fellow americans" in transcript.text.lower()
+        await busy
+
+    async def test_partials_of_several_streams_share_one_batch(self, engine, jfk_audio):
+        busy = await self.occupy(engine, jfk_audio)
+        parts = [unique(jfk_audio[:48000]), unique(jfk_audio[1000:49000]), unique(jfk_audio[2000:50000])]
+        results = await asyncio.gather(*[
+            engine.transcribe(part, DecodeOptions.partial("en"), stream_key=f"b{i}") for i, part in enumerate(parts)
+        ])
+        assert [r.batch_size for r in results] == [3, 3, 3]
+        assert all("fellow americans" in r.text.lower() for r in results)
+        await busy
+
+    async def test_identical_audio_is_never_decoded_twice(self, engine, jfk_audio):
+        audio = unique(jfk_audio[16000:60000])
+        first = await engine.transcribe(audio, DecodeOptions.final("en", True))
+        hits = engine.stats.cache_hits
+        again = await engine.transcribe(audio.copy(), DecodeOptions.final("en", True))
+        assert again.cached and again.text == first.text and again.words == first.words
+        assert engine.stats.cache_hits == hits + 1
+
+    async def test_a_final_joins_its_speculative_decode(self, engine, jfk_audio):
+        audio = unique(jfk_audio[48000:100000])
+        inferences = engine.stats.inferences
+        engine.prefetch(audio, DecodeOptions.final("en", True))
+        transcript = await engine.transcribe(audio, DecodeOptions.final("en", True))
+        assert "country" in transcript.text.lower()
+        assert engine.stats.inferences == inferences + 1, "decoded once, for both"
+
+    async def test_cancelling_a_stream_drops_its_queued_work(self, engine, jfk_audio):
+        busy = await self.occupy(engine, jfk_audio)
+        queued = asyncio.create_task(engine.transcribe(jfk_audio[:32000], DecodeOptions.partial("en"), stream_key="gone"))
+        await asyncio.sleep(0.01)
+        assert engine.cancel_stream("gone") == 1
+        with pytest.raises((asyncio.CancelledError, Exception)):
+            await queued
+        await busy
+
+    async def test_a_forced_prefix_is_kept_and_only_the_rest_is_new(self, engine, jfk_audio):
+        tokenizer = engine.tokenizer("en")
+        prefix = tuple(tokenizer.encode(" And so my"))
+        transcript = await engine.transcribe(jfk_audio[:40000], DecodeOptions.partial("en", prefix))
+        assert transcript.prefix_forced
+        assert transcript.text.startswith("And so my")
+        assert "".join(p.text for p in transcript.pieces).strip().lower().startswith("fellow")
+
 def test_decode_options_follow_the_design_document():
     # Partials: greedy, no word times. Finals: beam 5 with word times (both from settings).
-    assert DecodeOptions.partial("en") == DecodeOptions(1, False, "en", Priority.PARTIAL)
-    assert DecodeOptions.final("en", True) == DecodeOptions(5, True, "en", Priority.FINAL)
+    assert DecodeOptions.partial("en") == DecodeOptions(JobKind.PARTIAL, 1, False, "en")
+    assert DecodeOptions.final("en", True) == DecodeOptions(JobKind.FINAL, 5, True, "en")
+
+
+class TestShortWindows:
+    def test_the_window_is_at_least_ten_seconds_in_two_second_buckets(self):
+        assert window_seconds(0.5) == 10
+        assert window_seconds(7.9) == 10
+        assert window_seconds(8.1) == 12
+        assert window_seconds(19.0) == 22
+        assert window_seconds(27.0) == 30
+
+    def test_a_decoding_loop_is_cut_after_its_first_round(self):
+        loop = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]
+        assert trim_repetition(loop, hit_cap=True) == [1, 2, 3, 4]
+        assert trim_repetition([9, 1, 2, 1, 2, 1, 2], hit_cap=False) == [9, 1, 2]
+
+    def test_real_repetition_in_speech_is_kept(self):
+        # "thank you thank you", ended normally: two rounds only, and no cap was hit.
+        assert trim_repetition([5, 6, 5, 6], hit_cap=False) == [5, 6, 5, 6]
+        assert trim_repetition([1, 2, 3, 4, 5], hit_cap=True) == [1, 2, 3, 4, 5]
