@@ -1,19 +1,26 @@
-"""Stream real speech into a Fasttalk STT server at real-time pace and print latency and WER.
+"""Stream speech into a Fasttalk STT server at real-time pace; print latency and WER
+beside a plain offline transcribe() baseline measured in the same run.
 
-    .venv/bin/python bench/stream_latency.py                 # starts a local server itself
-    .venv/bin/python bench/stream_latency.py --url ws://host:8000/ws/transcribe --streams 4
+    .venv/bin/python bench/stream_latency.py                    # starts a local server itself
+    .venv/bin/python bench/stream_latency.py --streams 1,4 --repeat 3
+    .venv/bin/python bench/stream_latency.py --url ws://host:8000/ws/transcribe
 
-Every figure is measured by the client, against the moment it sent the audio concerned:
+Recordings: those of ../shared/audio with reference texts, plus (when espeak-ng is
+installed) synthetic sentences. Each stream sends 32 ms frames on the clock, like a
+microphone. Every figure is measured by the client, against the moment it sent the
+audio concerned:
   partial latency      a partial's arrival - sending of the last sample it covers
   partial interval     time between consecutive partials of one utterance
-  final latency        a final's arrival - sending of the utterance's last spoken word
-                       (from its word timestamps), so it includes the silence wait
-  word lag             a final's word first shown (in a partial, else the final) - sending
-                       of the audio where the word ends (from the final's word timestamps)
-  VAD latency          voice_activity_detected's arrival - sending of the speech onset, found
-                       from the audio's energy (independent of the VAD under test)
-WER compares the streamed finals with the reference transcripts; the same files are also
-transcribed offline with the same model (plain WhisperModel.transcribe, beam 5) as a baseline.
+  word lag             a final's word first shown (in a partial, else in the final) -
+                       sending of the audio where the word ends (final's word timestamps)
+  final latency        a final's arrival - sending of the utterance's last spoken word,
+                       so it includes the end-of-utterance silence wait
+  VAD latency          voice_activity_detected's arrival - sending of the speech onset,
+                       found from the audio's energy (independent of the VAD under test)
+  lag behind real time how late the client's own sending ran (a loaded machine shows it)
+The baseline runs faster-whisper's stock WhisperModel.transcribe() on the same audio
+with the same model: beam 1 for a partial of 3 s, beam 5 with word timestamps for a
+final, the way a server built on transcribe() would.
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -37,12 +45,25 @@ import websockets
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fasttalk.settings")
 
 from stt.evaluation import normalize_text, word_errors  # noqa: E402
 
 AUDIO_DIR = ROOT.parent / "shared" / "audio"
 SAMPLE_RATE = 16000
 FRAME = 512  # 32 ms, the low end of the design document's 512-2048
+SILENCE_AFTER = 1.0  # seconds of silence streamed after each recording
+END_SILENCE = 0.5  # the server's default final_chunk_duration
+SYNTHETIC = [
+    "Please turn on the kitchen lights and set the temperature to twenty degrees.",
+    "What is the weather going to be like tomorrow morning in Boston?",
+    "Remind me to call my mother at six o'clock this evening.",
+    "Play some relaxing music in the living room.",
+    "How many kilometers are there in a marathon?",
+    "Cancel my meeting with the design team on Friday afternoon.",
+    "Add milk, eggs and bread to my shopping list.",
+    "Tell me a short story about a dragon who learns to fly.",
+]
 
 
 @dataclass
@@ -50,99 +71,42 @@ class Recording:
     name: str
     audio: np.ndarray
     reference: str
+    synthetic: bool
 
 
 @dataclass
 class StreamResult:
-    recording: str
+    recording: Recording
     text: str = ""
     partial_latencies: list[float] = field(default_factory=list)
     partial_intervals: list[float] = field(default_factory=list)
     final_latencies: list[float] = field(default_factory=list)
     vad_latencies: list[float] = field(default_factory=list)
     word_lags: list[float] = field(default_factory=list)
-    partials: int = 0
-    finals: int = 0
     lag_behind_real_time: float = 0.0
 
 
-def load_recordings(audio_dir: Path) -> list[Recording]:
-    """The recordings listed with a reference text in the audio folder's README table."""
+def load_recordings(audio_dir: Path, synthetic: bool) -> list[Recording]:
+    """The recordings listed with a reference text in the audio folder's README table,
+    and synthetic sentences from espeak-ng."""
     from faster_whisper.audio import decode_audio
 
-    readme = (audio_dir / "README.md").read_text()
     recordings = []
+    readme = (audio_dir / "README.md").read_text()
     for name, reference in re.findall(r"^\| `([^`]+)` \|[^|]*\| (.+?) \|\s*$", readme, re.M):
         path = audio_dir / name
         if path.is_file():
-            recordings.append(Recording(name, decode_audio(str(path), SAMPLE_RATE), reference.strip()))
+            recordings.append(Recording(name, decode_audio(str(path), SAMPLE_RATE), reference.strip(), False))
+    if synthetic and shutil.which("espeak-ng"):
+        with tempfile.TemporaryDirectory() as folder:
+            for index, sentence in enumerate(SYNTHETIC):
+                wav = Path(folder) / f"s{index}.wav"
+                subprocess.run(["espeak-ng", "-s", "160", "-w", str(wav), sentence], check=True)
+                audio = decode_audio(str(wav), SAMPLE_RATE)
+                recordings.append(Recording(f"espeak-{index}", audio, sentence, True))
     if not recordings:
         raise SystemExit(f"no recordings with reference texts found in {audio_dir}")
     return recordings
-
-
-async def stream_one(url: str, recording: Recording, config: dict, variant: int) -> StreamResult:
-    result = StreamResult(recording.name)
-    # Each stream gets its own tiny gain change: real audio never repeats byte for byte,
-    # and the server's result cache must not make a repeated file look fast.
-    gain = np.float32(1.0 - variant * 1e-4)
-    audio = np.concatenate([recording.audio * gain, np.zeros(SAMPLE_RATE, np.float32)])
-    finals: list[str] = []
-    last_partial: dict[str, float] = {}
-    partial_words: dict[str, list[tuple[float, list[str]]]] = {}
-    async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "start_session", "session_config": config}))
-        assert json.loads(await ws.recv())["type"] == "session_started"
-        t0 = time.perf_counter()
-
-        def sent_at(ms: float) -> float:
-            """When the frame holding the sample at `ms` of the session timeline was sent."""
-            frame_index = int(ms * SAMPLE_RATE / 1000) // FRAME
-            return t0 + frame_index * FRAME / SAMPLE_RATE
-
-        async def reader() -> None:
-            async for raw in ws:
-                now = time.perf_counter()
-                message = json.loads(raw)
-                data = message.get("data", {})
-                kind = message["type"]
-                if kind == "transcription_partial":
-                    result.partials += 1
-                    covered_to = data["start_ms"] + data["audio_duration_ms"] - 1
-                    result.partial_latencies.append(now - sent_at(covered_to))
-                    partial_words.setdefault(data["utterance_id"], []).append((now, normalize_text(data["text"])))
-                    previous = last_partial.get(data["utterance_id"])
-                    if previous is not None:
-                        result.partial_intervals.append(now - previous)
-                    last_partial[data["utterance_id"]] = now
-                elif kind == "transcription_final":
-                    result.finals += 1
-                    finals.append(data["text"])
-                    words = data.get("timestamps") or []
-                    if words:
-                        speech_end = data["start_ms"] + words[-1]["end_ms"]
-                        result.final_latencies.append(now - sent_at(speech_end))
-                    shown = partial_words.get(data["utterance_id"], [])
-                    for index, word in enumerate(words):
-                        spoken = sent_at(data["start_ms"] + word["end_ms"])
-                        result.word_lags.append(first_shown(normalize_text(word["word"]), index, shown, now) - spoken)
-                elif kind == "voice_activity_detected":
-                    onset = energy_onset_ms(recording.audio, data["audio_offset_ms"])
-                    result.vad_latencies.append(now - sent_at(onset))
-
-        reading = asyncio.create_task(reader())
-        for index in range(0, audio.size, FRAME):
-            await ws.send(audio[index:index + FRAME].astype("<f4").tobytes())
-            due = t0 + (index + FRAME) / SAMPLE_RATE
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                result.lag_behind_real_time = max(result.lag_behind_real_time, -delay)
-        await ws.send(json.dumps({"type": "end_session"}))
-        await asyncio.wait_for(reading, 120)
-    result.text = " ".join(finals)
-    return result
 
 
 def first_shown(word: list[str], index: int, partials: list[tuple[float, list[str]]], final_at: float) -> float:
@@ -162,32 +126,106 @@ def energy_onset_ms(audio: np.ndarray, near_ms: float) -> float:
     frame = SAMPLE_RATE // 100
     levels = np.sqrt(np.mean(audio[: audio.size // frame * frame].reshape(-1, frame) ** 2, axis=1))
     threshold = np.percentile(levels, 95) * 10 ** (-15 / 20)
-    first = max(0, int(near_ms / 10) - 50)
-    for index in range(first, min(levels.size, int(near_ms / 10) + 30)):
+    for index in range(max(0, int(near_ms / 10) - 50), min(levels.size, int(near_ms / 10) + 30)):
         if levels[index] >= threshold:
             return index * 10.0
     return float(near_ms)
 
 
-def offline_baseline(recordings: list[Recording], model_name: str) -> tuple[float, list[float], dict[str, str]]:
-    """WER and per-file seconds of plain WhisperModel.transcribe (beam 5) with the same model."""
+async def stream_one(url: str, recording: Recording, variant: int) -> StreamResult:
+    result = StreamResult(recording)
+    # Each stream gets its own tiny gain change: real audio never repeats byte for byte,
+    # and the server's result cache must not make a repeated file look fast.
+    gain = np.float32(1.0 - variant * 1e-4)
+    audio = np.concatenate([recording.audio * gain, np.zeros(int(SILENCE_AFTER * SAMPLE_RATE), np.float32)])
+    finals: list[str] = []
+    last_partial: dict[str, float] = {}
+    shown: dict[str, list[tuple[float, list[str]]]] = {}
+    config = {"enable_timestamps": True, "language": "en"}
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start_session", "session_config": config}))
+        assert json.loads(await ws.recv())["type"] == "session_started"
+        t0 = time.perf_counter()
+
+        def sent_at(ms: float) -> float:
+            """When the frame holding the sample at `ms` of the session timeline was sent."""
+            return t0 + (int(ms * SAMPLE_RATE / 1000) // FRAME) * FRAME / SAMPLE_RATE
+
+        async def reader() -> None:
+            async for raw in ws:
+                now = time.perf_counter()
+                message = json.loads(raw)
+                data = message.get("data", {})
+                kind = message["type"]
+                if kind == "transcription_partial":
+                    utterance = data["utterance_id"]
+                    result.partial_latencies.append(now - sent_at(data["start_ms"] + data["audio_duration_ms"] - 1))
+                    if utterance in last_partial:
+                        result.partial_intervals.append(now - last_partial[utterance])
+                    last_partial[utterance] = now
+                    shown.setdefault(utterance, []).append((now, normalize_text(data["text"])))
+                elif kind == "transcription_final":
+                    finals.append(data["text"])
+                    words = data.get("timestamps") or []
+                    if words:
+                        result.final_latencies.append(now - sent_at(data["start_ms"] + words[-1]["end_ms"]))
+                    partials = shown.get(data["utterance_id"], [])
+                    for index, word in enumerate(words):
+                        spoken = sent_at(data["start_ms"] + word["end_ms"])
+                        result.word_lags.append(first_shown(normalize_text(word["word"]), index, partials, now) - spoken)
+                elif kind == "voice_activity_detected":
+                    onset = energy_onset_ms(recording.audio, data["audio_offset_ms"])
+                    result.vad_latencies.append(now - sent_at(onset))
+
+        reading = asyncio.create_task(reader())
+        for index in range(0, audio.size, FRAME):
+            await ws.send(audio[index:index + FRAME].astype("<f4").tobytes())
+            delay = t0 + (index + FRAME) / SAMPLE_RATE - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                result.lag_behind_real_time = max(result.lag_behind_real_time, -delay)
+        await ws.send(json.dumps({"type": "end_session"}))
+        await asyncio.wait_for(reading, 120)
+    result.text = " ".join(finals)
+    return result
+
+
+@dataclass
+class Baseline:
+    wer_real: float | None
+    wer_synthetic: float | None
+    partial_seconds: list[float]
+    final_seconds: list[float]
+
+
+def offline_baseline(recordings: list[Recording], model_name: str) -> Baseline:
+    """Stock WhisperModel.transcribe() with the same model on the same audio."""
     from faster_whisper import WhisperModel
 
     from stt.engine import resolve_model
 
     model = WhisperModel(resolve_model(model_name), device="cpu", compute_type="int8")
-    errors = length = 0
-    seconds: list[float] = []
-    texts: dict[str, str] = {}
+    errors = {False: [0, 0], True: [0, 0]}
+    partial_seconds, final_seconds = [], []
     for recording in recordings:
         started = time.perf_counter()
-        segments, _ = model.transcribe(recording.audio, beam_size=5, language="en")
+        segments, _ = model.transcribe(recording.audio, beam_size=5, language="en", word_timestamps=True)
         text = " ".join(s.text.strip() for s in segments)
-        seconds.append(time.perf_counter() - started)
-        texts[recording.name] = text
+        final_seconds.append(time.perf_counter() - started)
         e, n = word_errors(recording.reference, text)
-        errors, length = errors + e, length + n
-    return errors / max(length, 1), seconds, texts
+        errors[recording.synthetic][0] += e
+        errors[recording.synthetic][1] += n
+        started = time.perf_counter()
+        list(model.transcribe(recording.audio[: 3 * SAMPLE_RATE], beam_size=1, language="en",
+                              without_timestamps=True)[0])
+        partial_seconds.append(time.perf_counter() - started)
+
+    def rate(synthetic: bool) -> float | None:
+        e, n = errors[synthetic]
+        return e / n if n else None
+
+    return Baseline(rate(False), rate(True), partial_seconds, final_seconds)
 
 
 def free_port() -> int:
@@ -200,7 +238,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -214,69 +252,109 @@ def start_server() -> tuple[subprocess.Popen, str]:
     raise SystemExit("the local server did not become healthy")
 
 
-def pct(values: list[float], q: float) -> str:
+def quantile_ms(values: list[float], q: float) -> float | None:
     if not values:
-        return "   n/a"
+        return None
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return f"{ordered[index] * 1000:6.0f}"
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] * 1000
 
 
-async def run(args: argparse.Namespace) -> None:
-    recordings = load_recordings(Path(args.audio_dir))
-    process = None
-    url = args.url
-    if url is None:
-        process, url = start_server()
-    try:
-        config = {"enable_timestamps": True, "language": "en"}
-        jobs = [stream_one(url, recordings[i % len(recordings)], config, variant=i)
-                for i in range(args.streams * args.repeat)]
-        results: list[StreamResult] = []
-        for start in range(0, len(jobs), args.streams):
-            results += await asyncio.gather(*jobs[start:start + args.streams])
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(15)
-
-    gather = lambda name: [v for r in results for v in getattr(r, name)]  # noqa: E731
+def streamed_wer(results: list[StreamResult], synthetic: bool) -> float | None:
     errors = length = 0
     for result in results:
-        reference = next(r.reference for r in recordings if r.name == result.recording)
-        e, n = word_errors(reference, result.text)
-        errors, length = errors + e, length + n
-    streamed_wer = errors / max(length, 1)
-    baseline_wer, baseline_seconds, _ = offline_baseline(recordings, args.model)
+        if result.recording.synthetic == synthetic:
+            e, n = word_errors(result.recording.reference, result.text)
+            errors, length = errors + e, length + n
+    return errors / length if length else None
 
-    print(f"\nFasttalk STT streaming benchmark  ({args.streams} concurrent stream(s) x {args.repeat}, "
-          f"{len(recordings)} recording(s), frames of {FRAME} samples, real-time pace)")
-    print(f"server: {url}")
-    print(f"{'figure (ms)':32} {'p50':>6} {'p95':>6} {'n':>5}")
-    for label, name in [("partial latency", "partial_latencies"), ("partial update interval", "partial_intervals"),
-                        ("word lag (spoken -> shown)", "word_lags"),
-                        ("end of speech -> final", "final_latencies"), ("speech onset -> VAD event", "vad_latencies")]:
-        values = gather(name)
-        print(f"{label:32} {pct(values, 0.5)} {pct(values, 0.95)} {len(values):5d}")
-    print(f"{'max lag behind real time':32} {max(r.lag_behind_real_time for r in results) * 1000:6.0f}")
-    print(f"\n{'':32} {'WER':>6}")
-    print(f"{'streamed finals':32} {streamed_wer * 100:5.1f}%")
-    print(f"{'offline transcribe() beam 5':32} {baseline_wer * 100:5.1f}%   "
-          f"({statistics.mean(baseline_seconds) * 1000:.0f} ms per file)")
-    for result in results[: len(recordings)]:
-        print(f"  {result.recording}: {result.text}")
+
+async def run_round(url: str, recordings: list[Recording], streams: int, repeat: int) -> list[StreamResult]:
+    """`streams` concurrent sessions, each streaming every recording in turn, `repeat` times."""
+    variant = iter(range(1, 1_000_000))
+
+    async def one_session_series(offset: int) -> list[StreamResult]:
+        out = []
+        for round_index in range(repeat):
+            for index in range(len(recordings)):
+                recording = recordings[(index + offset) % len(recordings)]
+                out.append(await stream_one(url, recording, next(variant)))
+        return out
+
+    series = await asyncio.gather(*[one_session_series(offset) for offset in range(streams)])
+    return [result for group in series for result in group]
+
+
+def fmt(value: float | None, width: int = 6) -> str:
+    return f"{value:{width}.0f}" if value is not None else f"{'n/a':>{width}}"
+
+
+def pct(value: float | None) -> str:
+    return f"{value * 100:5.1f}%" if value is not None else "  n/a "
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="WebSocket URL of a running server (default: start one locally)")
-    parser.add_argument("--streams", type=int, default=1, help="concurrent streams")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of streams")
+    parser.add_argument("--streams", default="1,4", help="comma-separated concurrent stream counts")
+    parser.add_argument("--repeat", type=int, default=2, help="times each stream plays every recording")
     parser.add_argument("--audio-dir", default=str(AUDIO_DIR))
-    parser.add_argument("--model", default="tiny.en", help="model for the offline baseline")
+    parser.add_argument("--no-synthetic", action="store_true", help="real recordings only")
+    parser.add_argument("--model", default="tiny.en", help="model of the offline baseline")
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fasttalk.settings")
-    asyncio.run(run(args))
+    counts = [int(c) for c in args.streams.split(",")]
+    recordings = load_recordings(Path(args.audio_dir), synthetic=not args.no_synthetic)
+
+    process, url = (None, args.url) if args.url else start_server()
+    runs: dict[int, list[StreamResult]] = {}
+    try:
+        for count in counts:
+            runs[count] = asyncio.run(run_round(url, recordings, count, args.repeat))
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(15)
+    baseline = offline_baseline(recordings, args.model)
+
+    speech_seconds = sum(r.audio.size for r in recordings) / SAMPLE_RATE
+    print(f"\nFasttalk STT streaming benchmark: {len(recordings)} recordings ({speech_seconds:.0f} s of speech; "
+          f"{sum(not r.synthetic for r in recordings)} real, {sum(r.synthetic for r in recordings)} synthetic), "
+          f"each played {args.repeat}x per stream, 32 ms frames at real-time pace; server {url}")
+    header = f"{'figure (ms)':30}" + "".join(f"{f'{c} stream(s) p50/p95':>22}" for c in counts) + f"{'stock transcribe()':>22}"
+    print(header)
+    print("-" * len(header))
+    stock_partial = sum(baseline.partial_seconds) / len(baseline.partial_seconds) * 1000
+    stock_final = sum(baseline.final_seconds) / len(baseline.final_seconds) * 1000
+    rows = [
+        ("partial latency", "partial_latencies", f"{stock_partial:.0f} (beam 1, 3 s)"),
+        ("partial update interval", "partial_intervals", f">= {stock_partial:.0f}"),
+        ("word lag (spoken -> shown)", "word_lags", "n/a"),
+        ("end of speech -> final", "final_latencies", f"~{END_SILENCE * 1000 + stock_final:.0f} (wait + beam 5)"),
+        ("speech onset -> VAD event", "vad_latencies", "n/a"),
+    ]
+    for label, name, stock in rows:
+        line = f"{label:30}"
+        for count in counts:
+            values = [v for r in runs[count] for v in getattr(r, name)]
+            line += f"{fmt(quantile_ms(values, 0.5), 10)} /{fmt(quantile_ms(values, 0.95), 7)}   "
+        print(line + f"{stock:>22}")
+    line = f"{'max lag behind real time':30}"
+    for count in counts:
+        line += f"{fmt(max(r.lag_behind_real_time for r in runs[count]) * 1000, 18)}    "
+    print(line)
+    line = f"{'longest partial gap':30}"
+    for count in counts:
+        gaps = [v for r in runs[count] for v in r.partial_intervals]
+        line += f"{fmt(max(gaps) * 1000 if gaps else None, 18)}    "
+    print(line)
+    print()
+    print(f"{'WER':30}" + "".join(f"{f'{c} stream(s)':>22}" for c in counts) + f"{'stock transcribe()':>22}")
+    for label, synthetic, stock in (("real recordings", False, baseline.wer_real),
+                                    ("synthetic (espeak-ng)", True, baseline.wer_synthetic)):
+        print(f"{label:30}" + "".join(f"{pct(streamed_wer(runs[c], synthetic)):>22}" for c in counts)
+              + f"{pct(stock):>22}")
+    print("\nstreamed finals, first stream:")
+    for result in runs[counts[0]][: len(recordings)]:
+        print(f"  {result.recording.name}: {result.text}")
 
 
 if __name__ == "__main__":

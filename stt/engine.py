@@ -64,6 +64,10 @@ _MAX_WINDOW = 30
 # Token budget: generous for fast speech (English runs at 3-5 tokens/s).
 _TOKENS_PER_SECOND = 6.0
 _TOKENS_SLACK = 8
+# Seconds after which a queued partial ranks with speculative finals, then with finals,
+# so partials keep coming (at least every second) when many streams end utterances
+# at once. Finals have slack: the end-of-utterance silence already hides part of them.
+_PARTIAL_PATIENCE = (0.3, 0.6)
 # Whisper's own thresholds for "this was not speech" and "this is a loop".
 _NO_SPEECH_PROB = 0.6
 _LOW_LOGPROB = -1.0
@@ -245,9 +249,17 @@ class _Job:
     audio: np.ndarray | None = None
     key: tuple | None = None
 
-    @property
-    def order(self) -> tuple[int, int]:
-        return (int(self.kind), self.sequence)
+    def order(self, now: float) -> tuple[int, int]:
+        rank = int(self.kind)
+        if self.kind is JobKind.PARTIAL:
+            # A partial that has waited long climbs: level with speculative finals, then
+            # with finals (older jobs first), so a stream's partials never stall.
+            waited = now - self.enqueued_at
+            if waited > _PARTIAL_PATIENCE[1]:
+                rank = int(JobKind.FINAL)
+            elif waited > _PARTIAL_PATIENCE[0]:
+                rank = int(JobKind.SPECULATIVE)
+        return (rank, self.sequence)
 
 
 class _ResultCache:
@@ -546,7 +558,8 @@ class SpeechEngine:
 
     def _take_batch(self) -> list[_Job]:
         """The most urgent job and queued jobs that can share its inference."""
-        self._queue.sort(key=lambda j: j.order)
+        now = time.perf_counter()
+        self._queue.sort(key=lambda j: j.order(now))
         first = self._queue[0]
         batch = [first]
         self._materialize(first)
@@ -612,18 +625,17 @@ class SpeechEngine:
             self._finish(job, transcript)
 
     def _finish(self, job: _Job, transcript: Transcript) -> None:
-        with self._cond:
-            if job.key is not None and self._in_flight.get(job.key) is job.future:
-                del self._in_flight[job.key]
-        if not job.future.done():
-            job.future.set_result(transcript)
+        self._settle(job, lambda: job.future.set_result(transcript))
 
     def _fail(self, job: _Job, error: Exception) -> None:
+        self._settle(job, lambda: job.future.set_exception(error))
+
+    def _settle(self, job: _Job, complete: Callable[[], None]) -> None:
         with self._cond:
             if job.key is not None and self._in_flight.get(job.key) is job.future:
                 del self._in_flight[job.key]
         if not job.future.done():
-            job.future.set_exception(error)
+            complete()
 
     # --- decoding --------------------------------------------------------------------
 

@@ -89,6 +89,18 @@ class TestTranscription:
         transcript = await engine.transcribe(silence(2), DecodeOptions.final("en", True))
         assert transcript.text == "" and transcript.words == ()
 
+    @pytest.mark.parametrize("kind", ["white", "quiet white", "mains hum", "clicks"])
+    async def test_noise_gives_no_text(self, engine, kind):
+        rng = np.random.default_rng(0)
+        noise = {
+            "white": rng.standard_normal(32000) * 0.05,
+            "quiet white": rng.standard_normal(32000) * 0.005,
+            "mains hum": 0.1 * np.sin(2 * np.pi * 50 * np.arange(32000) / 16000),
+            "clicks": (rng.random(32000) > 0.999) * 0.5,
+        }[kind].astype(np.float32)
+        for options in (DecodeOptions.partial("en"), DecodeOptions.final("en", True)):
+            assert (await engine.transcribe(noise, options)).text == ""
+
     async def test_the_event_loop_keeps_running_during_inference(self, engine, jfk_audio):
         gaps: list[float] = []
 

@@ -149,7 +149,9 @@ class TestTranscripts:
             words = data["timestamps"]
             assert words and all(0 <= w["start_ms"] <= w["end_ms"] <= data["audio_duration_ms"] + 50 for w in words)
         for partial in transport.of("transcription_partial"):
-            assert partial["data"]["is_partial"] is True
+            data = partial["data"]
+            assert data["is_partial"] is True
+            assert data["text"] == " ".join(t for t in (data["stable_text"], data["unstable_text"]) if t)
             assert set(partial["data"]["metadata"]) == {"duration", "reason"}
         ended = transport.of("session_ended")[0]["data"]
         assert ended["finals"] == len(finals) and ended["reason"] == "end_session"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
 from stt.evaluation import word_error_rate
 from stt.protocol import validate_config
+from stt.engine import Piece
 from stt.streaming import (
     AudioBuffer,
     FinalReason,
@@ -15,6 +18,8 @@ from stt.streaming import (
     SpeechStart,
     StreamingTranscriber,
     StreamParams,
+    _agree,
+    _Utterance,
 )
 from tests.conftest import JFK_TEXT, SAMPLE_RATE, silence
 
@@ -59,6 +64,17 @@ async def stream(engine, audio: np.ndarray, frame: int = 1024, close: bool = Tru
     return transcriber, recorder
 
 
+async def stream_paced(engine, audio: np.ndarray, **config) -> Recorder:
+    """Stream like a live client (frames spaced out), so the partial path gets its turns."""
+    recorder = Recorder()
+    transcriber = StreamingTranscriber(StreamParams.from_config(validate_config(config)), engine, recorder)
+    for start in range(0, audio.size, 1024):
+        await transcriber.push_audio(audio[start:start + 1024])
+        await asyncio.sleep(0.015)
+    await transcriber.close(FinalReason.SESSION_END)
+    return recorder
+
+
 def two_sentences(speak, pause: float) -> np.ndarray:
     return np.concatenate([silence(0.5), speak(FIRST), silence(pause), speak(SECOND), silence(1.0)])
 
@@ -98,15 +114,7 @@ class TestUtterances:
             assert final.announced
 
     async def test_partials_cover_the_whole_utterance_so_far(self, engine, jfk_audio):
-        # Paced like a live client so the partial path gets its turns.
-        recorder = Recorder()
-        transcriber = StreamingTranscriber(StreamParams.from_config(validate_config({})), engine, recorder)
-        import asyncio
-
-        for start in range(0, jfk_audio.size, 1024):
-            await transcriber.push_audio(jfk_audio[start:start + 1024])
-            await asyncio.sleep(0.01)
-        await transcriber.close(FinalReason.SESSION_END)
+        recorder = await stream_paced(engine, jfk_audio)
         partials = recorder.of(PartialResult)
         assert partials, "partials arrive while the user speaks"
         by_utterance: dict[str, list[PartialResult]] = {}
@@ -117,6 +125,33 @@ class TestUtterances:
             assert lengths == sorted(lengths), "each partial covers more of the utterance"
             assert [p.sequence for p in group] == list(range(1, len(group) + 1))
             assert all(p.transcript.text for p in group)
+
+    async def test_committed_words_are_never_revised_within_an_utterance(self, engine, jfk_audio, speak):
+        audio = np.concatenate([jfk_audio, silence(0.5), speak(f"{FIRST} {SECOND}"), silence(1)])
+        recorder = await stream_paced(engine, audio)
+        by_utterance: dict[str, list[PartialResult]] = {}
+        for partial in recorder.of(PartialResult):
+            by_utterance.setdefault(partial.utterance_id, []).append(partial)
+        assert by_utterance
+        for group in by_utterance.values():
+            for before, after in zip(group, group[1:]):
+                assert after.stable_text.startswith(before.stable_text), (before.stable_text, after.stable_text)
+            for partial in group:
+                assert partial.text.startswith(partial.stable_text)
+
+    async def test_a_final_is_decoded_while_its_silence_runs_out(self, engine, speak):
+        audio = two_sentences(speak, pause=1.5)
+        recorder = Recorder()
+        params = StreamParams.from_config(validate_config({"enable_partial_transcription": False}))
+        transcriber = StreamingTranscriber(params, engine, recorder)
+        for start in range(0, audio.size, 1024):
+            await transcriber.push_audio(audio[start:start + 1024])
+            await asyncio.sleep(1024 / 16000 / 4)  # a quarter of real time: the engine keeps up
+        await transcriber.close(FinalReason.SESSION_END)
+        assert transcriber.stats.speculative_finals >= 2
+        silence_finals = [f for f in recorder.finals if f.reason == FinalReason.SILENCE]
+        assert len(silence_finals) == 2
+        assert all(f.transcript.cached for f in silence_finals), "served by the speculative decode"
 
     async def test_silence_and_noise_make_no_utterance(self, engine):
         rng = np.random.default_rng(3)
@@ -187,6 +222,19 @@ class TestFlushInterruptAndLimits:
             assert before.end_sample <= after.start_sample
         assert word_error_rate(" ".join([JFK_TEXT] * 3), recorder.final_text) <= 0.2
 
+    async def test_a_five_minute_monologue_keeps_its_words_and_bounded_memory(self, engine, jfk_audio):
+        # jfk's pauses are shorter than 2 s, so with that end silence nothing ends the
+        # utterance: only the length limit (20 s) cuts it, at its pauses.
+        rounds = 28
+        transcriber, recorder = await stream(engine, np.tile(jfk_audio, rounds), frame=4096,
+                                             enable_partial_transcription=False, final_chunk_duration=2.0)
+        finals = recorder.finals
+        assert transcriber.stats.samples_received == rounds * jfk_audio.size
+        assert all(f.end_sample - f.start_sample <= 20 * SAMPLE_RATE for f in finals)
+        assert sum(f.reason == FinalReason.MAX_DURATION for f in finals) >= 14
+        assert word_error_rate(" ".join([JFK_TEXT] * rounds), recorder.final_text) <= 0.1
+        assert transcriber._buffer._data.size <= 2 * 22 * SAMPLE_RATE, "the audio buffer does not grow with the session"
+
 
 class TestWithoutVad:
     async def test_audio_is_cut_into_buffer_duration_segments(self, engine, speak):
@@ -208,6 +256,40 @@ class TestWithoutVad:
             await transcriber.push_audio(jfk_audio[start:start + 1024])
         await transcriber.close(FinalReason.SESSION_END)
         assert word_error_rate(JFK_TEXT, recorder.final_text) <= 0.2
+
+
+class TestLocalAgreement:
+    """The commit rule on its own: words two consecutive hypotheses agree on."""
+
+    @staticmethod
+    def pieces(*words: str) -> tuple[Piece, ...]:
+        return tuple(Piece(f" {w}", (i,)) for i, w in enumerate(words))
+
+    def test_words_agreed_by_two_hypotheses_are_committed(self):
+        utterance = _Utterance("u", 0, 0)
+        assert _agree(utterance, self.pieces("and", "so"), forced_prefix=False) == ("", "and so")
+        assert _agree(utterance, self.pieces("and", "so", "my"), forced_prefix=False) == ("and so", "my")
+        assert [p.text for p in utterance.committed] == [" and", " so"]
+
+    def test_with_a_forced_prefix_only_the_continuation_is_compared(self):
+        utterance = _Utterance("u", 0, 0)
+        _agree(utterance, self.pieces("and", "so"), forced_prefix=False)
+        _agree(utterance, self.pieces("and", "so", "my"), forced_prefix=False)
+        # The decoder was forced to start with "and so"; it returned the rest.
+        assert _agree(utterance, self.pieces("my", "fellow"), forced_prefix=True) == ("and so my", "fellow")
+
+    def test_disagreement_commits_nothing_and_punctuation_does_not_count(self):
+        utterance = _Utterance("u", 0, 0)
+        _agree(utterance, self.pieces("ask", "knock"), forced_prefix=False)
+        assert _agree(utterance, self.pieces("ask!", "not"), forced_prefix=False) == ("ask!", "not")
+        assert _agree(utterance, self.pieces("ask", "what"), forced_prefix=False) == ("ask!", "what")
+
+    def test_committed_words_survive_a_hypothesis_that_strays(self):
+        utterance = _Utterance("u", 0, 0)
+        _agree(utterance, self.pieces("and", "so"), forced_prefix=False)
+        _agree(utterance, self.pieces("and", "so"), forced_prefix=False)
+        stable, _ = _agree(utterance, self.pieces("ends", "oh", "my"), forced_prefix=False)
+        assert stable == "and so"
 
 
 class TestAudioBuffer:
