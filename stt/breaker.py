@@ -61,6 +61,12 @@ class CircuitBreaker:
                 return True
             return False
 
+    def release_probe(self) -> None:
+        """A call ended with no verdict on the dependency (it was cancelled): let the
+        next call probe instead."""
+        with self._lock:
+            self._probe_in_flight = False
+
     def record_success(self) -> None:
         with self._lock:
             self._state = BreakerState.CLOSED

@@ -248,6 +248,7 @@ class _Job:
     stream_key: Any = None
     audio: np.ndarray | None = None
     key: tuple | None = None
+    waiters: int = 1
 
     def order(self, now: float) -> tuple[int, int]:
         rank = int(self.kind)
@@ -327,7 +328,7 @@ class SpeechEngine:
         self._load_future: Future | None = None
         self._queue: list[_Job] = []
         self._queued_partials: dict[Any, _Job] = {}
-        self._in_flight: dict[tuple, Future] = {}
+        self._in_flight: dict[tuple, _Job] = {}  # by key: queued or running, joinable
         self._cond = threading.Condition()
         self._sequence = itertools.count()
         self._threads: list[threading.Thread] = []
@@ -361,7 +362,8 @@ class SpeechEngine:
         if self._info is not None:
             return self._info
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.start_loading()), timeout)
+            # Shielded: a caller that stops waiting must not cancel the load for everyone.
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.start_loading())), timeout)
         except asyncio.TimeoutError:
             raise SttError("model_unavailable", "the speech model is still loading; try again shortly") from None
         except Exception as exc:
@@ -398,7 +400,8 @@ class SpeechEngine:
         except Exception as exc:
             logger.error("speech model %r failed to load: %s", self.model_reference, exc)
             self._load_error = exc
-            future.set_exception(exc)
+            if not future.done():
+                future.set_exception(exc)
             return
         self._model = model
         # A GPU batches far more before it saturates than two CPU cores do.
@@ -411,7 +414,8 @@ class SpeechEngine:
             self._threads.append(thread)
         logger.info("speech model %s loaded on %s (%s) in %.2f s",
                     info.model, info.device, info.compute_type, info.load_seconds)
-        future.set_result(info)
+        if not future.done():
+            future.set_result(info)
 
     def tokenizer(self, language: str | None) -> Any:
         """The model's tokenizer set up for `language` (English for English-only models)."""
@@ -439,8 +443,8 @@ class SpeechEngine:
 
     async def transcribe(self, source: AudioSource, options: DecodeOptions, stream_key: Any = None) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (or a callable giving the latest audio,
-        read when a worker takes the job). Raises SttError; a partial replaced by a newer
-        one of the same stream raises Superseded."""
+        read when a worker takes the job). Raises SttError; raises Superseded when the
+        job was replaced by a newer partial of the stream or withdrawn (cancel_stream)."""
         if self._closed:
             raise SttError("model_unavailable", "the speech engine is shut down")
         await self.ready()
@@ -448,21 +452,35 @@ class SpeechEngine:
         if not breaker.allow():
             raise SttError("transcription_unavailable", "transcription is paused after repeated failures",
                            retry_after=round(breaker.retry_after(), 1))
-        future = self._submit(source, options, stream_key)
+        outcome_recorded = False
+        future, job = self._submit(source, options, stream_key)
         try:
             transcript = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                                 settings.STT_TRANSCRIPTION_TIMEOUT)
         except asyncio.TimeoutError:
-            self._cancel_if_queued(future)
+            if job is not None:
+                self._withdraw(job)
             self.stats.timeouts += 1
             breaker.record_failure()
+            outcome_recorded = True
             raise SttError("transcription_timeout",
                            f"transcription took longer than {settings.STT_TRANSCRIPTION_TIMEOUT} s") from None
-        except (Superseded, CancelledError, asyncio.CancelledError):
-            raise
         except SttError:
             breaker.record_failure()
+            outcome_recorded = True
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                if job is not None:
+                    self._withdraw(job)
+                raise  # our caller is being cancelled
+            raise Superseded() from None  # the job was withdrawn under us
+        finally:
+            if not outcome_recorded and not _succeeded(future):
+                # No verdict on the model (replaced, withdrawn, cancelled): free a
+                # half-open breaker's probe slot instead of holding it forever.
+                breaker.release_probe()
         breaker.record_success()
         return transcript
 
@@ -472,9 +490,12 @@ class SpeechEngine:
         only; skipped when finals already fill a batch."""
         if self._closed or self._info is None:
             return
-        if sum(1 for job in self._queue if job.kind is not JobKind.PARTIAL) >= self.max_batch:
-            return
-        self._submit(audio, options, stream_key, kind=JobKind.SPECULATIVE)
+        with self._cond:
+            if sum(1 for job in self._queue if job.kind is not JobKind.PARTIAL) >= self.max_batch:
+                return
+        future, job = self._submit(audio, options, stream_key, kind=JobKind.SPECULATIVE)
+        if job is not None:
+            job.waiters -= 1  # nobody waits on a prefetch yet
 
     def cancel_stream(self, stream_key: Any) -> int:
         """Drop the stream's queued partials and speculative finals; returns how many."""
@@ -487,7 +508,9 @@ class SpeechEngine:
         return len(dropped)
 
     def _submit(self, source: AudioSource, options: DecodeOptions, stream_key: Any,
-                kind: JobKind | None = None) -> Future:
+                kind: JobKind | None = None) -> tuple[Future, _Job | None]:
+        """Queue a job, or join an identical one in flight, or answer from the cache.
+        Returns the future to wait on and the job (None when answered at once)."""
         kind = options.kind if kind is None else kind
         job = _Job(kind, next(self._sequence), source, options, Future(), time.perf_counter(), stream_key)
         if isinstance(source, np.ndarray):
@@ -497,14 +520,15 @@ class SpeechEngine:
             if cached is not None:
                 self.stats.cache_hits += 1
                 job.future.set_result(_replace(cached, cached=True, queue_seconds=0.0))
-                return job.future
+                return job.future, None
         with self._cond:
-            if job.key is not None and job.key in self._in_flight:
-                joined = self._in_flight[job.key]
-                if kind < JobKind.SPECULATIVE:
-                    self._promote(joined)
+            joined = self._in_flight.get(job.key) if job.key is not None else None
+            if joined is not None:
+                joined.waiters += 1
+                if kind < joined.kind:  # a final now waits for it: let it jump the queue
+                    joined.kind = kind
                 self.stats.cache_hits += 1
-                return joined
+                return joined.future, joined
             if kind is JobKind.PARTIAL and stream_key is not None:
                 stale = self._queued_partials.get(stream_key)
                 if stale is not None:
@@ -513,45 +537,45 @@ class SpeechEngine:
                     stale.future.set_exception(Superseded())
                 self._queued_partials[stream_key] = job
             if job.key is not None:
-                self._in_flight[job.key] = job.future
+                self._in_flight[job.key] = job
             self._queue.append(job)
             self._cond.notify()
-        return job.future
+        return job.future, job
 
-    def _promote(self, future: Future) -> None:
-        """A final now waits for this job: let it jump the queue."""
-        for job in self._queue:
-            if job.future is future and job.kind > JobKind.FINAL:
-                job.kind = JobKind.FINAL
+    def _withdraw(self, job: _Job) -> None:
+        """A waiter gave up; a queued job nobody waits for any more is dropped."""
+        with self._cond:
+            job.waiters -= 1
+            if job.waiters <= 0 and job in self._queue:
+                self._remove_queued(job)
+                job.future.cancel()
 
     def _remove_queued(self, job: _Job) -> None:
         if job in self._queue:
             self._queue.remove(job)
         if self._queued_partials.get(job.stream_key) is job:
             del self._queued_partials[job.stream_key]
-        if job.key is not None and self._in_flight.get(job.key) is job.future:
+        if job.key is not None and self._in_flight.get(job.key) is job:
             del self._in_flight[job.key]
-
-    def _cancel_if_queued(self, future: Future) -> None:
-        with self._cond:
-            for job in list(self._queue):
-                if job.future is future:
-                    self._remove_queued(job)
-                    future.cancel()
 
     # --- workers ---------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                batch = self._take_batch()
-                self._running += len(batch)
+            batch: list[_Job] = []
             try:
+                with self._cond:
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    batch = self._take_batch()
+                    self._running += len(batch)
                 self._run_batch(batch)
+            except Exception as exc:  # never let the worker thread die quietly
+                logger.exception("engine worker fault")
+                for job in batch:
+                    self._fail(job, SttError("transcription_failed", f"the engine failed: {exc}"))
             finally:
                 with self._cond:
                     self._running -= len(batch)
@@ -562,27 +586,33 @@ class SpeechEngine:
         self._queue.sort(key=lambda j: j.order(now))
         first = self._queue[0]
         batch = [first]
+        self._remove_queued(first)
         self._materialize(first)
-        for job in self._queue[1:]:
+        for job in list(self._queue):
             if len(batch) >= self.max_batch:
                 break
             if (job.kind is JobKind.PARTIAL) != (first.kind is JobKind.PARTIAL):
                 continue
-            same = job.options.cache_key[:3] == first.options.cache_key[:3]
-            if same and self._materialize(job) and _bucket(job) == _bucket(first):
+            if job.options.cache_key[:3] != first.options.cache_key[:3]:
+                continue
+            fresh = job.audio is None
+            self._materialize(job)
+            if _bucket(job) == _bucket(first):
+                self._remove_queued(job)
                 batch.append(job)
+            elif fresh:
+                # Not taken: forget the snapshot, so it reads the latest audio when it runs.
+                job.audio = job.key = None
         for job in batch:
-            self._remove_queued(job)
-            if job.key is not None:  # keep it joinable while it runs
-                self._in_flight[job.key] = job.future
+            if job.key is not None and job.key not in self._in_flight:
+                self._in_flight[job.key] = job  # joinable while it runs
         return batch
 
-    def _materialize(self, job: _Job) -> bool:
+    def _materialize(self, job: _Job) -> None:
         if job.audio is None:
             audio = job.source() if callable(job.source) else job.source
             job.audio = np.ascontiguousarray(audio, dtype=np.float32)
             job.key = (_digest(job.audio), job.options.cache_key)
-        return True
 
     def _run_batch(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
@@ -632,7 +662,7 @@ class SpeechEngine:
 
     def _settle(self, job: _Job, complete: Callable[[], None]) -> None:
         with self._cond:
-            if job.key is not None and self._in_flight.get(job.key) is job.future:
+            if job.key is not None and self._in_flight.get(job.key) is job:
                 del self._in_flight[job.key]
         if not job.future.done():
             complete()
@@ -757,8 +787,8 @@ class SpeechEngine:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
-        self._threads.clear()
-        self._model = None
+        if not any(thread.is_alive() for thread in self._threads):
+            self._model = None  # else leave it to the process exit
 
 
 def _bucket(job: _Job) -> int | None:
@@ -766,6 +796,10 @@ def _bucket(job: _Job) -> int | None:
     if seconds + _WINDOW_TAIL > _MAX_WINDOW:
         return None
     return window_seconds(seconds)
+
+
+def _succeeded(future: Future) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _rms(audio: np.ndarray) -> float:

@@ -480,6 +480,9 @@ class StreamingTranscriber:
             self._vad = SileroVad()
             self._vad_origin, self._vad_windows = self._buffer.end, 0
             self._silence_run = 0
+            if self._current is not None:
+                # Without VAD all of it counted as speech: silence is measured from here.
+                self._current.last_speech_end = self._buffer.end
         elif not params.enable_vad:
             self._vad = None
             self._speech_run = []
@@ -490,11 +493,15 @@ class StreamingTranscriber:
         (finals go out in order, so every earlier final is out too), or at once with None
         when no utterance was open."""
         closed = self._close_utterance(reason)
-        if closed is None:
-            done: asyncio.Future = asyncio.get_running_loop().create_future()
+        if closed is not None:
+            return closed.delivered
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        if not self._finals:
             done.set_result(None)
-            return done
-        return closed.delivered
+        else:
+            # Nothing open, but earlier finals are on their way: resolve after them.
+            self._finals[-1].delivered.add_done_callback(lambda _: done.done() or done.set_result(None))
+        return done
 
     def interrupt(self) -> InterruptOutcome:
         """Drop the open utterance, its queued and in-flight partial work (barge-in).
@@ -567,7 +574,7 @@ class StreamingTranscriber:
         options = DecodeOptions.partial(self.params.language, utterance.prefix_tokens)
         try:
             transcript = await self.engine.transcribe(latest_audio, options, stream_key=self._key)
-        except (Superseded, asyncio.CancelledError):
+        except Superseded:
             return
         except SttError as exc:
             # A lost partial is superseded by the next one; only the final must not be lost.
@@ -599,17 +606,22 @@ class StreamingTranscriber:
             while self._finals:
                 closed = self._finals[0]
                 self._final_running = True
+                result: FinalResult | None = None
                 try:
                     result = await self._run_final(closed)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    logger.exception("final path fault: a stray cancellation")
                 except Exception:
                     # A fault delivering one final must not stop the stream's later ones.
                     logger.exception("final path fault")
-                    result = None
                 finally:
                     self._final_running = False
-                self._finals.popleft()
-                if not closed.delivered.done():
-                    closed.delivered.set_result(result)
+                    self._finals.popleft()
+                    if not closed.delivered.done():
+                        closed.delivered.set_result(result)
             if self._stopping:
                 return
 
@@ -650,6 +662,9 @@ class StreamingTranscriber:
         for attempt in range(attempts):
             try:
                 return await self.engine.transcribe(audio, options, stream_key=self._key), None
+            except Superseded:
+                # The job this final had joined was withdrawn by its owner: ask again.
+                continue
             except SttError as exc:
                 retryable = exc.code in {"transcription_failed", "transcription_timeout"}
                 if not retryable or attempt == attempts - 1:

@@ -224,6 +224,43 @@ class TestScheduling:
         assert transcript.text.startswith("And so my")
         assert "".join(p.text for p in transcript.pieces).strip().lower().startswith("fellow")
 
+
+class TestRobustness:
+    async def test_a_waiter_giving_up_does_not_cancel_the_job_for_the_others(self, engine, jfk_audio):
+        busy = asyncio.create_task(engine.transcribe(unique(jfk_audio), DecodeOptions.final("en", True)))
+        await asyncio.sleep(0.03)
+        audio = unique(jfk_audio[:48000])
+        impatient = asyncio.create_task(engine.transcribe(audio, DecodeOptions.final("en", False)))
+        patient = asyncio.create_task(engine.transcribe(audio.copy(), DecodeOptions.final("en", False)))
+        await asyncio.sleep(0.01)
+        impatient.cancel()
+        assert "fellow americans" in (await patient).text.lower()
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+        await busy
+
+    async def test_a_cancelled_probe_frees_the_half_open_breaker(self, jfk_audio):
+        engine = SpeechEngine(model="tiny.en", transcription_failure_threshold=1, transcription_reset_seconds=0.05)
+        await engine.ready()
+        engine.transcription_breaker.record_failure()
+        await asyncio.sleep(0.06)
+        probe = asyncio.create_task(engine.transcribe(unique(jfk_audio), DecodeOptions.final("en", True)))
+        await asyncio.sleep(0)  # the probe has taken the half-open slot
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        assert (await engine.transcribe(unique(jfk_audio[:32000]), DecodeOptions.partial("en"))).text
+        engine.close()
+
+    async def test_a_caller_that_stops_waiting_for_the_load_does_not_restart_it(self):
+        engine = SpeechEngine(model="tiny.en")
+        with pytest.raises(SttError, match="still loading"):
+            await engine.ready(timeout=0.001)
+        info = await engine.ready()
+        assert info.model == "tiny.en"
+        assert len(engine._threads) == engine.workers == 1, "loaded once, one set of workers"
+        engine.close()
+
 def test_decode_options_follow_the_design_document():
     # Partials: greedy, no word times. Finals: beam 5 with word times (both from settings).
     assert DecodeOptions.partial("en") == DecodeOptions(JobKind.PARTIAL, 1, False, "en")

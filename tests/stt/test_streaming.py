@@ -186,6 +186,14 @@ class TestFlushInterruptAndLimits:
         assert nothing is None, "a flush with nothing open finalizes nothing"
         await transcriber.close(FinalReason.SESSION_END)
 
+    async def test_a_flush_with_nothing_open_still_waits_for_earlier_finals(self, engine, jfk_audio):
+        audio = np.concatenate([jfk_audio[: int(2.5 * SAMPLE_RATE)], silence(1.0)])
+        transcriber, recorder = await stream(engine, audio, close=False, enable_partial_transcription=False)
+        assert transcriber.current_utterance_id is None, "the silence already closed the utterance"
+        await transcriber.finalize_now(FinalReason.FLUSH)
+        assert len(recorder.finals) == 1, "the flush resolved only after the pending final went out"
+        await transcriber.close(FinalReason.SESSION_END)
+
     async def test_close_finalizes_speech_that_never_went_silent(self, engine, jfk_audio):
         _, recorder = await stream(engine, jfk_audio[:3 * SAMPLE_RATE], final_chunk_duration=2.0)
         assert recorder.finals[-1].reason == FinalReason.SESSION_END
@@ -247,6 +255,17 @@ class TestWithoutVad:
         assert all(f.end_sample - f.start_sample <= 2 * SAMPLE_RATE for f in finals)
         assert finals[0].start_sample == 0 and finals[-1].end_sample == audio.size, "all audio is covered"
         assert word_error_rate(f"{FIRST} {SECOND}", recorder.final_text) <= 0.35
+
+    async def test_switching_vad_on_mid_utterance_keeps_its_audio(self, engine, jfk_audio):
+        transcriber, recorder = await stream(engine, jfk_audio[: int(2.5 * SAMPLE_RATE)], close=False,
+                                             enable_vad=False, buffer_duration=10.0)
+        transcriber.reconfigure(StreamParams.from_config(validate_config({})))
+        for start in range(0, SAMPLE_RATE, 1024):
+            await transcriber.push_audio(silence(1)[start:start + 1024])
+        await transcriber.close(FinalReason.SESSION_END)
+        first = recorder.finals[0]
+        assert first.start_sample == 0 and first.reason == FinalReason.SILENCE
+        assert "fellow americans" in first.transcript.text.lower()
 
     async def test_switching_vad_off_mid_session_keeps_the_stream_going(self, engine, jfk_audio):
         transcriber, recorder = await stream(engine, jfk_audio[:SAMPLE_RATE * 3], close=False)
