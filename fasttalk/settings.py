@@ -109,6 +109,9 @@ TEMPLATES = [
 # Default: SQLite in the project directory (embedded mode).
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Fail fast when the database is unreachable: finals wait in the history backlog.
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
@@ -117,6 +120,22 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
+# Utterance audio (FLAC) lives here; it is served only to staff, through the admin.
+MEDIA_ROOT = env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media"))
+
+# --- History (sessions, utterances, errors) ------------------------------------------
+
+# Store each utterance's audio with its transcript, so it can be replayed and re-transcribed.
+STORE_AUDIO = env_bool("STORE_AUDIO", True)
+# Days audio, transcripts and error events are kept (manage.py purge_history); 0 = forever.
+RETENTION_DAYS = env_int("RETENTION_DAYS", 30)
+# A write slower than this counts as failed and waits in the backlog for a retry.
+PERSISTENCE_WRITE_TIMEOUT = env_float("PERSISTENCE_WRITE_TIMEOUT", 2.0)
+PERSISTENCE_RETRY_SECONDS = env_float("PERSISTENCE_RETRY_SECONDS", 2.0)
+# Writes held while the database is down; beyond it they are dropped (and logged).
+PERSISTENCE_BACKLOG_LIMIT = env_int("PERSISTENCE_BACKLOG_LIMIT", 10000)
+# Runtime profiles edited in the admin are re-read at least this often.
+RUNTIME_CONFIG_REFRESH_SECONDS = env_float("RUNTIME_CONFIG_REFRESH_SECONDS", 1.0)
 
 # --- Channel layer -----------------------------------------------------------------
 

@@ -38,10 +38,13 @@ def check_model() -> dict[str, Any]:
 
 
 def _query_database() -> None:
-    connection.ensure_connection()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
+    try:
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        connection.close()  # a pool thread: leave no connection behind
 
 
 async def check_database() -> dict[str, Any]:
@@ -60,7 +63,7 @@ async def check_channel_layer() -> dict[str, Any]:
     backend = type(layer).__name__
     started = time.perf_counter()
     try:
-        channel = await layer.new_channel("health.")
+        channel = await layer.new_channel()  # default prefix, see runtime_config
         await asyncio.wait_for(layer.send(channel, {"type": "health.ping"}), CHECK_TIMEOUT_SECONDS)
         reply = await asyncio.wait_for(layer.receive(channel), CHECK_TIMEOUT_SECONDS)
         if reply.get("type") != "health.ping":

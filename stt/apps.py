@@ -5,3 +5,12 @@ class SttConfig(AppConfig):
     name = "stt"
     verbose_name = "Speech to text"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from stt.models import RuntimeProfile
+        from stt.signals import profile_changed
+
+        post_save.connect(profile_changed, sender=RuntimeProfile, dispatch_uid="stt-profile-saved")
+        post_delete.connect(profile_changed, sender=RuntimeProfile, dispatch_uid="stt-profile-deleted")

@@ -98,12 +98,13 @@ class DecodeOptions:
     prefix: tuple[int, ...] = ()
 
     @classmethod
-    def partial(cls, language: str | None, prefix: tuple[int, ...] = ()) -> "DecodeOptions":
-        return cls(JobKind.PARTIAL, settings.STT_PARTIAL_BEAM_SIZE, False, language, prefix)
+    def partial(cls, language: str | None, prefix: tuple[int, ...] = (),
+                beam_size: int | None = None) -> "DecodeOptions":
+        return cls(JobKind.PARTIAL, beam_size or settings.STT_PARTIAL_BEAM_SIZE, False, language, prefix)
 
     @classmethod
-    def final(cls, language: str | None, word_timestamps: bool) -> "DecodeOptions":
-        return cls(JobKind.FINAL, settings.STT_FINAL_BEAM_SIZE, word_timestamps, language)
+    def final(cls, language: str | None, word_timestamps: bool, beam_size: int | None = None) -> "DecodeOptions":
+        return cls(JobKind.FINAL, beam_size or settings.STT_FINAL_BEAM_SIZE, word_timestamps, language)
 
     @property
     def cache_key(self) -> tuple:
@@ -141,6 +142,7 @@ class Transcript:
     batch_size: int = 1
     cached: bool = False
     prefix_forced: bool = False
+    window_seconds: int | None = None  # encoder window; None for the stock long-form path
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,11 @@ class SpeechEngine:
         self._threads: list[threading.Thread] = []
         self._running = 0
         self._closed = False
+
+    def set_failure_thresholds(self, transcription: int, gpu: int) -> None:
+        """Breaker thresholds from the runtime configuration (they change at run time)."""
+        self.transcription_breaker.failure_threshold = max(1, transcription)
+        self.gpu_breaker.failure_threshold = max(1, gpu)
 
     # --- loading -----------------------------------------------------------------
 
@@ -650,7 +657,7 @@ class SpeechEngine:
             self.stats.inference_seconds += elapsed / len(todo)
             transcript = Transcript(text, words, pieces, language, confidence, audio_seconds,
                                     started - job.enqueued_at, elapsed, batch_size=len(todo),
-                                    prefix_forced=forced)
+                                    prefix_forced=forced, window_seconds=_bucket(job))
             self._cache.put(job.key, transcript)
             self._finish(job, transcript)
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from stt.errors import SttError
 from stt.languages import normalize_language
@@ -25,7 +25,7 @@ SAMPLE_RATE = 16000
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 # Keys that name who and what a session is; `configure` cannot change them.
-IMMUTABLE_CONFIG_KEYS = frozenset({"session_id", "user_id", "conversation_id"})
+IMMUTABLE_CONFIG_KEYS = frozenset({"session_id", "user_id", "conversation_id", "profile"})
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -56,6 +56,7 @@ class SessionConfig(BaseModel):
     session_id: str | None = None
     barge_in_enabled: bool | None = None
     send_legacy_transcription: bool = True
+    profile: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
 
     @field_validator("language")
     @classmethod
@@ -72,8 +73,8 @@ class SessionConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _silence_within_server_bound(self) -> "SessionConfig":
-        bound = settings.MAX_SILENCE_DURATION
+    def _silence_within_server_bound(self, info: ValidationInfo) -> "SessionConfig":
+        bound = (info.context or {}).get("max_silence", settings.MAX_SILENCE_DURATION)
         if self.final_chunk_duration > bound:
             raise ValueError(
                 f"final_chunk_duration must be at most MAX_SILENCE_DURATION ({bound} s)"
@@ -82,21 +83,26 @@ class SessionConfig(BaseModel):
             self.barge_in_enabled = self.fasttalk_mode
         return self
 
-    def merged(self, changes: dict[str, Any]) -> "SessionConfig":
+    def merged(self, changes: dict[str, Any], max_silence: float | None = None) -> "SessionConfig":
         """A new config with `changes` applied, validated as a whole (or SttError)."""
         for key in sorted(IMMUTABLE_CONFIG_KEYS & changes.keys()):
             if changes[key] != getattr(self, key):
                 raise SttError("invalid_config", f"{key} cannot be changed after start_session", field=key)
         candidate = self.model_dump()
         candidate.update(changes)
-        return validate_config(candidate)
+        return validate_config(candidate, max_silence=max_silence)
 
 
-def validate_config(raw: Any) -> SessionConfig:
+def validate_config(raw: Any, defaults: dict[str, Any] | None = None,
+                    max_silence: float | None = None) -> SessionConfig:
+    """Validate a session config; `defaults` fill keys the client left out (a runtime
+    profile's), `max_silence` bounds final_chunk_duration (default MAX_SILENCE_DURATION)."""
     if not isinstance(raw, dict):
         raise SttError("invalid_config", "the config must be a JSON object", field="session_config")
+    data = {**(defaults or {}), **raw}
+    context = {"max_silence": max_silence if max_silence is not None else settings.MAX_SILENCE_DURATION}
     try:
-        return SessionConfig.model_validate(raw)
+        return SessionConfig.model_validate(data, context=context)
     except ValidationError as exc:
         raise _config_error(exc) from None
 

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from django.conf import settings
@@ -23,7 +24,9 @@ from stt.audio import decode_frame, samples_to_ms
 from stt.engine import EngineInfo, SpeechEngine, get_engine
 from stt.errors import SttError
 from stt.languages import normalize_language
+from stt.persistence import FinalFacts, SessionFacts, error_write, final_write, history, session_write
 from stt.protocol import SessionConfig, envelope, utc_timestamp
+from stt.runtime_config import RuntimeValues, store as runtime_store
 from stt.streaming import (
     FinalReason,
     FinalResult,
@@ -72,6 +75,9 @@ class SttSession:
         self.connection_id = str(uuid.uuid4())
         self._session_id = self.connection_id
         self.config: SessionConfig | None = None
+        self.raw_config: dict[str, Any] = {}
+        self.runtime: RuntimeValues = RuntimeValues.from_settings()
+        self.record: SessionFacts | None = None  # what the history knows of this session
         self.stream: StreamingTranscriber | None = None
         self.context = _Context()
         self.errors = 0
@@ -121,13 +127,16 @@ class SttSession:
 
     async def open(self) -> bool:
         """Admit the connection; False (after telling the client why) when the process is full."""
-        if not registry.try_register(self, settings.WEBSOCKET_MAX_CONNECTIONS):
+        self.runtime = await runtime_store.values()
+        self.engine.set_failure_thresholds(self.runtime.transcription_failure_threshold,
+                                           self.runtime.gpu_failure_threshold)
+        limit = self.runtime.max_connections
+        if not registry.try_register(self, limit):
             self._state = "error"
             await self._send(envelope(
                 "error", self._metadata(),
                 error=SttError(
-                    "server_overloaded",
-                    f"this server holds its maximum of {settings.WEBSOCKET_MAX_CONNECTIONS} connections",
+                    "server_overloaded", f"this server holds its maximum of {limit} connections",
                 ).to_payload(),
             ))
             await self._close(CloseCode.TRY_AGAIN_LATER, "server at connection limit")
@@ -156,15 +165,13 @@ class SttSession:
             pass
 
     async def report(self, error: SttError) -> None:
-        """Send an error; a session past MAX_SESSION_ERRORS is ended and closed (1008)."""
-        await self._send(envelope("error", self._metadata(), error=error.to_payload()))
+        """Send an error; a session past its error limit is ended and closed (1008)."""
+        await self._send_error(error)
         logger.info("session %s: error %s: %s", self._session_id, error.code, error.message)
         self.errors += 1
-        if self.errors > settings.MAX_SESSION_ERRORS and not self._ending:
-            await self._send(envelope("error", self._metadata(), error=SttError(
-                "too_many_errors",
-                f"more than {settings.MAX_SESSION_ERRORS} errors in this session; closing it",
-            ).to_payload()))
+        limit = self.runtime.max_session_errors
+        if self.errors > limit and not self._ending:
+            await self._send_error(SttError("too_many_errors", f"more than {limit} errors in this session; closing it"))
             # Not awaited: report() may run inside the stream's own processor, which end() waits for.
             self._spawn(self.end(FinalReason.SESSION_END, ended_reason="too_many_errors",
                                  close_code=CloseCode.POLICY_VIOLATION))
@@ -224,11 +231,22 @@ class SttSession:
         if self.stream is None:
             raise SttError("session_not_started", "send start_session first")
 
+    async def _send_error(self, error: SttError) -> None:
+        payload = error.to_payload()
+        await self._send(envelope("error", self._metadata(), error=payload))
+        history.write_later(error_write(payload, self.connection_id, self._session_id, self.record is not None))
+
     async def _on_start_session(self, message: protocol.StartSession) -> None:
         if self.started:
             raise SttError("session_already_started",
                            "this connection already has a session; use configure to change its settings")
-        config = protocol.validate_config(message.session_config)
+        raw = message.session_config
+        profile = raw.get("profile")
+        if profile is not None and not isinstance(profile, str):
+            raise SttError("invalid_config", "profile must be a string", field="profile")
+        runtime = await runtime_store.values(profile)
+        config = protocol.validate_config(raw, defaults=runtime.session_defaults(),
+                                          max_silence=runtime.max_silence_duration)
         try:
             info = await self.engine.ready(timeout=settings.STT_TRANSCRIPTION_TIMEOUT)
         except SttError as error:
@@ -236,9 +254,18 @@ class SttSession:
             return
         _check_language(info, config.language, "language")
         self.config = config
+        self.raw_config = raw
+        self.runtime = runtime
         self._session_id = config.session_id or self.connection_id
         self.stream = StreamingTranscriber(self._stream_params(), self.engine, self)
         self.started_at = time.monotonic()
+        self.record = SessionFacts(
+            connection_id=self.connection_id, session_id=self._session_id, user_id=config.user_id,
+            conversation_id=config.conversation_id, client_address=self.client, profile=runtime.profile,
+            config=raw, effective_config=config.model_dump(), model=info.model,
+            started_at=datetime.now(timezone.utc),
+        )
+        history.write_later(session_write(self.record))
         now = utc_timestamp()
         logger.info("session %s started (client %s, user %s)", self._session_id, self.client, config.user_id)
         await self._send(envelope(
@@ -251,6 +278,7 @@ class SttSession:
                           "multilingual": info.multilingual},
                 "audio": {"encoding": "float32le", "sample_rate": protocol.SAMPLE_RATE, "channels": 1,
                           "max_frame_samples": settings.MAX_AUDIO_FRAME_SAMPLES},
+                "runtime": runtime.as_dict(),
                 "protocol_version": protocol.PROTOCOL_VERSION,
             },
         ))
@@ -258,7 +286,7 @@ class SttSession:
     async def _on_configure(self, message: protocol.Configure) -> None:
         self._require_started()
         assert self.config is not None and self.stream is not None
-        updated = self.config.merged(message.config)
+        updated = self.config.merged(message.config, max_silence=self.runtime.max_silence_duration)
         _check_language(self.engine.info, updated.language, "language")
         changed = sorted(k for k, v in updated.model_dump().items() if v != getattr(self.config, k))
         self.config = updated
@@ -328,6 +356,12 @@ class SttSession:
                 await self.stream.close(final_reason)
             summary = self.summary()
             logger.info("session %s ended (%s): %s", self._session_id, ended_reason, summary)
+            if self.record is not None:
+                self.record.ended_at = datetime.now(timezone.utc)
+                self.record.close_reason = ended_reason
+                self.record.summary = summary
+                self.record.latency = self._latency_summary()
+                history.write_later(session_write(self.record))
             await self._send(envelope("session_ended", self._metadata(), data=summary))
             await self._close(close_code, ended_reason)
         finally:
@@ -336,7 +370,7 @@ class SttSession:
     async def fail(self, error: SttError, close_code: int) -> None:
         """A fault the session cannot go on after: report it, then end."""
         self._state = "error"
-        await self._send(envelope("error", self._metadata(), error=error.to_payload()))
+        await self._send_error(error)
         await self.end(FinalReason.SESSION_END, ended_reason=error.code, close_code=close_code)
 
     def _finish(self) -> None:
@@ -392,7 +426,22 @@ class SttSession:
     def _stream_params(self) -> StreamParams:
         assert self.config is not None
         language = self.config.language or self.context.language_context
-        return StreamParams.from_config(self.config, language=language)
+        return StreamParams.from_config(self.config, language=language, runtime=self.runtime)
+
+    def _latency_summary(self) -> dict[str, Any]:
+        stats = self.stream.stats if self.stream else None
+        summary: dict[str, Any] = {}
+        for name, values in (("partial", stats.partial_latencies if stats else []),
+                             ("final", stats.final_latencies if stats else [])):
+            ordered = sorted(values)
+            if ordered:
+                summary[name] = {
+                    "count": len(ordered),
+                    "avg_ms": round(sum(ordered) / len(ordered) * 1000, 1),
+                    "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
+                    "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1),
+                }
+        return summary
 
     # --- StreamListener: results from the transcriber ---------------------------------
 
@@ -441,13 +490,26 @@ class SttSession:
         if not _final_is_sent(result):
             return
         transcript = result.transcript
-        timestamps = None
-        if self.config.enable_timestamps:
-            timestamps = [
-                {"word": w.word, "start_ms": round(w.start * 1000), "end_ms": round(w.end * 1000),
-                 "confidence": round(w.probability, 4)}
-                for w in transcript.words
-            ]
+        words = [
+            {"word": w.word, "start_ms": round(w.start * 1000), "end_ms": round(w.end * 1000),
+             "confidence": round(w.probability, 4)}
+            for w in transcript.words
+        ]
+        # Persist before send: what a client sees is in the history (or its backlog).
+        assert self.record is not None
+        await history.write(final_write(FinalFacts(
+            session=self.record, utterance_id=result.utterance_id, text=transcript.text, words=words,
+            confidence=transcript.confidence, language=transcript.language,
+            start_ms=samples_to_ms(result.start_sample), end_ms=samples_to_ms(result.end_sample),
+            reason=result.reason, partial_count=result.partial_count,
+            first_partial_latency_ms=(round(result.first_partial_seconds * 1000)
+                                      if result.first_partial_seconds is not None else None),
+            final_latency_ms=round(result.processing_seconds * 1000),
+            decode=result.decode,
+            audio=result.audio if settings.STORE_AUDIO else None,
+            created_at=datetime.now(timezone.utc),
+        )))
+        timestamps = words if self.config.enable_timestamps else None
         audio_samples = result.end_sample - result.start_sample
         metadata = {
             "duration": round(audio_samples / protocol.SAMPLE_RATE, 3),
@@ -476,8 +538,8 @@ class SttSession:
 
 
 def _final_is_sent(result: FinalResult) -> bool:
-    """A final goes out when it has text or the client already heard of the utterance;
-    a silent VAD-off segment nobody saw needs no empty final."""
+    """A final goes out (and into the history) when it has text or the client already
+    heard of the utterance; a silent VAD-off segment nobody saw needs no empty final."""
     return result.transcript is not None and (bool(result.transcript.text) or result.announced)
 
 

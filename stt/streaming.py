@@ -33,6 +33,7 @@ from stt.engine import DecodeOptions, Piece, SpeechEngine, Superseded, Transcrip
 from stt.evaluation import normalize_text
 from stt.errors import SttError
 from stt.protocol import SessionConfig
+from stt.runtime_config import RuntimeValues
 from stt.vad import CHUNK_SAMPLES, SileroVad
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,15 @@ class StreamParams:
     vad_min_speech: int
     speech_pad: int
     speculative_finals: bool
+    partial_beam_size: int
+    final_beam_size: int
 
     @classmethod
-    def from_config(cls, config: SessionConfig, language: str | None = None) -> "StreamParams":
+    def from_config(cls, config: SessionConfig, language: str | None = None,
+                    runtime: RuntimeValues | None = None) -> "StreamParams":
+        """The session's config, with the tunables of its runtime profile (default: the
+        server settings)."""
+        runtime = runtime or RuntimeValues.from_settings()
         return cls(
             enable_vad=config.enable_vad,
             enable_partials=config.enable_partial_transcription,
@@ -86,12 +93,14 @@ class StreamParams:
             partial_interval=seconds_to_samples(config.partial_chunk_duration),
             end_silence=seconds_to_samples(config.final_chunk_duration),
             segment_limit=seconds_to_samples(config.buffer_duration),
-            min_audio=seconds_to_samples(settings.MIN_AUDIO_LENGTH),
-            max_utterance=seconds_to_samples(settings.MAX_UTTERANCE_DURATION),
-            vad_threshold=settings.VAD_THRESHOLD,
-            vad_min_speech=seconds_to_samples(settings.VAD_MIN_SPEECH_MS / 1000),
-            speech_pad=seconds_to_samples(settings.VAD_SPEECH_PAD_MS / 1000),
+            min_audio=seconds_to_samples(runtime.min_audio_length),
+            max_utterance=seconds_to_samples(runtime.max_utterance_duration),
+            vad_threshold=runtime.vad_threshold,
+            vad_min_speech=seconds_to_samples(runtime.vad_min_speech_ms / 1000),
+            speech_pad=seconds_to_samples(runtime.vad_speech_pad_ms / 1000),
             speculative_finals=settings.STT_SPECULATIVE_FINALS,
+            partial_beam_size=runtime.partial_beam_size,
+            final_beam_size=runtime.final_beam_size,
         )
 
     @property
@@ -138,6 +147,9 @@ class FinalResult:
     partial_count: int
     processing_seconds: float
     announced: bool  # a speech onset or partial of this utterance was reported
+    audio: np.ndarray  # the utterance's audio, start_sample to end_sample
+    first_partial_seconds: float | None  # utterance opened -> its first partial sent
+    decode: dict  # the decode settings of the final
 
 
 class StreamListener(Protocol):
@@ -207,6 +219,8 @@ class _Utterance:
     utterance_id: str
     start: int
     last_speech_end: int
+    opened_at: float = field(default_factory=time.perf_counter)
+    first_partial_at: float | None = None
     frames: int = 1
     partial_count: int = 0
     partial_audio_end: int = 0  # utterance length the last partial covered
@@ -389,7 +403,7 @@ class StreamingTranscriber:
         return audio
 
     def _final_options(self) -> DecodeOptions:
-        return DecodeOptions.final(self.params.language, self.params.word_timestamps)
+        return DecodeOptions.final(self.params.language, self.params.word_timestamps, self.params.final_beam_size)
 
     def _close_utterance(self, reason: str, end: int | None = None) -> _ClosedUtterance | None:
         utterance = self._current
@@ -571,7 +585,7 @@ class StreamingTranscriber:
             # Read by an engine worker when it takes the job: the freshest audio then.
             return buffer.slice(start, buffer.end)
 
-        options = DecodeOptions.partial(self.params.language, utterance.prefix_tokens)
+        options = DecodeOptions.partial(self.params.language, utterance.prefix_tokens, self.params.partial_beam_size)
         try:
             transcript = await self.engine.transcribe(latest_audio, options, stream_key=self._key)
         except Superseded:
@@ -590,6 +604,8 @@ class StreamingTranscriber:
         stable, unstable = _agree(utterance, transcript.pieces, transcript.prefix_forced)
         utterance.partial_count += 1
         utterance.announced = True
+        if utterance.first_partial_at is None:
+            utterance.first_partial_at = time.perf_counter()
         self.stats.partials += 1
         self.stats.partial_latencies.append(elapsed)
         await self.listener.on_partial(PartialResult(
@@ -627,7 +643,8 @@ class StreamingTranscriber:
 
     async def _run_final(self, closed: _ClosedUtterance) -> FinalResult:
         utterance = closed.utterance
-        transcript, error = await self._transcribe_with_retries(closed.audio, self._final_options())
+        options = self._final_options()
+        transcript, error = await self._transcribe_with_retries(closed.audio, options)
         elapsed = time.perf_counter() - closed.closed_at
         audio_samples = closed.end - utterance.start
         if transcript is not None:
@@ -651,6 +668,16 @@ class StreamingTranscriber:
             partial_count=utterance.partial_count,
             processing_seconds=elapsed,
             announced=utterance.announced,
+            audio=closed.audio[:audio_samples],
+            first_partial_seconds=(utterance.first_partial_at - utterance.opened_at
+                                   if utterance.first_partial_at is not None else None),
+            decode={
+                "beam_size": options.beam_size,
+                "word_timestamps": options.word_timestamps,
+                "language": options.language,
+                "window_seconds": transcript.window_seconds if transcript else None,
+                "speculative": bool(transcript and transcript.cached),
+            },
         )
         await self.listener.on_final(result)
         return result

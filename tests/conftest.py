@@ -7,6 +7,7 @@ those services refuse to run on the embedded fallbacks rather than pass vacuousl
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +19,8 @@ from django.conf import settings
 from faster_whisper.audio import decode_audio
 
 from stt.engine import SpeechEngine, get_engine, replace_engine
+from stt.persistence import history
+from stt.runtime_config import store as runtime_store
 
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 JFK_PATH = AUDIO_DIR / "jfk.flac"
@@ -95,3 +98,26 @@ def redis_channel_layer():
     layer = get_channel_layer()
     assert type(layer).__name__ == "RedisChannelLayer"
     return layer
+
+
+@pytest.fixture(autouse=True)
+async def background_work_settled():
+    """Each test ends with its sessions' background work done: departed clients'
+    finals and history writes land, and the runtime-config listener of the test's
+    event loop stops (the loop closes with the test)."""
+    yield
+    from stt import session as session_module
+
+    pending = [task for task in session_module._finishing if not task.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=30)
+    await history.drain(timeout=15)
+    await runtime_store.stop_listener()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def history_connection_closed(django_db_setup):
+    """The history thread's database connection must not outlive the test database
+    (requesting django_db_setup makes this run down before the database is dropped)."""
+    yield
+    history.close_connection()

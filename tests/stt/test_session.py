@@ -13,6 +13,9 @@ from stt.evaluation import word_error_rate
 from stt.session import SttSession
 from tests.conftest import JFK_TEXT, frames, silence
 
+# Sessions write their history (PostgreSQL under bin/test) from the history thread.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 class Transport:
     """Stands in for the WebSocket: records what the session sends and how it closes."""

@@ -1,0 +1,211 @@
+"""What the service remembers: sessions, utterances (with their audio), errors, and the
+runtime configuration profiles admins edit while the service runs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models, transaction
+from django.db.models import Q
+
+from stt.languages import normalize_language
+
+
+class SessionRecord(models.Model):
+    """One WebSocket session, from start_session to its end."""
+
+    connection_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session_id = models.CharField(max_length=128, db_index=True)
+    user_id = models.CharField(max_length=256, blank=True, db_index=True)
+    conversation_id = models.CharField(max_length=256, blank=True, db_index=True)
+    client_address = models.CharField(max_length=64, blank=True)
+    profile = models.CharField(max_length=64, blank=True, help_text="Runtime profile the session ran with.")
+    config = models.JSONField(default=dict, help_text="session_config as the client sent it.")
+    effective_config = models.JSONField(default=dict)
+    model = models.CharField(max_length=256, blank=True)
+    started_at = models.DateTimeField(db_index=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    close_reason = models.CharField(max_length=64, blank=True)
+    utterances = models.PositiveIntegerField(default=0)
+    finals = models.PositiveIntegerField(default=0)
+    failed_finals = models.PositiveIntegerField(default=0)
+    partials = models.PositiveIntegerField(default=0)
+    speech_onsets = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    audio_received_s = models.FloatField(default=0.0)
+    audio_transcribed_s = models.FloatField(default=0.0)
+    latency = models.JSONField(default=dict, help_text="Partial and final latency summary (ms).")
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = "session"
+
+    def __str__(self) -> str:
+        return f"{self.session_id} ({self.started_at:%Y-%m-%d %H:%M})"
+
+
+def utterance_audio_path(instance: "Utterance", filename: str) -> str:
+    return f"utterances/{instance.created_at:%Y/%m/%d}/{instance.utterance_id}.flac"
+
+
+class Utterance(models.Model):
+    """A final transcript with its words, timing, the decode that made it, and its audio."""
+
+    utterance_id = models.UUIDField(unique=True)
+    session = models.ForeignKey(SessionRecord, on_delete=models.CASCADE, related_name="utterance_set")
+    text = models.TextField(blank=True)
+    words = models.JSONField(default=list, help_text="[{word, start_ms, end_ms, confidence}], relative to start_ms.")
+    confidence = models.FloatField(null=True, blank=True)
+    language = models.CharField(max_length=16, blank=True, db_index=True)
+    start_ms = models.PositiveBigIntegerField(help_text="Start on the session's audio timeline.")
+    end_ms = models.PositiveBigIntegerField()
+    audio_duration_ms = models.PositiveIntegerField()
+    reason = models.CharField(max_length=32, blank=True)
+    partial_count = models.PositiveIntegerField(default=0)
+    first_partial_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    final_latency_ms = models.PositiveIntegerField(help_text="Utterance end decided -> final ready.")
+    model = models.CharField(max_length=256, blank=True)
+    decode = models.JSONField(default=dict, help_text="Decode settings used for the final.")
+    audio = models.FileField(upload_to=utterance_audio_path, blank=True, max_length=255)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["session", "start_ms"])]
+
+    def __str__(self) -> str:
+        return self.text[:60] or f"(no text) {self.utterance_id}"
+
+
+class ErrorEvent(models.Model):
+    """One error sent to a client."""
+
+    event_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(SessionRecord, on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="error_events")
+    session_label = models.CharField(max_length=128, blank=True, db_index=True,
+                                     help_text="The session id the client saw (kept if the session row is gone).")
+    code = models.CharField(max_length=64, db_index=True)
+    category = models.CharField(max_length=32, db_index=True)
+    severity = models.CharField(max_length=16)
+    recoverable = models.BooleanField()
+    message = models.TextField()
+    field = models.CharField(max_length=128, blank=True)
+    utterance_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.code} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ErrorStatistic(models.Model):
+    """Running count of one error code."""
+
+    category = models.CharField(max_length=32, db_index=True)
+    code = models.CharField(max_length=64)
+    count = models.PositiveBigIntegerField(default=0)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    last_message = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["category", "code"], name="unique_error_statistic")]
+        ordering = ["category", "-count"]
+
+    def __str__(self) -> str:
+        return f"{self.category}/{self.code}: {self.count}"
+
+
+def _range(low: float, high: float) -> list:
+    return [MinValueValidator(low), MaxValueValidator(high)]
+
+
+class RuntimeProfile(models.Model):
+    """Tunables an admin changes while the service runs. Empty fields inherit the
+    server's setting of the same meaning (environment variable in brackets)."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[RegexValidator(r"^[A-Za-z0-9._-]+$")],
+                            help_text="Sessions name it in start_session as session_config.profile.")
+    description = models.CharField(max_length=256, blank=True)
+    is_default = models.BooleanField(default=False, help_text="Used by sessions that name no profile (one at most).")
+    vad_threshold = models.FloatField(null=True, blank=True, validators=_range(0.05, 0.95),
+                                      help_text="Speech probability threshold [VAD_THRESHOLD].")
+    vad_min_speech_ms = models.PositiveIntegerField(null=True, blank=True, validators=_range(32, 2000),
+                                                    help_text="Speech before an onset counts [VAD_MIN_SPEECH_MS].")
+    vad_speech_pad_ms = models.PositiveIntegerField(null=True, blank=True, validators=_range(0, 1000),
+                                                    help_text="Audio kept around speech [VAD_SPEECH_PAD_MS].")
+    min_audio_length = models.FloatField(null=True, blank=True, validators=_range(0.1, 5.0),
+                                         help_text="Seconds before the first partial [MIN_AUDIO_LENGTH].")
+    partial_chunk_duration = models.FloatField(null=True, blank=True, validators=_range(0.05, 10.0),
+                                               help_text="Partial cadence, s [PARTIAL_CHUNK_DURATION].")
+    final_chunk_duration = models.FloatField(null=True, blank=True, validators=_range(0.1, 10.0),
+                                             help_text="Silence that ends an utterance, s [FINAL_CHUNK_DURATION].")
+    max_silence_duration = models.FloatField(null=True, blank=True, validators=_range(0.1, 10.0),
+                                             help_text="Most end silence a session may ask for [MAX_SILENCE_DURATION].")
+    max_utterance_duration = models.FloatField(null=True, blank=True, validators=_range(2.0, 28.0),
+                                               help_text="Longest utterance, s [MAX_UTTERANCE_DURATION].")
+    partial_beam_size = models.PositiveSmallIntegerField(null=True, blank=True, validators=_range(1, 10),
+                                                         help_text="[STT_PARTIAL_BEAM_SIZE]")
+    final_beam_size = models.PositiveSmallIntegerField(null=True, blank=True, validators=_range(1, 10),
+                                                       help_text="[STT_FINAL_BEAM_SIZE]")
+    max_connections = models.PositiveIntegerField(null=True, blank=True, validators=_range(1, 100000),
+                                                  help_text="Per server process [WEBSOCKET_MAX_CONNECTIONS].")
+    transcription_failure_threshold = models.PositiveIntegerField(
+        null=True, blank=True, validators=_range(1, 1000), help_text="[TRANSCRIPTION_FAILURE_THRESHOLD]")
+    gpu_failure_threshold = models.PositiveIntegerField(null=True, blank=True, validators=_range(1, 1000),
+                                                        help_text="[GPU_FAILURE_THRESHOLD]")
+    max_session_errors = models.PositiveIntegerField(null=True, blank=True, validators=_range(1, 100000),
+                                                     help_text="[MAX_SESSION_ERRORS]")
+    default_language = models.CharField(max_length=16, blank=True,
+                                        help_text="Language for sessions that set none (blank: auto/model's).")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # The tunables, in form order; each maps to the setting of the same name, upper-cased.
+    TUNABLES = (
+        "vad_threshold", "vad_min_speech_ms", "vad_speech_pad_ms", "min_audio_length",
+        "partial_chunk_duration", "final_chunk_duration", "max_silence_duration", "max_utterance_duration",
+        "partial_beam_size", "final_beam_size", "max_connections", "transcription_failure_threshold",
+        "gpu_failure_threshold", "max_session_errors",
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_default"], condition=Q(is_default=True), name="one_default_profile"),
+        ]
+        verbose_name = "runtime profile"
+
+    def __str__(self) -> str:
+        return f"{self.name}{' (default)' if self.is_default else ''}"
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        try:
+            self.default_language = normalize_language(self.default_language or None) or ""
+        except ValueError as exc:
+            errors["default_language"] = str(exc)
+        final = self.final_chunk_duration
+        bound = self.max_silence_duration or settings.MAX_SILENCE_DURATION
+        if final is not None and final > bound:
+            errors["final_chunk_duration"] = f"must be at most the maximum silence duration ({bound} s)"
+        if errors:
+            raise ValidationError(errors)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        with transaction.atomic():
+            if self.is_default:  # one default: saving a new one retires the old
+                RuntimeProfile.objects.filter(is_default=True).exclude(pk=self.pk).update(is_default=False)
+            super().save(*args, **kwargs)
+
+    def overrides(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in self.TUNABLES if getattr(self, name) is not None}
+        if self.default_language:
+            values["default_language"] = self.default_language
+        return values
