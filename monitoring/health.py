@@ -11,6 +11,7 @@ from channels.layers import get_channel_layer
 from django.db import connection
 
 from stt.engine import get_engine
+from stt.persistence import history
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -48,13 +49,15 @@ def _query_database() -> None:
 
 
 async def check_database() -> dict[str, Any]:
+    """The database answers a query; and how many history writes wait for it."""
     started = time.perf_counter()
+    backlog = {"history_backlog": history.backlog, "history_dropped": history.stats.dropped}
     try:
         await asyncio.wait_for(sync_to_async(_query_database, thread_sensitive=False)(), CHECK_TIMEOUT_SECONDS)
     except Exception as exc:
-        return {"status": "error", "vendor": connection.vendor, "error": str(exc) or type(exc).__name__}
+        return {"status": "error", "vendor": connection.vendor, "error": str(exc) or type(exc).__name__, **backlog}
     return {"status": "ok", "vendor": connection.vendor,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1), **backlog}
 
 
 async def check_channel_layer() -> dict[str, Any]:

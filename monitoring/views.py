@@ -10,6 +10,7 @@ from monitoring.health import check_model, overall_health
 from monitoring.registry import registry
 from stt import protocol
 from stt.engine import get_engine
+from stt.persistence import history
 
 SERVICE_NAME = "Fasttalk STT"
 VERSION = "0.1.0"
@@ -62,5 +63,12 @@ async def stats(request: HttpRequest) -> JsonResponse:
         "timeouts": engine.stats.timeouts,
         "audio_seconds": round(engine.stats.audio_seconds, 3),
         "inference_seconds": round(engine.stats.inference_seconds, 3),
+    }
+    snapshot["history"] = {
+        "written": history.stats.written,
+        "backlog": history.backlog,
+        "buffered_total": history.stats.buffered,
+        "dropped": history.stats.dropped,
+        "failures": history.stats.failures,
     }
     return JsonResponse(snapshot)

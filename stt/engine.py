@@ -370,7 +370,8 @@ class SpeechEngine:
             return self._info
         try:
             # Shielded: a caller that stops waiting must not cancel the load for everyone.
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.start_loading())), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(asyncio.wrap_future(self.start_loading()))
         except asyncio.TimeoutError:
             raise SttError("model_unavailable", "the speech model is still loading; try again shortly") from None
         except Exception as exc:
@@ -462,8 +463,9 @@ class SpeechEngine:
         outcome_recorded = False
         future, job = self._submit(source, options, stream_key)
         try:
-            transcript = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                                settings.STT_TRANSCRIPTION_TIMEOUT)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(settings.STT_TRANSCRIPTION_TIMEOUT):
+                transcript = await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.TimeoutError:
             if job is not None:
                 self._withdraw(job)

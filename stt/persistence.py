@@ -94,7 +94,9 @@ class HistoryWriter:
     async def _run(self, item: Write) -> None:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, _apply, item)
-        await asyncio.wait_for(asyncio.shield(future), settings.PERSISTENCE_WRITE_TIMEOUT)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+        async with asyncio.timeout(settings.PERSISTENCE_WRITE_TIMEOUT):
+            await asyncio.shield(future)
         self.stats.written += 1
 
     def _note_failure(self, item: Write, exc: Exception) -> None:
@@ -114,7 +116,10 @@ class HistoryWriter:
             self._flusher = loop.create_task(self._flush())
 
     async def _flush(self) -> None:
+        task = asyncio.current_task()
         while self._backlog:
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             item = self._backlog[0]
             try:
                 await self._run(item)

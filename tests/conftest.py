@@ -121,3 +121,14 @@ def history_connection_closed(django_db_setup):
     (requesting django_db_setup makes this run down before the database is dropped)."""
     yield
     history.close_connection()
+    # Async tests reach the ORM through asgiref's shared sync thread: close its connection too.
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def media_in_tmp(settings, tmp_path):
+    """Utterance audio written by a test goes to its own folder."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")

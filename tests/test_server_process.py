@@ -6,12 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,74 +14,30 @@ import websockets
 
 from stt.evaluation import word_error_rate
 from tests.conftest import JFK_TEXT, frames, silence
+from tests.servers import ScratchDatabase, Server, base_env, get_json
 
-ROOT = Path(__file__).resolve().parents[1]
 FRAME = 1024  # 64 ms
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get_json(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-class Server:
-    def __init__(self, env: dict[str, str], tmp_path: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}/ws/transcribe"
-        self.log = tmp_path / f"server-{self.port}.log"
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                       cwd=ROOT, env=env, check=True)
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text()}")
-            try:
-                status, _ = get_json(f"{self.base}/health")
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server did not become healthy:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Daphne with this suite's environment: PostgreSQL and Redis under bin/test."""
-    running = Server(dict(os.environ), tmp_path_factory.mktemp("server"))
+    """Daphne as deployed: PostgreSQL (a database of its own) and Redis, under bin/test."""
+    database = ScratchDatabase(os.environ["DATABASE_URL"])
+    running = Server({**base_env(), "DATABASE_URL": database.url()}, tmp_path_factory.mktemp("server"))
+    running.database = database
     yield running
     running.stop()
+    database.drop()
 
 
 @pytest.fixture(scope="module")
 def embedded_server(tmp_path_factory):
     """Daphne on the embedded defaults: no DATABASE_URL, no REDIS_URL."""
     folder = tmp_path_factory.mktemp("embedded")
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    # A private SQLite file: the default lives in the project directory.
+    env = {k: v for k, v in base_env().items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    # A private SQLite file and media folder: the defaults live in the project directory.
     env["DATABASE_URL"] = f"sqlite:///{folder / 'embedded.sqlite3'}"
+    env["MEDIA_ROOT"] = str(folder / "media")
     running = Server(env, folder)
     yield running
     running.stop()
@@ -128,6 +79,9 @@ async def test_real_time_stream_gets_partials_during_speech_and_the_right_finals
     # Each utterance but the last is final before the audio stops: finals follow speech, not the session.
     assert sum(1 for t, m in received if m["type"] == "transcription_final" and t < speech_end) >= len(finals) - 1
     assert kinds[-1] == "session_ended"
+    # The server's history holds every final the client got, as the client got it.
+    stored = dict(server.database.query("SELECT utterance_id::text, text FROM stt_utterance"))
+    assert {f["data"]["utterance_id"]: f["data"]["text"] for f in finals}.items() <= stored.items()
 
 
 async def test_health_stats_and_index_of_the_running_server(server):

@@ -1,0 +1,207 @@
+"""Real server processes for end-to-end tests: Daphne (manage.py serve) on a database of
+its own, and a TCP proxy in front of PostgreSQL that a test can cut and restore to
+take the database away from the server for real."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class ScratchDatabase:
+    """A PostgreSQL database of its own for one server process, dropped afterwards."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self.name = f"fasttalk_e2e_{uuid.uuid4().hex[:10]}"
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 5432
+        self.user = parts.username or "postgres"
+        self._admin_dsn = f"host={self.host} port={self.port} user={self.user} dbname=postgres"
+        with psycopg.connect(self._admin_dsn, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{self.name}"')
+
+    def url(self, port: int | None = None) -> str:
+        return f"postgres://{self.user}@{self.host}:{port or self.port}/{self.name}"
+
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        dsn = f"host={self.host} port={self.port} user={self.user} dbname={self.name}"
+        with psycopg.connect(dsn) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def drop(self) -> None:
+        with psycopg.connect(self._admin_dsn, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class Server:
+    """`manage.py serve` in a subprocess, healthy before the constructor returns."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, migrate_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}/ws/transcribe"
+        self.env = env
+        self.log = log_dir / f"server-{self.port}.log"
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+                       cwd=ROOT, env=migrate_env or env, check=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()}")
+            try:
+                if get_json(f"{self.base}/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.log.read_text()}")
+
+    def manage(self, *args: str, env: dict[str, str] | None = None) -> None:
+        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**self.env, **(env or {})}, check=True)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class AdminBrowser:
+    """Logs into the server's Django admin and submits its forms, as a person would."""
+
+    def __init__(self, base: str, username: str, password: str) -> None:
+        self.base = base
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+        page = self.get("/admin/login/")
+        self.post("/admin/login/", {"username": username, "password": password, "next": "/admin/"}, page)
+
+    def get(self, path: str) -> str:
+        with self.opener.open(self.base + path, timeout=15) as response:
+            return response.read().decode()
+
+    def post(self, path: str, fields: dict[str, str], form_page: str) -> tuple[int, str]:
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form_page).group(1)
+        data = urllib.parse.urlencode({"csrfmiddlewaretoken": token, **fields}).encode()
+        request = urllib.request.Request(self.base + path, data=data, headers={"Referer": self.base + path})
+        with self.opener.open(request, timeout=15) as response:
+            return response.status, response.read().decode()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target; cut() drops every connection and refuses
+    new ones (the server sees its database vanish), restore() brings it back."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.port = free_port()
+        self.target = (target_host, target_port)
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._listener: socket.socket | None = None
+        self._running = True
+        self.restore()
+
+    def restore(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                return
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(64)
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            pairs, self._pairs = self._pairs, []
+        if listener is not None:
+            listener.close()
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self) -> None:
+        self._running = False
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._running:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pump(client: socket.socket, upstream: socket.socket) -> None:
+        sockets = [client, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 1.0)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (upstream if sock is client else client).sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            for sock in sockets:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+def base_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
