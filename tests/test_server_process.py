@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import time
 
 import numpy as np
@@ -39,6 +40,8 @@ def embedded_server(tmp_path_factory):
     env["DATABASE_URL"] = f"sqlite:///{folder / 'embedded.sqlite3'}"
     env["MEDIA_ROOT"] = str(folder / "media")
     running = Server(env, folder)
+    running.sqlite_path = folder / "embedded.sqlite3"
+    running.media_root = folder / "media"
     yield running
     running.stop()
 
@@ -126,6 +129,12 @@ async def test_the_embedded_defaults_serve_a_session(embedded_server, speak):
             await ws.send(frame)
         await ws.send(json.dumps({"type": "end_session"}))
         messages = [json.loads(raw) async for raw in ws]
-    text = " ".join(m["data"]["text"] for m in messages if m["type"] == "transcription_final")
-    assert "hello world" in text.lower()
+    finals = [m["data"] for m in messages if m["type"] == "transcription_final"]
+    assert "hello world" in " ".join(f["text"] for f in finals).lower()
     assert messages[-1]["type"] == "session_ended"
+    # The embedded default keeps the history too: SQLite and a media folder.
+    with sqlite3.connect(embedded_server.sqlite_path) as database:
+        stored = dict(database.execute("SELECT utterance_id, audio FROM stt_utterance").fetchall())
+    for final in finals:
+        audio = stored[final["utterance_id"].replace("-", "")]
+        assert (embedded_server.media_root / audio).is_file()
