@@ -132,8 +132,11 @@ RETENTION_DAYS = env_int("RETENTION_DAYS", 30)
 # A write slower than this counts as failed and waits in the backlog for a retry.
 PERSISTENCE_WRITE_TIMEOUT = env_float("PERSISTENCE_WRITE_TIMEOUT", 2.0)
 PERSISTENCE_RETRY_SECONDS = env_float("PERSISTENCE_RETRY_SECONDS", 2.0)
-# Writes held while the database is down; beyond it they are dropped (and logged).
+# Writes held while the database is down; beyond it they go to the journal (and are logged).
 PERSISTENCE_BACKLOG_LIMIT = env_int("PERSISTENCE_BACKLOG_LIMIT", 10000)
+# History writes the database refused, or that were still waiting at exit, as JSON
+# lines; manage.py replay_history_journal writes them later.
+HISTORY_JOURNAL = env_str("HISTORY_JOURNAL", str(BASE_DIR / "var" / "history-journal.jsonl"))
 # Runtime profiles edited in the admin are re-read at least this often.
 RUNTIME_CONFIG_REFRESH_SECONDS = env_float("RUNTIME_CONFIG_REFRESH_SECONDS", 1.0)
 

@@ -156,11 +156,14 @@ class RuntimeProfile(models.Model):
     final_beam_size = models.PositiveSmallIntegerField(null=True, blank=True, validators=_range(1, 10),
                                                        help_text="[STT_FINAL_BEAM_SIZE]")
     max_connections = models.PositiveIntegerField(null=True, blank=True, validators=_range(1, 100000),
-                                                  help_text="Per server process [WEBSOCKET_MAX_CONNECTIONS].")
+                                                  help_text="Per server process; process-wide, so read from the default "
+                                                            "profile only [WEBSOCKET_MAX_CONNECTIONS].")
     transcription_failure_threshold = models.PositiveIntegerField(
-        null=True, blank=True, validators=_range(1, 1000), help_text="[TRANSCRIPTION_FAILURE_THRESHOLD]")
-    gpu_failure_threshold = models.PositiveIntegerField(null=True, blank=True, validators=_range(1, 1000),
-                                                        help_text="[GPU_FAILURE_THRESHOLD]")
+        null=True, blank=True, validators=_range(1, 1000),
+        help_text="Process-wide: read from the default profile only [TRANSCRIPTION_FAILURE_THRESHOLD]")
+    gpu_failure_threshold = models.PositiveIntegerField(
+        null=True, blank=True, validators=_range(1, 1000),
+        help_text="Process-wide: read from the default profile only [GPU_FAILURE_THRESHOLD]")
     max_session_errors = models.PositiveIntegerField(null=True, blank=True, validators=_range(1, 100000),
                                                      help_text="[MAX_SESSION_ERRORS]")
     default_language = models.CharField(max_length=16, blank=True,
@@ -197,6 +200,11 @@ class RuntimeProfile(models.Model):
             errors["final_chunk_duration"] = f"must be at most the maximum silence duration ({bound} s)"
         if errors:
             raise ValidationError(errors)
+
+    def validate_constraints(self, exclude: Any = None) -> None:
+        # save() retires the old default itself: the form must not refuse a new default.
+        exclude = set(exclude or ()) | {"is_default"}
+        super().validate_constraints(exclude=exclude)
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         with transaction.atomic():

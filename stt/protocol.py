@@ -63,6 +63,13 @@ class SessionConfig(BaseModel):
     def _known_language(cls, value: str | None) -> str | None:
         return normalize_language(value)
 
+    @field_validator("user_id", "conversation_id")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
     @field_validator("session_id")
     @classmethod
     def _session_id_shape(cls, value: str | None) -> str | None:

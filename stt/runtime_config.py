@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 CONFIG_GROUP = "stt.config"
 CONFIG_CHANGED = "config.changed"
+# A session start waits at most this long for a refresh in progress, then uses the
+# values it has; a failed refresh is not tried again for a while.
+_REFRESH_WAIT = 0.5
+_FAILURE_BACKOFF = 5.0
+# Channel-layer groups expire (a day by default): the listener re-joins well before.
+_REJOIN_SECONDS = 1800
 
 
 @dataclass(frozen=True)
@@ -107,11 +113,17 @@ class RuntimeConfigStore:
         self._profiles: dict[str, dict[str, Any]] = {}
         self._default: str | None = None
         self._loaded_at = -math.inf
+        self._loaded_once = False
+        self._epoch = 0  # bumped by each invalidation
+        self._retry_after = -math.inf
+        self._refresh: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
         self.reloads = 0
 
     def invalidate(self) -> None:
         self._loaded_at = -math.inf
+        self._retry_after = -math.inf
+        self._epoch += 1
 
     async def values(self, profile: str | None = None) -> RuntimeValues:
         """The tunables for a session naming `profile` (None: the default profile)."""
@@ -128,14 +140,32 @@ class RuntimeConfigStore:
 
     async def _refresh_if_stale(self) -> None:
         now = time.monotonic()
-        if now - self._loaded_at < settings.RUNTIME_CONFIG_REFRESH_SECONDS:
+        if now - self._loaded_at < settings.RUNTIME_CONFIG_REFRESH_SECONDS or now < self._retry_after:
             return
+        loop = asyncio.get_running_loop()
+        if self._refresh is None or self._refresh.done() or self._refresh.get_loop() is not loop:
+            self._refresh = loop.create_task(self._reload())  # one at a time
+        if not self._loaded_once:
+            await asyncio.shield(self._refresh)
+            return
+        try:  # a slow database must not stall session starts: keep the values we have
+            async with asyncio.timeout(_REFRESH_WAIT):
+                await asyncio.shield(self._refresh)
+        except TimeoutError:
+            pass
+
+    async def _reload(self) -> None:
+        started, epoch = time.monotonic(), self._epoch
         try:
             self._profiles, self._default = await sync_to_async(_load_profiles, thread_sensitive=False)()
-            self.reloads += 1
         except Exception as exc:  # the database is down: keep what we had
             logger.warning("runtime profiles could not be read (%s); keeping the last values", exc)
-        self._loaded_at = now
+            self._retry_after = time.monotonic() + _FAILURE_BACKOFF
+            return
+        self.reloads += 1
+        self._loaded_once = True
+        if self._epoch == epoch:  # an invalidation during the read leaves it stale
+            self._loaded_at = started
 
     async def stop_listener(self) -> None:
         listener, self._listener = self._listener, None
@@ -158,22 +188,29 @@ class RuntimeConfigStore:
         if layer is None:
             return
         while True:
+            rejoin: asyncio.Task | None = None
             try:
                 channel = await layer.new_channel()  # the default prefix: channels-redis multiplexes only those
                 await layer.group_add(CONFIG_GROUP, channel)
-                refreshed = time.monotonic()
+                rejoin = asyncio.ensure_future(self._stay_in_group(layer, channel))
                 while True:
                     message = await layer.receive(channel)
                     if message.get("type") == CONFIG_CHANGED:
                         self.invalidate()
-                    if time.monotonic() - refreshed > 3600:  # groups expire; stay in
-                        await layer.group_add(CONFIG_GROUP, channel)
-                        refreshed = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the layer is down: the refresh bound still holds
                 logger.warning("runtime config listener: %s; retrying", exc)
                 await asyncio.sleep(2.0)
+            finally:
+                if rejoin is not None:
+                    rejoin.cancel()
+
+    @staticmethod
+    async def _stay_in_group(layer: Any, channel: str) -> None:
+        while True:
+            await asyncio.sleep(_REJOIN_SECONDS)
+            await layer.group_add(CONFIG_GROUP, channel)
 
 
 store = RuntimeConfigStore()

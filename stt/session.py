@@ -234,7 +234,7 @@ class SttSession:
     async def _send_error(self, error: SttError) -> None:
         payload = error.to_payload()
         await self._send(envelope("error", self._metadata(), error=payload))
-        history.write_later(error_write(payload, self.connection_id, self._session_id, self.record is not None))
+        history.write_later(error_write(payload, self.connection_id, self._session_id))
 
     async def _on_start_session(self, message: protocol.StartSession) -> None:
         if self.started:

@@ -164,6 +164,12 @@ class TestRuntimeProfiles:
         assert field in errors and message in " ".join(errors[field])
         assert not RuntimeProfile.objects.exists()
 
+    def test_a_new_default_replaces_the_old_one_from_the_admin(self, admin_client):
+        RuntimeProfile.objects.create(name="old", is_default=True)
+        response = admin_client.post(self.url, self.form(name="new", is_default="on"))
+        assert response.status_code == 302, response.content.decode()[:500]
+        assert list(RuntimeProfile.objects.filter(is_default=True).values_list("name", flat=True)) == ["new"]
+
     def test_the_change_page_shows_the_values_in_force(self, admin_client, settings):
         profile = RuntimeProfile.objects.create(name="office", vad_threshold=0.6)
         page = listed(admin_client.get(reverse("admin:stt_runtimeprofile_change", args=[profile.pk])))

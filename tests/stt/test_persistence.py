@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import uuid
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 import soundfile
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import OperationalError
 
 from fasttalk.asgi import application
 from stt.models import ErrorEvent, ErrorStatistic, SessionRecord, Utterance
-from stt.persistence import HistoryWriter, Write
+from stt.persistence import APPLIERS, HistoryWriter, SessionFacts, Write, error_write, session_write
 from tests.conftest import frames, silence
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -99,39 +103,84 @@ async def test_a_client_that_leaves_mid_utterance_still_has_it_stored(engine, jf
     assert "fellow americans" in rows[0].text.lower()
 
 
-class TestBacklog:
-    """A HistoryWriter whose writes fail for real until the 'database' answers again."""
+class TestBacklogAndJournal:
+    """The writer's own rules, with writes whose outcome the test controls."""
 
-    async def test_failed_writes_wait_and_are_replayed_in_order(self, settings):
+    @pytest.fixture
+    def probe(self, settings, tmp_path):
         settings.PERSISTENCE_RETRY_SECONDS = 0.05
+        settings.HISTORY_JOURNAL = str(tmp_path / "journal.jsonl")
+        state = {"up": False, "applied": []}
+
+        def apply(item: Write) -> None:
+            if item.payload.get("poison"):
+                raise ValueError("this row can never be written")
+            if not state["up"]:
+                raise OperationalError("could not connect to server")
+            state["applied"].append(item.payload["n"])
+
+        APPLIERS["probe"] = apply
+        yield state
+        del APPLIERS["probe"]
+
+    async def test_writes_wait_while_the_database_is_down_and_go_in_order_when_it_returns(self, probe):
         writer = HistoryWriter()
-        applied: list[int] = []
-        database_up = False
-
-        def write(index: int) -> Write:
-            def apply() -> None:
-                if not database_up:
-                    raise ConnectionError("database unreachable")
-                applied.append(index)
-            return Write(f"write {index}", apply)
-
-        assert await writer.write(write(1)) is False
-        assert await writer.write(write(2)) is False, "queued behind the first, in order"
+        assert await writer.write(Write("probe", {"n": 1})) is False
+        assert await writer.write(Write("probe", {"n": 2})) is False, "queued behind the first, in order"
         assert writer.backlog == 2 and writer.stats.failures >= 1
-        database_up = True
+        probe["up"] = True
         assert await writer.drain(timeout=5)
-        assert applied == [1, 2]
-        assert await writer.write(write(3)) is True
-        assert applied == [1, 2, 3]
+        assert probe["applied"] == [1, 2]
+        assert await writer.write(Write("probe", {"n": 3})) is True
+        assert probe["applied"] == [1, 2, 3]
 
-    async def test_a_full_backlog_drops_and_counts(self, settings):
-        settings.PERSISTENCE_RETRY_SECONDS = 60
-        settings.PERSISTENCE_BACKLOG_LIMIT = 2
-
-        def failing() -> None:
-            raise ConnectionError("down")
-
+    async def test_a_refused_write_goes_to_the_journal_and_does_not_block_the_others(self, probe, settings):
         writer = HistoryWriter()
-        for index in range(4):
-            await writer.write(Write(f"w{index}", failing))
-        assert writer.backlog == 2 and writer.stats.dropped == 2
+        await writer.write(Write("probe", {"n": 1}))  # the database is down: waits
+        await writer.write(Write("probe", {"n": 2, "poison": True}))
+        await writer.write(Write("probe", {"n": 3}))
+        probe["up"] = True
+        assert await writer.drain(timeout=5)
+        assert probe["applied"] == [1, 3]
+        journal = [json.loads(line) for line in open(settings.HISTORY_JOURNAL)]
+        assert [entry["payload"]["n"] for entry in journal] == [2]
+        assert "this row can never be written" in journal[0]["reason"]
+        assert writer.stats.journaled == 1
+
+    async def test_a_full_backlog_and_an_exit_keep_writes_in_the_journal(self, probe, settings):
+        settings.PERSISTENCE_BACKLOG_LIMIT = 2
+        settings.PERSISTENCE_RETRY_SECONDS = 60
+        writer = HistoryWriter()
+        for n in range(4):
+            await writer.write(Write("probe", {"n": n}))
+        assert writer.backlog == 2 and writer.stats.journaled == 2
+        writer.journal_backlog()  # what the process does at exit
+        journal = [json.loads(line)["payload"]["n"] for line in open(settings.HISTORY_JOURNAL)]
+        assert sorted(journal) == [0, 1, 2, 3]
+
+
+async def test_postgresql_refusing_a_row_does_not_hold_up_the_history(settings, tmp_path):
+    settings.HISTORY_JOURNAL = str(tmp_path / "journal.jsonl")
+    writer = HistoryWriter()
+    too_long = {"code": "x" * 100, "category": "connection", "severity": "low", "recoverable": True,
+                "message": "a code longer than its column"}
+    assert await writer.write(error_write(too_long, None, "s")) is False
+    fine = {**too_long, "code": "invalid_json"}
+    assert await writer.write(error_write(fine, None, "s")) is True
+    assert await sync_to_async(ErrorEvent.objects.filter(code="invalid_json").count)() == 1
+    assert writer.stats.journaled == 1 and os.path.getsize(settings.HISTORY_JOURNAL) > 0
+    await sync_to_async(writer.close_connection)()
+
+
+def test_journaled_rows_are_written_by_the_replay_command(settings, tmp_path, capsys):
+    from django.core.management import call_command
+
+    settings.HISTORY_JOURNAL = str(tmp_path / "journal.jsonl")
+    writer = HistoryWriter()
+    facts = SessionFacts(connection_id=str(uuid.uuid4()), session_id="journaled", user_id="u", conversation_id=None,
+                         client_address=None, profile="", config={}, effective_config={}, model="tiny.en",
+                         started_at=datetime.now(timezone.utc))
+    writer._journal(session_write(facts), "test")
+    call_command("replay_history_journal")
+    assert "Wrote 1 journaled rows; 0 still fail" in capsys.readouterr().out
+    assert SessionRecord.objects.get(session_id="journaled").user_id == "u"

@@ -107,6 +107,8 @@ class TestSessionConfig:
         ({"final_chunk_duration": 0.0}, "final_chunk_duration"),
         ({"session_id": "has spaces"}, "session_id"),
         ({"user_id": "u" * 300}, "user_id"),
+        ({"user_id": "a\x00b"}, "user_id"),
+        ({"conversation_id": "line\nbreak"}, "conversation_id"),
         ({"enable_vads": True}, "enable_vads"),
     ])
     def test_a_bad_value_is_refused_naming_its_field(self, config, field):

@@ -31,12 +31,13 @@ def make_session(days_ago: float, utterance_days_ago: list[float], ended: bool =
     return session
 
 
-def test_old_history_and_its_audio_go_new_history_stays(settings, capsys):
+def test_old_history_and_its_audio_go_new_history_stays(settings, capsys, django_capture_on_commit_callbacks):
     settings.RETENTION_DAYS = 30
     old = make_session(40, [40, 40])
     new = make_session(2, [2])
     old_files = [u.audio.name for u in old.utterance_set.all()]
-    call_command("purge_history")
+    with django_capture_on_commit_callbacks(execute=True):  # files go once the deletion commits
+        call_command("purge_history")
     assert "Deleted 1 sessions, 2 utterances (2 audio files) and 1 error events" in capsys.readouterr().out
     assert not SessionRecord.objects.filter(pk=old.pk).exists()
     assert list(Utterance.objects.values_list("text", flat=True)) == ["2 days old"]
@@ -51,10 +52,20 @@ def test_a_long_session_keeps_its_recent_utterances(settings):
     assert list(session.utterance_set.values_list("text", flat=True)) == ["1 days old"]
 
 
-def test_open_sessions_are_kept(settings):
-    open_session = make_session(40, [], ended=False)
+def test_a_session_that_may_still_run_is_kept_one_that_never_ended_goes(settings):
+    running = make_session(30.5, [], ended=False)
+    crashed = make_session(40, [], ended=False)
     call_command("purge_history", days=30)
-    assert SessionRecord.objects.filter(pk=open_session.pk).exists()
+    assert SessionRecord.objects.filter(pk=running.pk).exists()
+    assert not SessionRecord.objects.filter(pk=crashed.pk).exists()
+
+
+def test_deleting_an_utterance_anywhere_removes_its_audio(django_capture_on_commit_callbacks):
+    session = make_session(1, [1])
+    name = session.utterance_set.get().audio.name
+    with django_capture_on_commit_callbacks(execute=True):
+        session.delete()  # e.g. an admin deleting a session: its utterances cascade
+    assert not default_storage.exists(name)
 
 
 def test_dry_run_and_keep_forever(capsys):
