@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -161,12 +162,76 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-# --- Celery (grows with the re-transcription issue) --------------------------------
+# --- Celery: re-transcriptions and reports (fasttalk/celery.py, stt/tasks.py) -------
 
-CELERY_BROKER_URL = REDIS_URL or "memory://"
-CELERY_RESULT_BACKEND = REDIS_URL or "cache+memory://"
-# Without a broker, tasks run in-process so the embedded mode needs no worker.
-CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+# The broker and result store: REDIS_URL unless set apart. Without one, tasks run
+# in-process (eagerly, on a background thread for refinements), so the embedded mode
+# needs no worker.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL or "cache+memory://")
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL == "memory://")
+CELERY_TASK_EAGER_PROPAGATES = True
+# The queue this service's tasks travel on (keeps them apart on a shared Redis).
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "fasttalk")
+# A task is acknowledged only when it has finished; a worker lost mid-task (killed,
+# out of memory) puts it back on the queue for another worker.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# One process per worker by default: each holds its own copy of the refinement model.
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 1)
+# Hard limit of one task, in seconds (the soft limit, 30 s earlier, lets it record why).
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 900)
+CELERY_TASK_SOFT_TIME_LIMIT = max(1, CELERY_TASK_TIME_LIMIT - 30)
+# An unacknowledged task is handed out again after this long: it must exceed the
+# longest task, or a slow task would run twice.
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
+if CELERY_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must be longer than CELERY_TASK_TIME_LIMIT")
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    # Look for abandoned tasks every few seconds, not every 100 s (kombu's default).
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+    "socket_timeout": 15,
+    "socket_connect_timeout": 5,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_TASK_TRACK_STARTED = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TIMEZONE = "UTC"
+# Retries of a task that failed for a passing reason (database or broker away):
+# exponential backoff from 2 s, capped, with jitter.
+TASK_MAX_RETRIES = env_int("TASK_MAX_RETRIES", 5)
+TASK_RETRY_BACKOFF_MAX = env_int("TASK_RETRY_BACKOFF_MAX", 300)
+
+# Re-transcribe every final with the refinement model (a Celery task per utterance).
+REFINE_FINALS = env_bool("REFINE_FINALS", True)
+# The refinement model: "base" (bundled, multilingual), "tiny.en", a name or a path.
+REFINE_MODEL = env_str("REFINE_MODEL", "base")
+REFINE_DEVICE = env_str("REFINE_DEVICE", "auto")  # auto | cpu | cuda
+REFINE_COMPUTE_TYPE = env_str("REFINE_COMPUTE_TYPE", "auto")
+REFINE_CPU_THREADS = env_int("REFINE_CPU_THREADS", 0)
+REFINE_BEAM_SIZE = env_int("REFINE_BEAM_SIZE", 5)
+# Language passed to the model when the utterance recorded none.
+REFINE_DEFAULT_LANGUAGE = env_str("REFINE_DEFAULT_LANGUAGE", "en")
+# Long audio is re-transcribed in chunks of at most this many seconds, cut at the
+# quietest moment near each boundary; the admin shows chunks done / total.
+REFINE_CHUNK_SECONDS = env_float("REFINE_CHUNK_SECONDS", 30.0)
+# The beat sweep re-queues finals of the last this many hours that have no refinement
+# (their task was lost: broker down when the final was written).
+REFINE_SWEEP_HOURS = env_int("REFINE_SWEEP_HOURS", 24)
+# Where bundled models split across packages are joined (stt/model_files.py).
+MODEL_CACHE_DIR = env_str("MODEL_CACHE_DIR", str(BASE_DIR / "var" / "models"))
+
+# Reports for the admin dashboard, built by beat for each past period of this length.
+REPORT_PERIOD_HOURS = env_int("REPORT_PERIOD_HOURS", 24)
+CELERY_BEAT_SCHEDULE = {
+    "build-scheduled-reports": {"task": "stt.tasks.build_scheduled_reports", "schedule": 3600.0},
+    "refine-missed-finals": {"task": "stt.tasks.refine_missed_finals", "schedule": 300.0},
+    "purge-history": {"task": "stt.tasks.purge_history", "schedule": 24 * 3600.0},
+}
 
 # --- WebSocket server (names from the design document) -----------------------------
 

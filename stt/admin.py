@@ -8,16 +8,23 @@ admin, to staff who may view utterances.
 from __future__ import annotations
 
 import csv
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any, Iterable, Iterator
 
-from django.contrib import admin
+from django.conf import settings
+from django import forms
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone as django_timezone
 from django.utils.html import format_html, format_html_join
 
-from stt.models import ErrorEvent, ErrorStatistic, RuntimeProfile, SessionRecord, Utterance
+from stt.models import ErrorEvent, ErrorStatistic, Refinement, Report, RuntimeProfile, SessionRecord, Utterance
 from stt.runtime_config import RuntimeValues
 
 admin.site.site_header = "Fasttalk STT administration"
@@ -170,6 +177,44 @@ def export_sessions_csv(modeladmin: admin.ModelAdmin, request: HttpRequest, quer
     return csv_response("sessions.csv", SESSION_COLUMNS, rows)
 
 
+@admin.action(description="Re-transcribe selected utterances with the refinement model")
+def refine_utterances(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    from stt.tasks import queue_refinements
+
+    ids = [str(u) for u in queryset.values_list("utterance_id", flat=True)]
+    queued = queue_refinements(ids)
+    modeladmin.message_user(
+        request, f"Queued {queued} re-transcription(s) with {settings.REFINE_MODEL}; "
+                 f"{len(ids) - queued} already done or under way.", messages.SUCCESS)
+
+
+def diff_html(diff: list[dict[str, Any]]) -> str:
+    """The word diff with the live words struck out and the refined ones underlined."""
+    parts = []
+    for run in diff:
+        live, refined = " ".join(run["live"]), " ".join(run["refined"])
+        if run["op"] == "equal":
+            parts.append(format_html("{}", live))
+        else:
+            if live:
+                parts.append(format_html('<del class="live">{}</del>', live))
+            if refined:
+                parts.append(format_html('<ins class="refined">{}</ins>', refined))
+    return format_html_join(" ", "{}", ((p,) for p in parts))
+
+
+def refinement_summary(refinement: Refinement) -> str:
+    header = format_html("<p><b>{}</b>: {} (chunks {}, attempts {})</p>", refinement.model,
+                         refinement.get_status_display(), refinement.progress, refinement.attempts)
+    if refinement.status != Refinement.Status.DONE:
+        return header + (format_html("<p>{}</p>", refinement.error) if refinement.error else "")
+    return header + format_html(
+        '<p class="refined-text">{}</p><p class="word-diff">{}</p>'
+        "<p>word error rate of the live text against it: {}%; decoded in {} ms (real-time factor {})</p>",
+        refinement.text, diff_html(refinement.diff), round((refinement.word_error_rate or 0) * 100, 1),
+        refinement.processing_ms, refinement.real_time_factor)
+
+
 # --- history: read-only -----------------------------------------------------------------
 
 
@@ -199,14 +244,15 @@ class UtteranceAdmin(ReadOnlyAdmin):
     search_fields = ("text",)
     date_hierarchy = "created_at"
     list_select_related = ("session",)
-    actions = (export_utterances_csv,)
+    actions = (export_utterances_csv, refine_utterances)
     fieldsets = (
         (None, {"fields": ("text", "player", "word_timings")}),
+        ("Refinement", {"fields": ("refinement_view",)}),
         ("Timing", {"fields": ("session_link", "start_ms", "end_ms", "audio_duration_ms", "reason",
                                "partial_count", "first_partial_latency_ms", "final_latency_ms", "created_at")}),
         ("Decode", {"fields": ("utterance_id", "language", "confidence", "model", "decode", "audio")}),
     )
-    readonly_fields = ("text", "player", "word_timings", "session_link", "start_ms", "end_ms", "audio_duration_ms",
+    readonly_fields = ("text", "player", "word_timings", "refinement_view", "session_link", "start_ms", "end_ms", "audio_duration_ms",
                        "reason", "partial_count", "first_partial_latency_ms", "final_latency_ms", "created_at",
                        "utterance_id", "language", "confidence", "model", "decode", "audio")
 
@@ -243,6 +289,13 @@ class UtteranceAdmin(ReadOnlyAdmin):
         return format_html(
             '<table class="word-timings"><thead><tr><th>word</th><th>start ms</th><th>end ms</th>'
             "<th>session ms</th><th>confidence</th></tr></thead><tbody>{}</tbody></table>", rows)
+
+    @admin.display(description="re-transcription")
+    def refinement_view(self, obj: Utterance) -> str:
+        refinements = list(obj.refinements.all())
+        if not refinements:
+            return "(not re-transcribed yet)"
+        return format_html_join("", "{}", ((refinement_summary(r),) for r in refinements))
 
     def get_urls(self) -> list:
         return [
@@ -360,3 +413,157 @@ class RuntimeProfileAdmin(admin.ModelAdmin):
             ((key, value, "" if obj.pk and key in obj.overrides() else " (server setting)")
              for key, value in values.as_dict().items() if key != "profile"),
         )
+
+
+# --- re-transcriptions and reports (Celery) ---------------------------------------------
+
+
+@admin.action(description="Queue failed re-transcriptions again")
+def retry_refinements(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    from stt.tasks import queue_refinements
+
+    queued = 0
+    for model_name in set(queryset.values_list("model", flat=True)):
+        ids = [str(u) for u in queryset.filter(model=model_name, status=Refinement.Status.FAILED)
+               .values_list("utterance__utterance_id", flat=True)]
+        queued += queue_refinements(ids, model=model_name)
+    modeladmin.message_user(request, f"Queued {queued} failed re-transcription(s) again.", messages.SUCCESS)
+
+
+@admin.register(Refinement)
+class RefinementAdmin(ReadOnlyAdmin):
+    list_display = ("queued_at", "utterance_link", "model", "status", "progress", "attempts", "differs",
+                    "word_error_rate", "real_time_factor", "finished_at")
+    list_filter = ("status", "model", "differs", ("finished_at", admin.DateFieldListFilter))
+    search_fields = ("text", "utterance__text", "utterance__utterance_id")
+    list_select_related = ("utterance",)
+    actions = (retry_refinements,)
+    readonly_fields = ("utterance_link", "model", "status", "progress", "attempts", "summary", "language",
+                       "word_error_rate", "differs", "processing_ms", "real_time_factor", "task_id", "error",
+                       "queued_at", "started_at", "finished_at")
+    fields = readonly_fields
+
+    @admin.display(description="utterance")
+    def utterance_link(self, obj: Refinement) -> str:
+        url = reverse("admin:stt_utterance_change", args=[obj.utterance_id])
+        return format_html('<a href="{}">{}</a>', url, obj.utterance.text[:80] or "(no text)")
+
+    @admin.display(description="chunks done")
+    def progress(self, obj: Refinement) -> str:
+        return obj.progress
+
+    @admin.display(description="result")
+    def summary(self, obj: Refinement) -> str:
+        return refinement_summary(obj)
+
+
+class BuildReportForm(forms.Form):
+    start = forms.DateTimeField(widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+                                help_text="UTC")
+    end = forms.DateTimeField(widget=forms.DateTimeInput(attrs={"type": "datetime-local"}), help_text="UTC")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        start, end = data.get("start"), data.get("end")
+        if start and end:
+            if end <= start:
+                raise forms.ValidationError("The end must be after the start.")
+            if end - start > timedelta(days=366):
+                raise forms.ValidationError("A report covers at most 366 days.")
+        return data
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=dt_timezone.utc) if value.tzinfo is None else value.astimezone(dt_timezone.utc)
+
+
+@admin.action(description="Download selected reports as CSV")
+def export_reports_csv(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> HttpResponse:
+    return report_csv_response(queryset.order_by("period_start"), "reports.csv")
+
+
+@admin.action(description="Rebuild selected reports")
+def rebuild_reports(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+    from stt.tasks import build_report
+
+    for report in queryset:
+        build_report.delay(report.period_start.isoformat(), report.period_end.isoformat(), report.kind)
+    modeladmin.message_user(request, f"Rebuilding {queryset.count()} report(s).", messages.SUCCESS)
+
+
+def report_csv_response(reports: Iterable[Report], filename: str) -> HttpResponse:
+    from stt.reports import reports_csv
+
+    response = HttpResponse(reports_csv(reports), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@admin.register(Report)
+class ReportAdmin(ReadOnlyAdmin):
+    list_display = ("period_start", "period_end", "kind", "utterances", "audio_hours", "disagreement_rate",
+                    "built_at", "dashboard_link")
+    list_filter = ("kind", ("period_start", admin.DateFieldListFilter))
+    date_hierarchy = "period_start"
+    actions = (export_reports_csv, rebuild_reports)
+    change_list_template = "admin/stt/report/change_list.html"
+    readonly_fields = ("kind", "period_start", "period_end", "built_at", "build_ms", "sessions", "utterances",
+                       "audio_hours", "partial_latency_ms", "final_latency_ms", "real_time_factor",
+                       "refined_real_time_factor", "errors_by_category", "refined_utterances",
+                       "disagreement_rate", "mean_word_error_rate", "hourly", "dashboard_link")
+    fields = readonly_fields
+
+    @admin.display(description="dashboard")
+    def dashboard_link(self, obj: Report) -> str:
+        return format_html('<a href="{}?report={}">chart</a>', reverse("admin:stt_report_dashboard"), obj.pk)
+
+    def get_urls(self) -> list:
+        return [
+            path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="stt_report_dashboard"),
+            path("<int:report_id>/csv/", self.admin_site.admin_view(self.csv_view), name="stt_report_csv"),
+            *super().get_urls(),
+        ]
+
+    def csv_view(self, request: HttpRequest, report_id: int) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        report = Report.objects.filter(pk=report_id).first()
+        if report is None:
+            raise Http404("no such report")
+        return report_csv_response([report], f"report-{report.period_start:%Y%m%d%H%M}.csv")
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        from stt.reports import dashboard_charts
+        from stt.tasks import build_report
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            form = BuildReportForm(request.POST)
+            if form.is_valid():
+                start, end = _as_utc(form.cleaned_data["start"]), _as_utc(form.cleaned_data["end"])
+                result = build_report.delay(start.isoformat(), end.isoformat(), Report.Kind.MANUAL)
+                if build_report.app.conf.task_always_eager:  # embedded mode: built already
+                    return redirect(f"{reverse('admin:stt_report_dashboard')}?report={result.get()['report_id']}")
+                self.message_user(request, "The report is being built by a worker; this page shows it "
+                                           "when you reload.", messages.SUCCESS)
+                return redirect(reverse("admin:stt_report_dashboard"))
+        else:
+            now = django_timezone.now().astimezone(dt_timezone.utc).replace(second=0, microsecond=0)
+            form = BuildReportForm(initial={"start": (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+                                            "end": now.strftime("%Y-%m-%dT%H:%M")})
+        reports = Report.objects.all()
+        report = None
+        if request.GET.get("report", "").isdigit():
+            report = reports.filter(pk=int(request.GET["report"])).first()
+        report = report or reports.order_by("-built_at").first()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Reports dashboard",
+            "opts": self.model._meta,
+            "form": form,
+            "report": report,
+            "charts": dashboard_charts(report) if report else [],
+            "recent": reports.order_by("-built_at")[:20],
+        }
+        return TemplateResponse(request, "admin/stt/report_dashboard.html", context)

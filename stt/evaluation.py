@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
 _NUMBER_WORDS = {
@@ -37,3 +38,27 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 def word_error_rate(reference: str, hypothesis: str) -> float:
     errors, length = word_errors(reference, hypothesis)
     return errors / length if length else float(bool(normalize_text(hypothesis)))
+
+
+def _comparable_words(text: str) -> tuple[list[str], list[str]]:
+    """(words as written, their normalized forms), skipping bare punctuation."""
+    shown, keys = [], []
+    for token in text.split():
+        key = " ".join(normalize_text(token))
+        if key:
+            shown.append(token)
+            keys.append(key)
+    return shown, keys
+
+
+def word_diff(live: str, refined: str) -> list[dict[str, object]]:
+    """Where two transcripts of the same audio part ways, word by word (case and
+    punctuation aside): runs of {"op": equal|replace|delete|insert, "live": [...],
+    "refined": [...]}, covering both texts in order."""
+    live_words, live_keys = _comparable_words(live)
+    refined_words, refined_keys = _comparable_words(refined)
+    matcher = difflib.SequenceMatcher(a=live_keys, b=refined_keys, autojunk=False)
+    return [
+        {"op": op, "live": live_words[i1:i2], "refined": refined_words[j1:j2]}
+        for op, i1, i2, j1, j2 in matcher.get_opcodes()
+    ]

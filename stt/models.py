@@ -217,3 +217,86 @@ class RuntimeProfile(models.Model):
         if self.default_language:
             values["default_language"] = self.default_language
         return values
+
+
+class Refinement(models.Model):
+    """A final re-transcribed from its stored audio by a Celery worker with a larger
+    model, kept beside the streamed text with the word-level difference. One row per
+    (utterance, model): the task is idempotent on that key."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    utterance = models.ForeignKey(Utterance, on_delete=models.CASCADE, related_name="refinements")
+    model = models.CharField(max_length=256)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    language = models.CharField(max_length=16, blank=True)
+    text = models.TextField(blank=True)
+    words = models.JSONField(default=list, help_text="[{word, start_ms, end_ms, confidence}], relative to the utterance.")
+    diff = models.JSONField(default=list, help_text="[{op, live, refined}]: equal, replace, delete, insert.")
+    word_error_rate = models.FloatField(null=True, blank=True, help_text="Live text against the refined text.")
+    differs = models.BooleanField(null=True, blank=True, db_index=True)
+    chunks_total = models.PositiveIntegerField(default=0)
+    chunks_done = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, help_text="Times a worker started it.")
+    task_id = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+    processing_ms = models.PositiveIntegerField(null=True, blank=True)
+    real_time_factor = models.FloatField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["utterance", "model"], name="one_refinement_per_model")]
+        ordering = ["-queued_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model} refinement of {self.utterance.utterance_id} ({self.status})"
+
+    @property
+    def progress(self) -> str:
+        return f"{self.chunks_done}/{self.chunks_total}" if self.chunks_total else "-"
+
+
+class Report(models.Model):
+    """Service figures over a time range, built by Celery (beat or an admin request)."""
+
+    class Kind(models.TextChoices):
+        SCHEDULED = "scheduled"
+        MANUAL = "manual"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.MANUAL)
+    period_start = models.DateTimeField(db_index=True)
+    period_end = models.DateTimeField()
+    built_at = models.DateTimeField()
+    build_ms = models.PositiveIntegerField(default=0)
+    sessions = models.PositiveIntegerField(default=0)
+    utterances = models.PositiveIntegerField(default=0)
+    audio_hours = models.FloatField(default=0.0)
+    partial_latency_ms = models.JSONField(default=dict, help_text="First partial latency: {p50, p95, p99}.")
+    final_latency_ms = models.JSONField(default=dict, help_text="Final latency: {p50, p95, p99}.")
+    real_time_factor = models.FloatField(null=True, blank=True, help_text="Live decode time / audio time.")
+    refined_real_time_factor = models.FloatField(null=True, blank=True)
+    errors_by_category = models.JSONField(default=dict)
+    refined_utterances = models.PositiveIntegerField(default=0)
+    disagreement_rate = models.FloatField(null=True, blank=True,
+                                          help_text="Share of refined utterances whose live text differs.")
+    mean_word_error_rate = models.FloatField(null=True, blank=True, help_text="Live against refined, mean.")
+    hourly = models.JSONField(default=list, help_text="Utterances and audio seconds per hour of day (UTC), 24 rows.")
+
+    class Meta:
+        ordering = ["-period_start", "-built_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "period_start", "period_end"], name="one_report_per_period"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} report {self.period_start:%Y-%m-%d %H:%M} - {self.period_end:%Y-%m-%d %H:%M}"
+
+    @property
+    def busiest_hours(self) -> list[dict]:
+        return sorted((h for h in self.hourly if h["utterances"]), key=lambda h: -h["utterances"])[:3]

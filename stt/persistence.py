@@ -373,10 +373,14 @@ def _apply_final(item: Write) -> None:
             connection_id=item.payload["connection_id"],
             defaults=_dates(item.payload["session_row"], "started_at", "ended_at"),
         )
-        Utterance.objects.update_or_create(
+        _, created = Utterance.objects.update_or_create(
             utterance_id=item.payload["utterance_id"],
             defaults={**_dates(item.payload["row"], "created_at"), "session": session},
         )
+    if created and item.payload["row"].get("audio"):
+        from stt.tasks import queue_refinement_soon
+
+        queue_refinement_soon(item.payload["utterance_id"])  # re-transcribe it with the larger model
 
 
 def _apply_error(item: Write) -> None:

@@ -677,6 +677,9 @@ class StreamingTranscriber:
                 "language": options.language,
                 "window_seconds": transcript.window_seconds if transcript else None,
                 "speculative": bool(transcript and transcript.cached),
+                # This final's share of its (possibly batched) decode: the real-time factor.
+                "inference_ms": (round(transcript.inference_seconds / transcript.batch_size * 1000)
+                                 if transcript else None),
             },
         )
         await self.listener.on_final(result)

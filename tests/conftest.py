@@ -132,3 +132,10 @@ def history_connection_closed(django_db_setup):
 def media_in_tmp(settings, tmp_path):
     """Utterance audio written by a test goes to its own folder."""
     settings.MEDIA_ROOT = str(tmp_path / "media")
+
+
+@pytest.fixture(autouse=True)
+def refinement_off(settings):
+    """Finals are not queued for re-transcription unless a test turns it on
+    (tests/stt/test_tasks.py and tests/test_celery_worker.py do, with a worker)."""
+    settings.REFINE_FINALS = False

@@ -204,4 +204,8 @@ class TcpProxy:
 
 
 def base_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+    """The test run's environment for a server process; finals are not re-transcribed
+    unless a test asks (REFINE_FINALS=1 with a worker of its own)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+    env.setdefault("REFINE_FINALS", "0")
+    return env

@@ -1,0 +1,227 @@
+"""Re-transcribing stored finals with a larger model (run by Celery workers, stt/tasks.py).
+
+The streamed final is decided in a few hundred milliseconds by a small model; a worker
+later decodes the same audio with REFINE_MODEL (Whisper base by default) at beam 5 with
+word timestamps and the language passed explicitly, and stores the result beside the
+live text with the word-level difference.
+
+- One model per process, loaded on first use and kept (`get_refiner`), never per task.
+- Long audio goes in chunks of at most REFINE_CHUNK_SECONDS, cut at the quietest moment
+  near each boundary so no word is split; progress is written after each chunk.
+- Idempotent per (utterance, model): a finished refinement is never redone or
+  rewritten, so a task delivered twice (a worker lost after the work but before the
+  acknowledgement) completes once.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+from django.conf import settings
+from django.db.models import F, Q
+
+from stt.evaluation import word_diff, word_error_rate
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+_QUIET_FRAME = SAMPLE_RATE // 20  # 50 ms frames when looking for a place to cut
+
+
+class RefinementFailed(Exception):
+    """A refinement that cannot succeed by retrying (no audio, bad model files)."""
+
+
+@dataclass
+class RefinedTranscript:
+    text: str
+    words: list[dict[str, Any]]
+    language: str
+    chunks: int
+    processing_seconds: float
+
+
+@dataclass
+class Refiner:
+    """The refinement model of this process and how it decodes."""
+
+    model_reference: str
+    device: str = "auto"
+    compute_type: str = "auto"
+    cpu_threads: int = 0
+    beam_size: int = 5
+    _model: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    loads: int = 0
+
+    def model(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                from faster_whisper import WhisperModel
+
+                from stt.engine import _pick_device, resolve_model
+
+                started = time.perf_counter()
+                path = resolve_model(self.model_reference)
+                device = _pick_device(self.device)
+                compute_type = self.compute_type
+                if compute_type == "auto":
+                    compute_type = "float16" if device == "cuda" else "int8"
+                self._model = WhisperModel(path, device=device, compute_type=compute_type,
+                                           cpu_threads=self.cpu_threads, local_files_only=True)
+                self.loads += 1
+                logger.info("refinement model %s loaded on %s (%s) in %.2f s", self.model_reference,
+                            device, compute_type, time.perf_counter() - started)
+            return self._model
+
+    def transcribe(self, audio: np.ndarray, language: str,
+                   on_chunk: Callable[[int, int], None] | None = None) -> RefinedTranscript:
+        model = self.model()
+        if not model.model.is_multilingual and language != "en":
+            raise RefinementFailed(f"{self.model_reference} is English-only; the utterance is {language!r}")
+        started = time.perf_counter()
+        bounds = chunk_bounds(audio, int(settings.REFINE_CHUNK_SECONDS * SAMPLE_RATE))
+        texts: list[str] = []
+        words: list[dict[str, Any]] = []
+        if on_chunk:
+            on_chunk(0, len(bounds))
+        for index, (start, end) in enumerate(bounds):
+            segments, _ = model.transcribe(
+                audio[start:end], language=language, beam_size=self.beam_size, word_timestamps=True,
+                condition_on_previous_text=False, vad_filter=False,
+            )
+            offset_ms = start * 1000 // SAMPLE_RATE
+            for segment in segments:
+                texts.append(segment.text.strip())
+                for word in segment.words or ():
+                    words.append({
+                        "word": word.word.strip(),
+                        "start_ms": offset_ms + round(word.start * 1000),
+                        "end_ms": offset_ms + round(word.end * 1000),
+                        "confidence": round(float(word.probability), 4),
+                    })
+            if on_chunk:
+                on_chunk(index + 1, len(bounds))
+        return RefinedTranscript(text=" ".join(t for t in texts if t), words=words, language=language,
+                                 chunks=len(bounds), processing_seconds=time.perf_counter() - started)
+
+
+def chunk_bounds(audio: np.ndarray, chunk_samples: int) -> list[tuple[int, int]]:
+    """Consecutive [start, end) chunks of at most chunk_samples covering the audio; each
+    cut falls on the quietest 50 ms frame of the chunk's last fifth."""
+    total = len(audio)
+    if total == 0:
+        return []
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while total - start > chunk_samples:
+        search_from = start + chunk_samples * 4 // 5
+        search_to = start + chunk_samples
+        frames = (search_to - search_from) // _QUIET_FRAME
+        if frames > 0:
+            region = audio[search_from:search_from + frames * _QUIET_FRAME].reshape(frames, _QUIET_FRAME)
+            quietest = int(np.argmin(np.sqrt(np.mean(region.astype(np.float64) ** 2, axis=1))))
+            cut = search_from + quietest * _QUIET_FRAME + _QUIET_FRAME // 2
+        else:
+            cut = search_to
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, total))
+    return bounds
+
+
+_refiner: Refiner | None = None
+_refiner_lock = threading.Lock()
+
+
+def get_refiner() -> Refiner:
+    """This process's refiner (one model load per process, on first use)."""
+    global _refiner
+    with _refiner_lock:
+        if _refiner is None or _refiner.model_reference != settings.REFINE_MODEL:
+            _refiner = Refiner(settings.REFINE_MODEL, device=settings.REFINE_DEVICE,
+                               compute_type=settings.REFINE_COMPUTE_TYPE,
+                               cpu_threads=settings.REFINE_CPU_THREADS, beam_size=settings.REFINE_BEAM_SIZE)
+        return _refiner
+
+
+def load_utterance_audio(utterance: Any) -> np.ndarray:
+    import soundfile
+
+    if not utterance.audio:
+        raise RefinementFailed("no audio was stored for this utterance (STORE_AUDIO off, or purged)")
+    try:
+        with utterance.audio.open("rb") as handle:
+            audio, rate = soundfile.read(io.BytesIO(handle.read()), dtype="float32")
+    except FileNotFoundError as exc:
+        raise RefinementFailed(f"the utterance's audio file is gone: {utterance.audio.name}") from exc
+    if audio.ndim > 1:
+        audio = audio.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        raise RefinementFailed(f"stored audio is {rate} Hz, expected {SAMPLE_RATE}")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def refinement_language(utterance: Any) -> str:
+    """The language to pass: the utterance's, else the session's, else the default."""
+    language = utterance.language or (utterance.session.config or {}).get("language") or ""
+    if not language or language == "auto":
+        language = settings.REFINE_DEFAULT_LANGUAGE
+    return language
+
+
+def run_refinement(utterance_id: str, model_name: str, task_id: str = "",
+                   refiner: Refiner | None = None) -> dict[str, Any]:
+    """Refine one utterance (the body of the Celery task). Returns what happened."""
+    from stt.models import Refinement, Utterance
+
+    utterance = Utterance.objects.select_related("session").filter(utterance_id=utterance_id).first()
+    if utterance is None:
+        return {"utterance_id": utterance_id, "status": "missing"}
+    refinement, _ = Refinement.objects.get_or_create(
+        utterance=utterance, model=model_name,
+        defaults={"status": Refinement.Status.QUEUED, "queued_at": _now()})
+    if refinement.status == Refinement.Status.DONE:
+        return {"utterance_id": utterance_id, "status": "done", "already_done": True}
+    Refinement.objects.filter(pk=refinement.pk).update(
+        status=Refinement.Status.RUNNING, attempts=F("attempts") + 1, started_at=_now(),
+        task_id=task_id, error="", chunks_done=0)
+
+    def progress(done: int, total: int) -> None:
+        Refinement.objects.filter(pk=refinement.pk).update(chunks_done=done, chunks_total=total)
+
+    refiner = refiner or get_refiner()
+    try:
+        audio = load_utterance_audio(utterance)
+        language = refinement_language(utterance)
+        result = refiner.transcribe(audio, language, progress)
+    except RefinementFailed as exc:
+        Refinement.objects.filter(pk=refinement.pk).update(status=Refinement.Status.FAILED, error=str(exc),
+                                                           finished_at=_now())
+        logger.warning("refinement of %s failed: %s", utterance_id, exc)
+        return {"utterance_id": utterance_id, "status": "failed", "error": str(exc)}
+    audio_seconds = len(audio) / SAMPLE_RATE
+    wer = word_error_rate(result.text, utterance.text)
+    diff = word_diff(utterance.text, result.text)
+    # Only the first completion is written: a duplicate delivery changes nothing.
+    completed = Refinement.objects.filter(pk=refinement.pk).filter(~Q(status=Refinement.Status.DONE)).update(
+        status=Refinement.Status.DONE, language=result.language, text=result.text, words=result.words,
+        diff=diff, word_error_rate=round(wer, 4), differs=any(run["op"] != "equal" for run in diff),
+        chunks_done=result.chunks, chunks_total=result.chunks,
+        processing_ms=round(result.processing_seconds * 1000),
+        real_time_factor=round(result.processing_seconds / audio_seconds, 4) if audio_seconds else None,
+        finished_at=_now())
+    return {"utterance_id": utterance_id, "status": "done", "completed": bool(completed),
+            "text": result.text, "word_error_rate": wer, "chunks": result.chunks,
+            "model_loads": refiner.loads}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

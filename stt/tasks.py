@@ -1,0 +1,151 @@
+"""Celery tasks: re-transcriptions, reports, retention; and how the service queues them.
+
+Tasks are acknowledged late (settings: a worker lost mid-task puts it back on the
+queue), retried with exponential backoff when the database or broker is away, and
+bounded by time limits. Their bodies live in plain modules (stt/refinement.py,
+stt/reports.py, stt/retention.py) so they are testable without a worker.
+
+The streaming server queues a refinement for each final it has written
+(`queue_refinement_soon`) from a thread of its own, so a slow or absent broker never
+holds up history writes; a beat task sweeps up finals whose task never got queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+logger = logging.getLogger(__name__)
+
+# Passing failures: worth a retry with backoff.
+RETRYABLE = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+_RETRY = {
+    "autoretry_for": RETRYABLE,
+    "retry_backoff": 2,
+    "retry_backoff_max": settings.TASK_RETRY_BACKOFF_MAX,
+    "retry_jitter": True,
+    "max_retries": settings.TASK_MAX_RETRIES,
+}
+
+
+@shared_task(bind=True, **_RETRY)
+def refine_utterance(self: Any, utterance_id: str, model: str | None = None) -> dict[str, Any]:
+    """Re-transcribe one stored final with the refinement model (idempotent)."""
+    from stt.models import Refinement
+    from stt.refinement import run_refinement
+
+    model = model or settings.REFINE_MODEL
+    try:
+        return run_refinement(utterance_id, model, task_id=self.request.id or "")
+    except SoftTimeLimitExceeded:
+        Refinement.objects.filter(utterance__utterance_id=utterance_id, model=model).exclude(
+            status=Refinement.Status.DONE).update(status=Refinement.Status.FAILED,
+                                                  error="time limit exceeded (CELERY_TASK_TIME_LIMIT)")
+        raise
+
+
+@shared_task(bind=True, **_RETRY)
+def build_report(self: Any, start: str, end: str, kind: str = "manual") -> dict[str, Any]:
+    """Build (or rebuild) the report of [start, end); ISO-8601 times."""
+    from stt.reports import build_report as build
+
+    report = build(datetime.fromisoformat(start), datetime.fromisoformat(end), kind=kind)
+    return {"report_id": report.pk, "utterances": report.utterances, "build_ms": report.build_ms}
+
+
+@shared_task(**_RETRY)
+def build_scheduled_reports() -> dict[str, Any]:
+    """Beat: the report of the last complete period (REPORT_PERIOD_HOURS), if missing."""
+    from stt.models import Report
+    from stt.reports import build_report as build, scheduled_period
+
+    start, end = scheduled_period(datetime.now(timezone.utc))
+    if Report.objects.filter(kind=Report.Kind.SCHEDULED, period_start=start, period_end=end).exists():
+        return {"built": False, "period_start": start.isoformat()}
+    report = build(start, end, kind=Report.Kind.SCHEDULED)
+    return {"built": True, "report_id": report.pk, "period_start": start.isoformat()}
+
+
+@shared_task(**_RETRY)
+def refine_missed_finals() -> dict[str, int]:
+    """Beat: queue refinements for recent finals that have none (their task was never
+    queued, e.g. the broker was down when the final was written)."""
+    from stt.models import Utterance
+
+    if not settings.REFINE_FINALS:
+        return {"queued": 0}
+    now = datetime.now(timezone.utc)
+    missed = (Utterance.objects
+              .filter(created_at__gte=now - timedelta(hours=settings.REFINE_SWEEP_HOURS),
+                      created_at__lt=now - timedelta(minutes=1))
+              .exclude(audio="")
+              .exclude(refinements__model=settings.REFINE_MODEL)
+              .values_list("utterance_id", flat=True))
+    return {"queued": queue_refinements([str(u) for u in missed[:1000]])}
+
+
+@shared_task(**_RETRY)
+def purge_history() -> dict[str, int]:
+    """Beat: delete history older than RETENTION_DAYS (as manage.py purge_history)."""
+    from stt.retention import purge_before
+
+    if settings.RETENTION_DAYS <= 0:
+        return {}
+    return purge_before(datetime.now(timezone.utc) - timedelta(days=settings.RETENTION_DAYS))
+
+
+def queue_refinements(utterance_ids: Iterable[str], model: str | None = None,
+                      retry_failed: bool = True) -> int:
+    """Queue refinements (from the admin, the sweep, or after a final). An utterance
+    already refined, queued or running with this model is left alone; a failed one is
+    queued again when retry_failed. Returns how many were queued."""
+    from stt.models import Refinement, Utterance
+
+    model = model or settings.REFINE_MODEL
+    queued = 0
+    for utterance in Utterance.objects.filter(utterance_id__in=list(utterance_ids)):
+        refinement, created = Refinement.objects.get_or_create(
+            utterance=utterance, model=model,
+            defaults={"status": Refinement.Status.QUEUED, "queued_at": datetime.now(timezone.utc)})
+        if not created:
+            if refinement.status != Refinement.Status.FAILED or not retry_failed:
+                continue
+            Refinement.objects.filter(pk=refinement.pk).update(
+                status=Refinement.Status.QUEUED, queued_at=datetime.now(timezone.utc), error="")
+        # A stable task id: the same refinement is one task in the result store.
+        refine_utterance.apply_async((str(utterance.utterance_id), model),
+                                     task_id=f"refine-{utterance.utterance_id}-{model}")
+        queued += 1
+    return queued
+
+
+_dispatcher: ThreadPoolExecutor | None = None
+
+
+def queue_refinement_soon(utterance_id: str) -> None:
+    """After a final is committed: queue its refinement on a thread of its own. In the
+    embedded mode (no broker) the task itself runs there, off the streaming path."""
+    global _dispatcher
+    if not settings.REFINE_FINALS:
+        return
+    if _dispatcher is None:
+        _dispatcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-refine-dispatch")
+    _dispatcher.submit(_queue_logged, utterance_id)
+
+
+def _queue_logged(utterance_id: str) -> None:
+    from django.db import connections
+
+    try:
+        queue_refinements([utterance_id])
+    except Exception:  # the beat sweep queues it later
+        logger.warning("could not queue the refinement of %s; the sweep will", utterance_id, exc_info=True)
+    finally:
+        connections.close_all()  # finals are seconds apart: holding a connection buys nothing
