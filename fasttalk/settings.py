@@ -180,9 +180,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # One process per worker by default: each holds its own copy of the refinement model.
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 1)
-# Hard limit of one task, in seconds (the soft limit, 30 s earlier, lets it record why).
+# Hard limit of one task, in seconds (the soft limit, up to 30 s earlier, lets it record why).
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 900)
-CELERY_TASK_SOFT_TIME_LIMIT = max(1, CELERY_TASK_TIME_LIMIT - 30)
+CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT * 0.9, CELERY_TASK_TIME_LIMIT - 30)
 # An unacknowledged task is handed out again after this long: it must exceed the
 # longest task, or a slow task would run twice.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)

@@ -209,3 +209,44 @@ def base_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
     env.setdefault("REFINE_FINALS", "0")
     return env
+
+
+class Worker:
+    """A Celery worker (`celery -A fasttalk worker`) in a process group of its own, so a
+    test can kill it outright, pool children included. Ready before the constructor
+    returns."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+        self.log = log_dir / f"worker-{name}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "fasttalk", "worker", "--loglevel", "INFO",
+             "--queues", env["CELERY_QUEUE"], "--concurrency", "1", "--pool", "prefork",
+             "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log.read_text()}")
+            if " ready." in self.log.read_text():
+                return
+            time.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"worker did not become ready:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL to the whole worker: no warm shutdown, nothing acknowledged."""
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(15)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
