@@ -9,7 +9,8 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorc
  && pip install --no-cache-dir -r requirements/base.txt
 
 COPY . .
-RUN DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput -v 0
+RUN DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput -v 0 \
+ && DJANGO_SECRET_KEY=build python manage.py prepare_models
 
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \

@@ -146,10 +146,20 @@ def get_refiner() -> Refiner:
     global _refiner
     with _refiner_lock:
         if _refiner is None or _refiner.model_reference != settings.REFINE_MODEL:
+            threads = settings.REFINE_CPU_THREADS
+            if not threads and _runs_in_server_process():
+                threads = 1  # embedded mode: leave the other cores to live streaming
             _refiner = Refiner(settings.REFINE_MODEL, device=settings.REFINE_DEVICE,
                                compute_type=settings.REFINE_COMPUTE_TYPE,
-                               cpu_threads=settings.REFINE_CPU_THREADS, beam_size=settings.REFINE_BEAM_SIZE)
+                               cpu_threads=threads, beam_size=settings.REFINE_BEAM_SIZE)
         return _refiner
+
+
+def _runs_in_server_process() -> bool:
+    """Tasks run eagerly (no broker): refinements share the streaming server's CPU."""
+    from fasttalk.celery import app
+
+    return bool(app.conf.task_always_eager)
 
 
 def load_utterance_audio(utterance: Any) -> np.ndarray:
