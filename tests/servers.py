@@ -154,6 +154,12 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             pairs, self._pairs = self._pairs, []
         if listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+            # socket listening until that accept() returned with one more connection.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         for pair in pairs:
             for sock in pair:
@@ -211,31 +217,29 @@ def base_env() -> dict[str, str]:
     return env
 
 
-class Worker:
-    """A Celery worker (`celery -A fasttalk worker`) in a process group of its own, so a
-    test can kill it outright, pool children included. Ready before the constructor
-    returns."""
+class CeleryProcess:
+    """`celery -A fasttalk <args>` in a process group of its own, so a test can kill it
+    outright, pool children included. Ready (its log shows `ready_marker`) before the
+    constructor returns."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
-        self.log = log_dir / f"worker-{name}.log"
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str, args: list[str], ready_marker: str) -> None:
+        self.log = log_dir / f"celery-{name}.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "fasttalk", "worker", "--loglevel", "INFO",
-             "--queues", env["CELERY_QUEUE"], "--concurrency", "1", "--pool", "prefork",
-             "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"],
+            [sys.executable, "-m", "celery", "-A", "fasttalk", *args],
             cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited:\n{self.log.read_text()}")
-            if " ready." in self.log.read_text():
+                raise RuntimeError(f"celery {name} exited:\n{self.log.read_text()}")
+            if ready_marker in self.log.read_text():
                 return
             time.sleep(0.3)
         self.kill()
-        raise RuntimeError(f"worker did not become ready:\n{self.log.read_text()}")
+        raise RuntimeError(f"celery {name} did not become ready:\n{self.log.read_text()}")
 
     def kill(self) -> None:
-        """SIGKILL to the whole worker: no warm shutdown, nothing acknowledged."""
+        """SIGKILL to the whole process group: no warm shutdown, nothing acknowledged."""
         import signal
 
         try:
@@ -250,3 +254,22 @@ class Worker:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class Worker(CeleryProcess):
+    """A Celery worker with one pool process, consuming the env's CELERY_QUEUE."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+        super().__init__(env, log_dir, name, [
+            "worker", "--loglevel", "INFO", "--queues", env["CELERY_QUEUE"], "--concurrency", "1",
+            "--pool", "prefork", "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle"],
+            " ready.")
+
+
+class Beat(CeleryProcess):
+    """Celery beat with its schedule file in the log folder."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+        super().__init__(env, log_dir, name, [
+            "beat", "--loglevel", "INFO", "--schedule", str(log_dir / f"beat-{name}-schedule")],
+            "beat: Starting")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -17,7 +19,7 @@ import websockets
 from fasttalk.celery import app as celery_app
 from stt.evaluation import word_error_rate
 from tests.conftest import JFK_PATH, JFK_TEXT, frames, silence
-from tests.servers import AdminBrowser, ScratchDatabase, Server, Worker, base_env
+from tests.servers import ROOT, AdminBrowser, Beat, ScratchDatabase, Server, TcpProxy, Worker, base_env
 
 pytestmark = pytest.mark.realtime
 
@@ -104,6 +106,8 @@ async def test_a_streamed_final_is_re_transcribed_and_reported(stack, jfk_audio)
     utterance_pk = database.query("SELECT id FROM stt_utterance WHERE utterance_id = %s", uuid.UUID(utterance_id))[0][0]
     utterance_page = browser.get(f"/admin/stt/utterance/{utterance_pk}/change/")
     assert 'class="refined-text"' in utterance_page and "Done (chunks 1/1, attempts 1)" in utterance_page
+    loads = stack["worker"].log.read_text().count("refinement model base loaded")
+    assert loads == 1, "one model load per worker process, not per task"
 
 
 LONG_UTTERANCE = """
@@ -126,6 +130,14 @@ print(utterance_id)
 """
 
 
+def create_utterance(env: dict[str, str], repeats: int) -> str:
+    """An utterance of jfk.flac said `repeats` times, stored by the server's own code."""
+    created = subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                              LONG_UTTERANCE.format(path=str(JFK_PATH), repeats=repeats)],
+                             cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return created.stdout.strip().splitlines()[-1]
+
+
 def test_a_worker_killed_mid_task_leaves_it_to_complete_exactly_once(stack):
     """The whole worker is SIGKILLed while it is part-way through a long re-transcription;
     the unacknowledged task goes back on the queue once its visibility timeout passes,
@@ -133,15 +145,7 @@ def test_a_worker_killed_mid_task_leaves_it_to_complete_exactly_once(stack):
     database, folder = stack["database"], stack["folder"]
     env = {**stack["env"], "CELERY_QUEUE": f"fasttalk-test-{uuid.uuid4().hex[:8]}", "REFINE_CHUNK_SECONDS": "5",
            "CELERY_TASK_TIME_LIMIT": "25", "CELERY_VISIBILITY_TIMEOUT": "30"}
-    import subprocess
-    import sys
-
-    from tests.servers import ROOT
-
-    created = subprocess.run([sys.executable, "manage.py", "shell", "-c",
-                              LONG_UTTERANCE.format(path=str(JFK_PATH), repeats=4)],
-                             cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    utterance_id = created.stdout.strip().splitlines()[-1]
+    utterance_id = create_utterance(env, repeats=4)
 
     doomed = Worker(env, folder, "doomed")
     celery_app.send_task("stt.tasks.refine_utterance", args=[utterance_id, "base"], queue=env["CELERY_QUEUE"])
@@ -170,3 +174,68 @@ def test_a_worker_killed_mid_task_leaves_it_to_complete_exactly_once(stack):
                               "WHERE u.utterance_id = %s", uuid.UUID(utterance_id))[0][0] == 1
     finally:
         successor.stop()
+
+
+def test_a_task_that_meets_a_database_outage_is_retried_with_backoff(stack, jfk_audio):
+    """The worker reaches PostgreSQL through a proxy that the test cuts: the task fails
+    with a connection error, is retried with growing delays, and completes once the
+    database is back."""
+    database, folder = stack["database"], stack["folder"]
+    proxy = TcpProxy(database.port)
+    env = {**stack["env"], "CELERY_QUEUE": f"fasttalk-test-{uuid.uuid4().hex[:8]}",
+           "DATABASE_URL": database.url(proxy.port)}
+    utterance_id = create_utterance(env, repeats=1)
+    worker = Worker(env, folder, "outage")
+    try:
+        proxy.cut()
+        result = celery_app.send_task("stt.tasks.refine_utterance", args=[utterance_id, "base"],
+                                      queue=env["CELERY_QUEUE"])
+        wait_for(lambda: worker.log.read_text().count("Retry in") >= 2, 60, "two retries")
+        delays = [float(d) for d in re.findall(r"Retry in (\d+(?:\.\d+)?)s", worker.log.read_text())]
+        assert all(delay <= 2 ** (n + 1) for n, delay in enumerate(delays)), f"exponential backoff: {delays}"
+        assert refinement_of(database, utterance_id) is None, "nothing written while the database is away"
+        proxy.restore()
+        outcome = result.get(timeout=120)
+        assert outcome["status"] == "done" and outcome["completed"] is True
+        assert refinement_of(database, utterance_id)["attempts"] == 1
+    finally:
+        worker.stop()
+        proxy.close()
+
+
+def test_a_task_over_its_time_limit_is_stopped_and_recorded(stack):
+    database, folder = stack["database"], stack["folder"]
+    env = {**stack["env"], "CELERY_QUEUE": f"fasttalk-test-{uuid.uuid4().hex[:8]}", "REFINE_CHUNK_SECONDS": "4",
+           "CELERY_TASK_TIME_LIMIT": "3", "CELERY_VISIBILITY_TIMEOUT": "60"}
+    utterance_id = create_utterance(env, repeats=4)
+    worker = Worker(env, folder, "slow")
+    try:
+        result = celery_app.send_task("stt.tasks.refine_utterance", args=[utterance_id, "base"],
+                                      queue=env["CELERY_QUEUE"])
+        with pytest.raises(Exception) as failure:
+            result.get(timeout=60)
+        assert "SoftTimeLimitExceeded" in type(failure.value).__name__ + repr(failure.value)
+        refinement = refinement_of(database, utterance_id)
+        assert refinement["status"] == "failed" and "time limit" in refinement["error"]
+        assert refinement["chunks_done"] < refinement["chunks_total"]
+    finally:
+        worker.stop()
+
+
+def test_beat_builds_the_report_of_the_last_period(stack):
+    database, folder = stack["database"], stack["folder"]
+    env = {**stack["env"], "CELERY_QUEUE": f"fasttalk-test-{uuid.uuid4().hex[:8]}", "REPORT_PERIOD_HOURS": "1",
+           "REPORT_CHECK_SECONDS": "1"}
+    worker = Worker(env, folder, "reports")
+    beat = Beat(env, folder, "reports")
+    try:
+        rows = wait_for(lambda: database.query(
+            "SELECT period_start, period_end FROM stt_report WHERE kind = 'scheduled'"), 30, "a scheduled report")
+        now = datetime.now(timezone.utc)
+        (start, end), = rows
+        assert end - start == timedelta(hours=1) and timedelta(0) <= now - end < timedelta(hours=1)
+        time.sleep(3)
+        assert len(database.query("SELECT id FROM stt_report WHERE kind = 'scheduled'")) == 1, "built once"
+    finally:
+        beat.stop()
+        worker.stop()
