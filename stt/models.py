@@ -253,6 +253,7 @@ class Refinement(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["utterance", "model"], name="one_refinement_per_model")]
         ordering = ["-queued_at"]
+        verbose_name = "re-transcription"
 
     def __str__(self) -> str:
         return f"{self.model} refinement of {self.utterance.utterance_id} ({self.status})"

@@ -134,8 +134,9 @@ def bar_chart(labels: list[str], values: list[float], width: int = 640, height: 
     bars = []
     for index, (label, value) in enumerate(zip(labels, values)):
         bar_height = plot_height * value / top
+        bar_width = min(slot * 0.7, 80.0)
         bars.append({
-            "x": round(index * slot + slot * 0.15, 1), "width": round(slot * 0.7, 1),
+            "x": round(index * slot + (slot - bar_width) / 2, 1), "width": round(bar_width, 1),
             "y": round(margin_top + plot_height - bar_height, 1), "height": round(bar_height, 1),
             "label": label, "value": value, "text": f"{value:g}{unit}",
             "label_x": round(index * slot + slot / 2, 1), "label_y": height - 8,

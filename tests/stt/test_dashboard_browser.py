@@ -1,0 +1,87 @@
+"""The reports dashboard in a real browser (headless Debian Chromium driven by
+Selenium): an analyst logs in, builds a report over a range, and sees its charts drawn
+with nothing fetched from the internet."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from fasttalk.celery import app as celery_app
+from stt.models import ErrorEvent, SessionRecord, Utterance
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DAY = datetime(2026, 11, 20, tzinfo=timezone.utc)
+PASSWORD = "s3cret-pass-phrase"
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("chromium and chromedriver are not installed (bin/test installs them with apt-get)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1600"):
+        options.add_argument(argument)
+    session = webdriver.Chrome(options=options, service=Service(driver))
+    session.set_page_load_timeout(30)
+    yield session
+    session.quit()
+
+
+@pytest.fixture
+def eager_celery():
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+def test_an_analyst_builds_a_report_and_sees_its_charts(live_server, browser, eager_celery, tmp_path):
+    get_user_model().objects.create_superuser("analyst", "analyst@example.com", PASSWORD)
+    session = SessionRecord.objects.create(session_id="s", started_at=DAY + timedelta(hours=8))
+    for index in range(5):
+        Utterance.objects.create(utterance_id=uuid.uuid4(), session=session, text=f"u{index}", start_ms=0,
+                                 end_ms=3000, audio_duration_ms=3000, first_partial_latency_ms=150,
+                                 final_latency_ms=400 + 100 * index, created_at=DAY + timedelta(hours=8 + index % 2))
+    ErrorEvent.objects.create(code="audio_not_finite", category="audio_format", severity="low", recoverable=True,
+                              message="NaN", created_at=DAY + timedelta(hours=9))
+
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{live_server.url}/admin/login/?next=/admin/stt/report/dashboard/")
+    browser.find_element(By.NAME, "username").send_keys("analyst")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    assert browser.find_element(By.ID, "no-report")
+
+    for name, value in (("start", "2026-11-20T00:00"), ("end", "2026-11-21T00:00")):
+        field = browser.find_element(By.NAME, name)
+        browser.execute_script("arguments[0].value = arguments[1]", field, value)
+    browser.find_element(By.CSS_SELECTOR, "form.build-report input[type=submit]").click()
+
+    assert browser.find_element(By.ID, "figure-utterances").text == "5"
+    charts = browser.find_elements(By.CSS_SELECTOR, "svg[role=img]")
+    assert len(charts) == 3
+    heights = browser.execute_script(
+        "return Array.from(document.querySelectorAll('svg[role=img]')).map("
+        "svg => Array.from(svg.querySelectorAll('rect.bar')).map(r => r.getBoundingClientRect().height))")
+    hours, latencies, errors = heights
+    assert [i for i, h in enumerate(hours) if h > 0] == [8, 9], "bars drawn at the busy hours only"
+    assert all(h > 0 for h in latencies) and errors[0] > 0
+    external = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(u => !u.startsWith(location.origin))")
+    assert external == [], "nothing is fetched from outside the service"
+    screenshot = tmp_path / "dashboard.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
