@@ -39,6 +39,7 @@ def embedded_server(tmp_path_factory):
     # A private SQLite file and media folder: the defaults live in the project directory.
     env["DATABASE_URL"] = f"sqlite:///{folder / 'embedded.sqlite3'}"
     env["MEDIA_ROOT"] = str(folder / "media")
+    env["REFINE_FINALS"] = "1"  # as by default: re-transcribed in-process, no worker
     running = Server(env, folder)
     running.sqlite_path = folder / "embedded.sqlite3"
     running.media_root = folder / "media"
@@ -138,3 +139,12 @@ async def test_the_embedded_defaults_serve_a_session(embedded_server, speak):
     for final in finals:
         audio = stored[final["utterance_id"].replace("-", "")]
         assert (embedded_server.media_root / audio).is_file()
+    # ...and re-transcribes each final with the base model, in-process (no broker, no worker).
+    deadline = time.monotonic() + 60
+    refined: list[tuple[str, str]] = []
+    while len(refined) < len(finals) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        with sqlite3.connect(embedded_server.sqlite_path) as database:
+            refined = database.execute("SELECT status, text FROM stt_refinement WHERE status = 'done'").fetchall()
+    assert len(refined) == len(finals), "every final was re-transcribed"
+    assert "hello world" in " ".join(text for _, text in refined).lower()
