@@ -182,7 +182,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 1)
 # Hard limit of one task, in seconds (the soft limit, up to 30 s earlier, lets it record why).
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 900)
-CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT * 0.9, CELERY_TASK_TIME_LIMIT - 30)
+# The gap must exceed one model call: the soft limit is noticed only between calls.
+CELERY_TASK_SOFT_TIME_LIMIT = max(CELERY_TASK_TIME_LIMIT * 0.8, CELERY_TASK_TIME_LIMIT - 30)
 # An unacknowledged task is handed out again after this long: it must exceed the
 # longest task, or a slow task would run twice.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600)
@@ -224,6 +225,9 @@ REFINE_CHUNK_SECONDS = env_float("REFINE_CHUNK_SECONDS", 20.0)
 # The beat sweep re-queues finals of the last this many hours that have no refinement
 # (their task was lost: broker down when the final was written).
 REFINE_SWEEP_HOURS = env_int("REFINE_SWEEP_HOURS", 24)
+# Starts of one refinement before the sweep gives up on it (a task that keeps hitting
+# the hard time limit or killing its worker stays failed instead of looping).
+REFINE_MAX_ATTEMPTS = env_int("REFINE_MAX_ATTEMPTS", 3)
 # Where bundled models split across packages are joined (stt/model_files.py).
 MODEL_CACHE_DIR = env_str("MODEL_CACHE_DIR", str(BASE_DIR / "var" / "models"))
 

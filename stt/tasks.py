@@ -76,19 +76,27 @@ def build_scheduled_reports() -> dict[str, Any]:
 @shared_task(**_RETRY)
 def refine_missed_finals() -> dict[str, int]:
     """Beat: queue refinements for recent finals that have none (their task was never
-    queued, e.g. the broker was down when the final was written)."""
-    from stt.models import Utterance
+    queued, e.g. the broker was down when the final was written), and again for those
+    abandoned: queued or running for longer than a task may live (the hard time limit
+    killed it, or its message was lost), up to REFINE_MAX_ATTEMPTS starts."""
+    from stt.models import Refinement, Utterance
 
     if not settings.REFINE_FINALS:
-        return {"queued": 0}
+        return {"queued": 0, "abandoned": 0}
     now = datetime.now(timezone.utc)
-    missed = (Utterance.objects
-              .filter(created_at__gte=now - timedelta(hours=settings.REFINE_SWEEP_HOURS),
-                      created_at__lt=now - timedelta(minutes=1))
-              .exclude(audio="")
-              .exclude(refinements__model=settings.REFINE_MODEL)
-              .values_list("utterance_id", flat=True))
-    return {"queued": queue_refinements([str(u) for u in missed[:1000]])}
+    recent = Utterance.objects.filter(created_at__gte=now - timedelta(hours=settings.REFINE_SWEEP_HOURS),
+                                      created_at__lt=now - timedelta(minutes=1)).exclude(audio="")
+    missed = recent.exclude(refinements__model=settings.REFINE_MODEL).values_list("utterance_id", flat=True)
+    # Longer than the broker keeps an unacknowledged task plus the task's own limit.
+    stale = now - timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT + settings.CELERY_TASK_TIME_LIMIT)
+    abandoned = Refinement.objects.filter(
+        utterance__in=recent, model=settings.REFINE_MODEL, attempts__lt=settings.REFINE_MAX_ATTEMPTS,
+        status__in=(Refinement.Status.QUEUED, Refinement.Status.RUNNING), queued_at__lt=stale)
+    abandoned_ids = [str(u) for u in abandoned.values_list("utterance__utterance_id", flat=True)[:1000]]
+    abandoned.filter(utterance__utterance_id__in=abandoned_ids).update(
+        status=Refinement.Status.FAILED, error="abandoned: no result within the task's time limit")
+    queued = queue_refinements([str(u) for u in missed[:1000]] + abandoned_ids)
+    return {"queued": queued, "abandoned": len(abandoned_ids)}
 
 
 @shared_task(**_RETRY)

@@ -59,9 +59,24 @@ class TestQueueing:
         now = datetime.now(timezone.utc)
         missed = stored_utterance(jfk_audio[:48000], "and so my fellow", now - timedelta(minutes=5))
         too_old = stored_utterance(jfk_audio[:16000], "and", now - timedelta(days=3))
-        assert tasks.refine_missed_finals.delay().get() == {"queued": 1}
+        assert tasks.refine_missed_finals.delay().get() == {"queued": 1, "abandoned": 0}
         assert list(Refinement.objects.values_list("utterance", flat=True)) == [missed.pk]
         assert not too_old.refinements.exists()
+
+    def test_the_sweep_queues_abandoned_refinements_again_a_bounded_number_of_times(self, eager_celery, settings,
+                                                                                   jfk_audio):
+        settings.REFINE_FINALS, settings.REFINE_MAX_ATTEMPTS = True, 3
+        now = datetime.now(timezone.utc)
+        long_ago = now - timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT + settings.CELERY_TASK_TIME_LIMIT + 60)
+        killed = stored_utterance(jfk_audio[:48000], "and so my fellow", now - timedelta(minutes=5))
+        Refinement.objects.create(utterance=killed, model="base", status="running", attempts=1, queued_at=long_ago)
+        hopeless = stored_utterance(jfk_audio[:16000], "and", now - timedelta(minutes=5))
+        Refinement.objects.create(utterance=hopeless, model="base", status="running", attempts=3, queued_at=long_ago)
+        fresh = stored_utterance(jfk_audio[:16000], "and", now - timedelta(minutes=5))
+        Refinement.objects.create(utterance=fresh, model="base", status="running", attempts=1, queued_at=now)
+        assert tasks.refine_missed_finals.delay().get() == {"queued": 1, "abandoned": 1}
+        statuses = dict(Refinement.objects.values_list("utterance", "status"))
+        assert statuses == {killed.pk: "done", hopeless.pk: "running", fresh.pk: "running"}
 
     def test_the_admin_action_queues_the_selection(self, eager_celery, admin_client, jfk_audio):
         live = "And so my fellow Americans ask not what your county can do for you"
