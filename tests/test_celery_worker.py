@@ -212,8 +212,10 @@ def test_a_task_over_its_time_limit_is_stopped_and_recorded(stack):
     utterance_id = create_utterance(env, repeats=6)
     worker = Worker(env, folder, "slow")
     try:
+        # A sender that has the task registered puts its own time limits in the message;
+        # None leaves the limits to the worker's settings, which this test is about.
         result = celery_app.send_task("stt.tasks.refine_utterance", args=[utterance_id, "base"],
-                                      queue=env["CELERY_QUEUE"])
+                                      queue=env["CELERY_QUEUE"], time_limit=None, soft_time_limit=None)
         with pytest.raises(Exception) as failure:
             result.get(timeout=60)
         assert "SoftTimeLimitExceeded" in type(failure.value).__name__ + repr(failure.value)
