@@ -78,6 +78,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "monitoring.middleware.MonitoringPortMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -251,6 +252,15 @@ WEBSOCKET_MAX_CONNECTIONS = env_int("WEBSOCKET_MAX_CONNECTIONS", 50)
 # Daphne's own cap on one incoming WebSocket message; larger ones close with 1009.
 WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024)
 
+# --- Monitoring -------------------------------------------------------------------
+
+# A second listener of each server process that serves only /health and Prometheus
+# /metrics; 0 turns it off. When several processes share a host, the first to bind
+# it serves the metrics of all of them (PROMETHEUS_MULTIPROC_DIR, see monitoring/metrics.py).
+MONITORING_PORT = env_int("MONITORING_PORT", 9091)
+# Read by prometheus_client itself, from the environment; listed here to be documented.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+
 # --- Error handling (names from the design document) -------------------------------
 
 # Consecutive transcription failures that open the transcription circuit breaker.
@@ -326,11 +336,17 @@ STT_PRELOAD_MODEL = env_bool("STT_PRELOAD_MODEL", True)
 # --- Logging -----------------------------------------------------------------------
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# json: one JSON object per line (monitoring/logs.py), for log aggregation; plain: text.
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "monitoring.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler",
+                             "formatter": "plain" if LOG_FORMAT == "plain" else "json"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "daphne": {"level": "WARNING"},

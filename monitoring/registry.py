@@ -7,6 +7,8 @@ import time
 from collections import deque
 from typing import Any, Iterable, Protocol
 
+from monitoring import metrics
+
 CONNECTION_STATES = ("connecting", "active", "processing", "buffering", "disconnecting", "error")
 _LATENCY_WINDOW = 2000  # most recent latencies kept for averages and percentiles
 
@@ -59,20 +61,29 @@ class SessionRegistry:
         with self._lock:
             if len(self._live) >= limit:
                 self.rejected_connections += 1
+                metrics.connections_rejected.inc()
                 return False
             self._live[session.connection_id] = session
             self.total_connections += 1
+            metrics.connections_total.inc()
+            metrics.connections_active.set(len(self._live))
             return True
 
     def unregister(self, session: TrackedSession) -> None:
         with self._lock:
             self._live.pop(session.connection_id, None)
+            metrics.connections_active.set(len(self._live))
 
     def record_partial(self, latency_seconds: float) -> None:
+        metrics.partial_latency.observe(latency_seconds)
         with self._lock:
             self.partial_latencies.append(latency_seconds)
 
-    def record_final(self, latency_seconds: float) -> None:
+    def record_final(self, latency_seconds: float, real_time_factor: float | None = None) -> None:
+        metrics.final_latency.observe(latency_seconds)
+        metrics.utterances_total.inc()
+        if real_time_factor is not None:
+            metrics.real_time_factor.observe(real_time_factor)
         with self._lock:
             self.final_latencies.append(latency_seconds)
             self.utterances_processed += 1

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
+from monitoring import metrics as prometheus_metrics
 from monitoring.health import check_model, overall_health
 from monitoring.registry import registry
 from stt import protocol
@@ -24,6 +25,8 @@ def _endpoints(request: HttpRequest) -> dict[str, str]:
         "health": "/health",
         "stats": "/stats",
         "admin": "/admin/",
+        **({"monitoring_health": f":{settings.MONITORING_PORT}/health",
+            "metrics": f":{settings.MONITORING_PORT}/metrics"} if settings.MONITORING_PORT else {}),
     }
 
 
@@ -72,3 +75,9 @@ async def stats(request: HttpRequest) -> JsonResponse:
         "failures": history.stats.failures,
     }
     return JsonResponse(snapshot)
+
+
+async def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition (on the monitoring port only)."""
+    body, content_type = prometheus_metrics.render()
+    return HttpResponse(body, content_type=content_type)

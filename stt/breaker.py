@@ -25,8 +25,10 @@ class CircuitBreaker:
         failure_threshold: int,
         reset_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, str], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_change = on_change  # (breaker name, new state), e.g. to a metric
         self.failure_threshold = max(1, failure_threshold)
         self.reset_seconds = reset_seconds
         self._clock = clock
@@ -69,7 +71,7 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         with self._lock:
-            self._state = BreakerState.CLOSED
+            self._set(BreakerState.CLOSED)
             self._consecutive_failures = 0
             self._probe_in_flight = False
 
@@ -78,10 +80,16 @@ class CircuitBreaker:
             self._consecutive_failures += 1
             self._probe_in_flight = False
             if self._state is BreakerState.HALF_OPEN or self._consecutive_failures >= self.failure_threshold:
-                self._state = BreakerState.OPEN
+                self._set(BreakerState.OPEN)
                 self._opened_at = self._clock()
 
     def _advance(self) -> None:
         if self._state is BreakerState.OPEN and self._clock() >= self._opened_at + self.reset_seconds:
-            self._state = BreakerState.HALF_OPEN
+            self._set(BreakerState.HALF_OPEN)
             self._probe_in_flight = False
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self._state = state
+            if self._on_change is not None:
+                self._on_change(self.name, state.value)

@@ -47,6 +47,7 @@ from typing import Any, Callable, Union
 import numpy as np
 from django.conf import settings
 
+from monitoring import metrics
 from stt.breaker import CircuitBreaker
 from stt.errors import SttError
 
@@ -319,9 +320,13 @@ class SpeechEngine:
         self.requested_max_batch = max_batch
         self.max_batch = 1
         self.transcription_breaker = CircuitBreaker(
-            "transcription", transcription_failure_threshold, transcription_reset_seconds
+            "transcription", transcription_failure_threshold, transcription_reset_seconds,
+            on_change=_breaker_changed,
         )
-        self.gpu_breaker = CircuitBreaker("gpu", gpu_failure_threshold, gpu_reset_seconds)
+        self.gpu_breaker = CircuitBreaker("gpu", gpu_failure_threshold, gpu_reset_seconds,
+                                          on_change=_breaker_changed)
+        for breaker in (self.transcription_breaker, self.gpu_breaker):
+            metrics.set_breaker_state(breaker.name, breaker.state.value)
         self.stats = EngineStats()
         self._cache = _ResultCache(cache_size)
         self._model: Any = None
@@ -550,6 +555,7 @@ class SpeechEngine:
             if job.key is not None:
                 self._in_flight[job.key] = job
             self._queue.append(job)
+            metrics.queue_depth.set(len(self._queue))
             self._cond.notify()
         return job.future, job
 
@@ -564,6 +570,7 @@ class SpeechEngine:
     def _remove_queued(self, job: _Job) -> None:
         if job in self._queue:
             self._queue.remove(job)
+            metrics.queue_depth.set(len(self._queue))
         if self._queued_partials.get(job.stream_key) is job:
             del self._queued_partials[job.stream_key]
         if job.key is not None and self._in_flight.get(job.key) is job:
@@ -800,6 +807,11 @@ class SpeechEngine:
             thread.join(timeout)
         if not any(thread.is_alive() for thread in self._threads):
             self._model = None  # else leave it to the process exit
+
+
+def _breaker_changed(name: str, state: str) -> None:
+    metrics.set_breaker_state(name, state)
+    logger.warning("circuit breaker %s is now %s", name, state)
 
 
 def _bucket(job: _Job) -> int | None:

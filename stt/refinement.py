@@ -228,9 +228,9 @@ def run_refinement(utterance_id: str, model_name: str, task_id: str = "",
         processing_ms=round(result.processing_seconds * 1000),
         real_time_factor=round(result.processing_seconds / audio_seconds, 4) if audio_seconds else None,
         finished_at=_now())
+    # No transcript here: task results end up in logs and the result store.
     return {"utterance_id": utterance_id, "status": "done", "completed": bool(completed),
-            "text": result.text, "word_error_rate": wer, "chunks": result.chunks,
-            "model_loads": refiner.loads}
+            "word_error_rate": round(wer, 4), "chunks": result.chunks, "model_loads": refiner.loads}
 
 
 def _now() -> datetime:

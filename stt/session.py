@@ -24,6 +24,7 @@ from stt.audio import decode_frame, samples_to_ms
 from stt.engine import EngineInfo, SpeechEngine, get_engine
 from stt.errors import SttError
 from stt.languages import normalize_language
+from monitoring import metrics
 from stt.persistence import FinalFacts, SessionFacts, error_write, final_write, history, session_write
 from stt.protocol import SessionConfig, envelope, utc_timestamp
 from stt.runtime_config import RuntimeValues, store as runtime_store
@@ -123,6 +124,13 @@ class SttSession:
                 meta["user_id"] = self.config.user_id
         return meta
 
+    def _log_ids(self) -> dict[str, Any]:
+        """Who a log line is about (no audio, no secrets)."""
+        ids: dict[str, Any] = {"session_id": self._session_id, "connection_id": self.connection_id}
+        if self.config is not None:
+            ids.update(user_id=self.config.user_id, conversation_id=self.config.conversation_id)
+        return ids
+
     # --- transport -----------------------------------------------------------------
 
     async def open(self) -> bool:
@@ -167,7 +175,10 @@ class SttSession:
     async def report(self, error: SttError) -> None:
         """Send an error; a session past its error limit is ended and closed (1008)."""
         await self._send_error(error)
-        logger.info("session %s: error %s: %s", self._session_id, error.code, error.message)
+        logger.info("session %s: error %s: %s", self._session_id, error.code, error.message,
+                    extra={"event": "error", **self._log_ids(), "code": error.code,
+                           "category": error.spec.category.value, "severity": error.spec.severity.value,
+                           "utterance_id": error.utterance_id})
         self.errors += 1
         limit = self.runtime.max_session_errors
         if self.errors > limit and not self._ending:
@@ -188,7 +199,8 @@ class SttSession:
         except SttError as error:
             await self.report(error)
         except Exception:
-            logger.exception("session %s: fault handling a control message", self._session_id)
+            logger.exception("session %s: fault handling a control message", self._session_id,
+                             extra={"event": "fault", **self._log_ids()})
             await self.report(SttError("internal_error", "the server failed to handle that message"))
 
     async def on_audio(self, frame: bytes) -> None:
@@ -202,7 +214,8 @@ class SttSession:
         except SttError as error:
             await self.report(error)
         except Exception:
-            logger.exception("session %s: fault handling audio", self._session_id)
+            logger.exception("session %s: fault handling audio", self._session_id,
+                             extra={"event": "fault", **self._log_ids()})
             await self.report(SttError("internal_error", "the server failed to process that audio frame"))
 
     async def on_disconnect(self) -> None:
@@ -233,6 +246,7 @@ class SttSession:
 
     async def _send_error(self, error: SttError) -> None:
         payload = error.to_payload()
+        metrics.errors_total.labels(category=payload["category"], code=payload["code"]).inc()
         await self._send(envelope("error", self._metadata(), error=payload))
         history.write_later(error_write(payload, self.connection_id, self._session_id))
 
@@ -267,7 +281,10 @@ class SttSession:
         )
         history.write_later(session_write(self.record))
         now = utc_timestamp()
-        logger.info("session %s started (client %s, user %s)", self._session_id, self.client, config.user_id)
+        metrics.sessions_total.inc()
+        logger.info("session %s started", self._session_id,
+                    extra={"event": "session_start", **self._log_ids(), "client": self.client,
+                           "profile": runtime.profile, "language": config.language})
         await self._send(envelope(
             "session_started", self._metadata(),
             session_id=self._session_id,
@@ -355,7 +372,11 @@ class SttSession:
             if self.stream is not None:
                 await self.stream.close(final_reason)
             summary = self.summary()
-            logger.info("session %s ended (%s): %s", self._session_id, ended_reason, summary)
+            if self.started:
+                metrics.sessions_ended.labels(reason=ended_reason).inc()
+            logger.info("session %s ended (%s)", self._session_id, ended_reason,
+                        extra={"event": "session_end", **self._log_ids(), "reason": ended_reason,
+                               "summary": summary})
             if self.record is not None:
                 self.record.ended_at = datetime.now(timezone.utc)
                 self.record.close_reason = ended_reason
@@ -486,7 +507,10 @@ class SttSession:
             assert result.error is not None
             await self.report(result.error)
             return
-        registry.record_final(result.processing_seconds)
+        inference_ms = (result.decode or {}).get("inference_ms")
+        audio_ms = samples_to_ms(result.end_sample - result.start_sample)
+        registry.record_final(result.processing_seconds,
+                              real_time_factor=inference_ms / audio_ms if inference_ms and audio_ms else None)
         if not _final_is_sent(result):
             return
         transcript = result.transcript

@@ -69,14 +69,17 @@ class Server:
 
     def __init__(self, env: dict[str, str], log_dir: Path, migrate_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.monitoring_port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.monitoring = f"http://127.0.0.1:{self.monitoring_port}"
         self.ws = f"ws://127.0.0.1:{self.port}/ws/transcribe"
         self.env = env
         self.log = log_dir / f"server-{self.port}.log"
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
                        cwd=ROOT, env=migrate_env or env, check=True)
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--monitoring-port", str(self.monitoring_port)],
             cwd=ROOT, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 90

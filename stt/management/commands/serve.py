@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import daphne.cli
 import daphne.server
 from daphne.cli import CommandLineInterface
 from daphne.ws_protocol import WebSocketFactory
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+from monitoring.logs import AccessLog
 
 
 class ClosingWebSocketFactory(WebSocketFactory):
@@ -21,19 +25,45 @@ class ClosingWebSocketFactory(WebSocketFactory):
         super().setProtocolOptions(*args, **kwargs)
 
 
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 class Command(BaseCommand):
     help = "Serve HTTP and the /ws/transcribe WebSocket with Daphne (WEBSOCKET_HOST, WEBSOCKET_PORT)."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=None, help="bind address (default: WEBSOCKET_HOST)")
         parser.add_argument("--port", type=int, default=None, help="port (default: WEBSOCKET_PORT)")
+        parser.add_argument("--monitoring-port", type=int, default=None,
+                            help="/health and /metrics listener (default: MONITORING_PORT; 0: none)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         host = options["host"] or settings.WEBSOCKET_HOST
         port = options["port"] or settings.WEBSOCKET_PORT
         daphne.server.WebSocketFactory = ClosingWebSocketFactory
+        daphne.cli.AccessLogGenerator = AccessLog  # access lines through logging, as JSON
         self.stdout.write(f"Fasttalk STT on http://{host}:{port}/  (WebSocket: /ws/transcribe)")
+        extra_endpoints = []
+        monitoring_port = options["monitoring_port"] if options["monitoring_port"] is not None \
+            else settings.MONITORING_PORT
+        settings.MONITORING_PORT = monitoring_port  # the middleware routes requests by it
+        if monitoring_port:
+            if port_is_free(host, monitoring_port):
+                extra_endpoints = ["-e", f"tcp:port={monitoring_port}:interface={host}"]
+                self.stdout.write(f"Monitoring on http://{host}:{monitoring_port}/health and /metrics")
+            else:
+                # Another server process of this host serves it (and, with
+                # PROMETHEUS_MULTIPROC_DIR, the metrics of this process too).
+                self.stdout.write(f"Monitoring port {monitoring_port} is taken; not serving it here")
         CommandLineInterface().run([
+            *extra_endpoints,
             "--bind", host,
             "--port", str(port),
             "--websocket-max-message-size", str(settings.WEBSOCKET_MAX_MESSAGE_BYTES),
