@@ -169,6 +169,8 @@ class EngineStats:
     superseded: int = 0
     fallbacks: int = 0
     failures: int = 0
+    out_of_memory: int = 0  # CUDA out-of-memory errors met (each halves the batch)
+    cpu_fallbacks: int = 0  # jobs decoded on the CPU because the GPU failed
     timeouts: int = 0
     audio_seconds: float = 0.0
     inference_seconds: float = 0.0
@@ -330,6 +332,7 @@ class SpeechEngine:
         self.stats = EngineStats()
         self._cache = _ResultCache(cache_size)
         self._model: Any = None
+        self._cpu_fallback_model: Any = None  # loaded when a GPU first fails
         self._tokenizers: dict[str | None, Any] = {}
         self._info: EngineInfo | None = None
         self._load_error: BaseException | None = None
@@ -389,21 +392,12 @@ class SpeechEngine:
         assert future is not None
         started = time.perf_counter()
         try:
-            from faster_whisper import WhisperModel
-
             path = resolve_model(self.model_reference)
             device = _pick_device(self.requested_device)
             compute_type = self.requested_compute_type
             if compute_type == "auto":
                 compute_type = "float16" if device == "cuda" else "int8"
-            model = WhisperModel(
-                path,
-                device=device,
-                compute_type=compute_type,
-                cpu_threads=self.cpu_threads,
-                num_workers=self.workers,
-                local_files_only=Path(path).is_dir(),
-            )
+            model = self._create_model(path, device, compute_type)
             info = EngineInfo(
                 model=self.model_reference,
                 model_path=path,
@@ -431,6 +425,21 @@ class SpeechEngine:
                     info.model, info.device, info.compute_type, info.load_seconds)
         if not future.done():
             future.set_result(info)
+
+    def _create_model(self, path: str, device: str, compute_type: str) -> Any:
+        from faster_whisper import WhisperModel
+
+        return WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=self.cpu_threads,
+                            num_workers=self.workers, local_files_only=Path(path).is_dir())
+
+    def _cpu_model(self) -> Any:
+        """The CPU copy of the model that takes over while the GPU fails."""
+        with self._load_lock:
+            if self._cpu_fallback_model is None:
+                assert self._info is not None
+                logger.warning("loading %s on the CPU to stand in for the GPU", self.model_reference)
+                self._cpu_fallback_model = self._create_model(self._info.model_path, "cpu", "int8")
+            return self._cpu_fallback_model
 
     def tokenizer(self, language: str | None) -> Any:
         """The model's tokenizer set up for `language` (English for English-only models)."""
@@ -650,12 +659,10 @@ class SpeechEngine:
         if not todo:
             return
         try:
-            results = self._decode(todo)
+            results = self._decode_guarded(todo)
         except Exception as exc:
             logger.exception("inference failed")
             self.stats.failures += 1
-            if self._info is not None and self._info.device == "cuda":
-                self.gpu_breaker.record_failure()
             for job in todo:
                 self._fail(job, SttError("transcription_failed", f"the model failed: {exc}"))
             return
@@ -687,24 +694,62 @@ class SpeechEngine:
 
     # --- decoding --------------------------------------------------------------------
 
-    def _decode(self, jobs: list[_Job]) -> list[tuple]:
-        """Decode jobs that share options and window in one encoder/decoder pass."""
+    def _decode_guarded(self, jobs: list[_Job]) -> list[tuple]:
+        """A GPU fault is not the audio's fault. A CUDA out-of-memory error halves the
+        batch (down to one job, and smaller batches from then on); a GPU that still
+        fails hands the batch to a CPU copy of the model, and once the GPU breaker
+        opens (GPU_FAILURE_THRESHOLD failures in a row) the CPU takes all work until
+        the breaker lets a probe through (GPU_BREAKER_RESET_SECONDS later)."""
+        assert self._info is not None
+        if self._info.device != "cuda":
+            return self._decode(jobs)
+        if self.gpu_breaker.allow():
+            try:
+                results = self._decode_halving(jobs)
+            except Exception as exc:
+                self.gpu_breaker.record_failure()
+                logger.warning("GPU inference failed (%s); decoding on the CPU", exc)
+            else:
+                self.gpu_breaker.record_success()
+                return results
+        self.stats.cpu_fallbacks += len(jobs)
+        return self._decode(jobs, model=self._cpu_model())
+
+    def _decode_halving(self, jobs: list[_Job]) -> list[tuple]:
+        try:
+            return self._decode(jobs)
+        except Exception as exc:
+            if len(jobs) == 1 or not _is_out_of_memory(exc):
+                raise
+            self.stats.out_of_memory += 1
+            half = len(jobs) // 2
+            self.max_batch = max(1, min(self.max_batch, half))
+            logger.warning("CUDA out of memory with a batch of %d; batches of at most %d from now on",
+                           len(jobs), self.max_batch)
+            return self._decode_halving(jobs[:half]) + self._decode_halving(jobs[half:])
+
+    def _decode(self, jobs: list[_Job], model: Any = None) -> list[tuple]:
+        """Decode jobs that share options and window in one encoder/decoder pass (on
+        `model`, by default the engine's own)."""
         import ctranslate2
+
+        model = model or self._model
+        on_gpu = model is self._model and self._info.device == "cuda"
 
         options = jobs[0].options
         window = _bucket(jobs[0])
         if window is None or (self._info.multilingual and options.language is None):
             # Longer than one window, or the language must be detected first: the
             # stock long-form path does both.
-            return [self._decode_stock(job) for job in jobs]
+            return [self._decode_stock(job, model) for job in jobs]
         tokenizer = self.tokenizer(options.language)
         features = np.stack([self._features(job.audio, window) for job in jobs])
-        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(features),
-                                           to_cpu=self._info.device == "cuda" and self.workers > 1)
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(features),
+                                     to_cpu=on_gpu and self.workers > 1)
         base_prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
         prompts = [base_prompt + list(job.options.prefix) for job in jobs]
         caps = [int(job.audio.size / SAMPLE_RATE * _TOKENS_PER_SECOND) + _TOKENS_SLACK for job in jobs]
-        generated = self._model.model.generate(
+        generated = model.model.generate(
             encoded, prompts, beam_size=options.beam_size,
             max_length=max(len(p) + c for p, c in zip(prompts, caps)),
             return_scores=True, return_no_speech_prob=True,
@@ -732,7 +777,7 @@ class SpeechEngine:
             indices = [i for i, tokens in enumerate(aligned_tokens) if tokens]
             if indices:
                 # Alignment runs on the encoder output of the whole batch.
-                found = self._model.find_alignment(
+                found = model.find_alignment(
                     tokenizer, [aligned_tokens[i] if i in indices else [tokenizer.eot] for i in range(len(jobs))],
                     encoded, [max(2, job.audio.size // 160) for job in jobs],
                 )
@@ -742,7 +787,7 @@ class SpeechEngine:
         for index, (job, result) in enumerate(zip(jobs, results)):
             if result is None:
                 self.stats.fallbacks += 1
-                outputs.append(self._decode_stock(job))
+                outputs.append(self._decode_stock(job, model))
                 continue
             text, tokens, score = result
             pieces = _pieces(tokenizer, tokens[len(job.options.prefix):])
@@ -765,10 +810,10 @@ class SpeechEngine:
         features = self._model.feature_extractor(padded, padding=0)
         return np.ascontiguousarray(features[:, : window * 100])
 
-    def _decode_stock(self, job: _Job) -> tuple:
+    def _decode_stock(self, job: _Job, model: Any = None) -> tuple:
         """faster-whisper's own long-form transcription, with temperature fallback."""
         options = job.options
-        segments, info = self._model.transcribe(
+        segments, info = (model or self._model).transcribe(
             job.audio,
             language=options.language if self._info.multilingual else "en",
             beam_size=options.beam_size,
@@ -806,7 +851,11 @@ class SpeechEngine:
         for thread in self._threads:
             thread.join(timeout)
         if not any(thread.is_alive() for thread in self._threads):
-            self._model = None  # else leave it to the process exit
+            self._model = self._cpu_fallback_model = None  # else leave them to the process exit
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower()
 
 
 def _breaker_changed(name: str, state: str) -> None:

@@ -1,0 +1,101 @@
+"""The engine when its hardware fails: CUDA out of memory halves the batch, a failing
+GPU hands the work to the CPU (GPU breaker closed -> open -> half-open -> closed), and
+no session sees an error for it.
+
+No GPU is lent to these tests: the engine below decodes on the CPU but reports itself
+on CUDA and raises the errors CTranslate2 raises there (out of memory, a failed
+kernel) on demand; the fallbacks it exercises are the engine's real code, on the
+real model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from monitoring import metrics
+from stt.engine import DecodeOptions, SpeechEngine
+
+_variant = itertools.count(1)
+
+
+def unique(audio: np.ndarray) -> np.ndarray:
+    return (audio * np.float32(1 - next(_variant) * 1e-4)).astype(np.float32)
+
+
+class FaultyGpuEngine(SpeechEngine):
+    """Reports device cuda; its primary model raises when told to."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("tiny.en", device="cpu", max_batch=4, **kwargs)
+        self.out_of_memory_above = 0  # batches larger than this run out of memory
+        self.gpu_broken = False
+        self.gpu_batches: list[int] = []
+
+    def _load(self) -> None:
+        super()._load()
+        if self._info is not None:
+            self._info = dataclasses.replace(self._info, device="cuda", compute_type="float16")
+
+    def _decode(self, jobs, model=None):
+        if model is None:  # the "GPU" model
+            if self.gpu_broken:
+                raise RuntimeError("CUDA failed with error an illegal memory access was encountered")
+            if self.out_of_memory_above and len(jobs) > self.out_of_memory_above:
+                raise RuntimeError("CUDA failed with error out of memory")
+            self.gpu_batches.append(len(jobs))
+        return super()._decode(jobs, model)
+
+
+@pytest.fixture
+def faulty_engine():
+    engine = FaultyGpuEngine(gpu_failure_threshold=3, gpu_reset_seconds=1.0)
+    engine.start_loading().result(timeout=120)
+    yield engine
+    engine.close()
+
+
+async def partials_in_one_batch(engine: SpeechEngine, jfk_audio: np.ndarray, count: int):
+    busy = asyncio.create_task(engine.transcribe(unique(jfk_audio), DecodeOptions.final("en", True)))
+    await asyncio.sleep(0.03)  # the worker is busy: the partials below queue up together
+    parts = [unique(jfk_audio[i * 1000:48000 + i * 1000]) for i in range(count)]
+    results = await asyncio.gather(*[
+        engine.transcribe(part, DecodeOptions.partial("en"), stream_key=f"s{i}") for i, part in enumerate(parts)])
+    await busy
+    return results
+
+
+async def test_out_of_memory_halves_the_batch_and_every_job_succeeds(faulty_engine, jfk_audio):
+    faulty_engine.out_of_memory_above = 2
+    results = await partials_in_one_batch(faulty_engine, jfk_audio, 4)
+    assert all("fellow americans" in r.text.lower() for r in results)
+    assert faulty_engine.stats.out_of_memory == 1 and faulty_engine.max_batch == 2
+    assert faulty_engine.gpu_batches[-2:] == [2, 2], "the batch of 4 was decoded as two of 2"
+    assert faulty_engine.gpu_breaker.state.value == "closed", "out of memory is handled, not a GPU failure"
+    assert faulty_engine.stats.cpu_fallbacks == 0
+
+
+async def test_a_failing_gpu_hands_work_to_the_cpu_and_is_probed_again(faulty_engine, jfk_audio):
+    faulty_engine.gpu_broken = True
+    for _ in range(3):
+        transcript = await faulty_engine.transcribe(unique(jfk_audio[:48000]), DecodeOptions.final("en", True))
+        assert "fellow americans" in transcript.text.lower(), "the CPU stood in for the GPU"
+    assert faulty_engine.gpu_breaker.state.value == "open"
+    assert metrics.breaker_state.labels(breaker="gpu")._value.get() == 2
+    assert faulty_engine.stats.cpu_fallbacks == 3 and faulty_engine.stats.failures == 0
+
+    # While open, the GPU is not even tried.
+    faulty_engine.gpu_broken = False
+    tried = len(faulty_engine.gpu_batches)
+    await faulty_engine.transcribe(unique(jfk_audio[:32000]), DecodeOptions.partial("en"))
+    assert len(faulty_engine.gpu_batches) == tried and faulty_engine.stats.cpu_fallbacks == 4
+
+    await asyncio.sleep(1.1)  # GPU_BREAKER_RESET_SECONDS: half-open, one probe on the GPU
+    assert faulty_engine.gpu_breaker.state.value == "half_open"
+    await faulty_engine.transcribe(unique(jfk_audio[:32000]), DecodeOptions.partial("en"))
+    assert len(faulty_engine.gpu_batches) == tried + 1
+    assert faulty_engine.gpu_breaker.state.value == "closed"
+    assert metrics.breaker_state.labels(breaker="gpu")._value.get() == 0
