@@ -207,6 +207,8 @@ CELERY_TIMEZONE = "UTC"
 # exponential backoff from 2 s, capped, with jitter.
 TASK_MAX_RETRIES = env_int("TASK_MAX_RETRIES", 5)
 TASK_RETRY_BACKOFF_MAX = env_int("TASK_RETRY_BACKOFF_MAX", 300)
+# Random delays up to the backoff (spreads retries of many tasks after an outage).
+TASK_RETRY_JITTER = env_bool("TASK_RETRY_JITTER", True)
 
 # Re-transcribe every final with the refinement model (a Celery task per utterance).
 REFINE_FINALS = env_bool("REFINE_FINALS", True)
@@ -232,8 +234,11 @@ REFINE_MAX_ATTEMPTS = env_int("REFINE_MAX_ATTEMPTS", 3)
 # Where bundled models split across packages are joined (stt/model_files.py).
 MODEL_CACHE_DIR = env_str("MODEL_CACHE_DIR", str(BASE_DIR / "var" / "models"))
 
-# Reports for the admin dashboard, built by beat for each past period of this length.
+# Reports for the admin dashboard, built by beat for each past period of this length
+# (aligned to UTC midnight; beat catches up on up to a week of missed periods).
 REPORT_PERIOD_HOURS = env_int("REPORT_PERIOD_HOURS", 24)
+if REPORT_PERIOD_HOURS <= 0 or 24 % REPORT_PERIOD_HOURS:
+    raise ImproperlyConfigured("REPORT_PERIOD_HOURS must divide 24 (1, 2, 3, 4, 6, 8, 12 or 24)")
 # How often beat looks for a period without its report (building is idempotent).
 REPORT_CHECK_SECONDS = env_float("REPORT_CHECK_SECONDS", 3600.0)
 CELERY_BEAT_SCHEDULE = {

@@ -177,11 +177,21 @@ def export_sessions_csv(modeladmin: admin.ModelAdmin, request: HttpRequest, quer
     return csv_response("sessions.csv", SESSION_COLUMNS, rows)
 
 
-@admin.action(description="Re-transcribe selected utterances with the refinement model")
+# One action queues at most this many: a slip of the select-all box should not queue
+# a year of audio.
+MAX_REFINEMENTS_PER_ACTION = 500
+
+
+@admin.action(description="Re-transcribe selected utterances with the refinement model",
+              permissions=["queue_refinement"])
 def refine_utterances(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
     from stt.tasks import queue_refinements
 
-    ids = [str(u) for u in queryset.values_list("utterance_id", flat=True)]
+    ids = [str(u) for u in queryset.values_list("utterance_id", flat=True)[:MAX_REFINEMENTS_PER_ACTION + 1]]
+    if len(ids) > MAX_REFINEMENTS_PER_ACTION:
+        modeladmin.message_user(request, f"Select at most {MAX_REFINEMENTS_PER_ACTION} utterances at a time.",
+                                messages.ERROR)
+        return
     queued = queue_refinements(ids)
     modeladmin.message_user(
         request, f"Queued {queued} re-transcription(s) with {settings.REFINE_MODEL}; "
@@ -207,7 +217,9 @@ def refinement_summary(refinement: Refinement) -> str:
     header = format_html("<p><b>{}</b>: {} (chunks {}, attempts {})</p>", refinement.model,
                          refinement.get_status_display(), refinement.progress, refinement.attempts)
     if refinement.status != Refinement.Status.DONE:
-        return header + (format_html("<p>{}</p>", refinement.error) if refinement.error else "")
+        if not refinement.error:
+            return header
+        return format_html('{}<p class="refinement-error">{}</p>', header, refinement.error)
     return header + format_html(
         '<p class="refined-text">{}</p><p class="word-diff">{}</p>'
         "<p>word error rate of the live text against it: {}%; decoded in {} ms (real-time factor {})</p>",
@@ -289,6 +301,9 @@ class UtteranceAdmin(ReadOnlyAdmin):
         return format_html(
             '<table class="word-timings"><thead><tr><th>word</th><th>start ms</th><th>end ms</th>'
             "<th>session ms</th><th>confidence</th></tr></thead><tbody>{}</tbody></table>", rows)
+
+    def has_queue_refinement_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("stt.queue_refinement")
 
     @admin.display(description="re-transcription")
     def refinement_view(self, obj: Utterance) -> str:
@@ -418,7 +433,7 @@ class RuntimeProfileAdmin(admin.ModelAdmin):
 # --- re-transcriptions and reports (Celery) ---------------------------------------------
 
 
-@admin.action(description="Queue failed re-transcriptions again")
+@admin.action(description="Queue failed re-transcriptions again", permissions=["queue_refinement"])
 def retry_refinements(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
     from stt.tasks import queue_refinements
 
@@ -438,6 +453,10 @@ class RefinementAdmin(ReadOnlyAdmin):
     search_fields = ("text", "utterance__text", "utterance__utterance_id")
     list_select_related = ("utterance",)
     actions = (retry_refinements,)
+
+    def has_queue_refinement_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("stt.queue_refinement")
+
     readonly_fields = ("utterance_link", "model", "status", "progress", "attempts", "summary", "language",
                        "word_error_rate", "differs", "processing_ms", "real_time_factor", "task_id", "error",
                        "queued_at", "started_at", "finished_at")
@@ -482,7 +501,7 @@ def export_reports_csv(modeladmin: admin.ModelAdmin, request: HttpRequest, query
     return report_csv_response(queryset.order_by("period_start"), "reports.csv")
 
 
-@admin.action(description="Rebuild selected reports")
+@admin.action(description="Rebuild selected reports", permissions=["build_report"])
 def rebuild_reports(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
     from stt.tasks import build_report
 
@@ -513,6 +532,9 @@ class ReportAdmin(ReadOnlyAdmin):
                        "disagreement_rate", "mean_word_error_rate", "hourly", "dashboard_link")
     fields = readonly_fields
 
+    def has_build_report_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("stt.build_report")
+
     @admin.display(description="dashboard")
     def dashboard_link(self, obj: Report) -> str:
         return format_html('<a href="{}?report={}">chart</a>', reverse("admin:stt_report_dashboard"), obj.pk)
@@ -538,7 +560,10 @@ class ReportAdmin(ReadOnlyAdmin):
 
         if not self.has_view_permission(request):
             raise PermissionDenied
+        may_build = self.has_build_report_permission(request)
         if request.method == "POST":
+            if not may_build:
+                raise PermissionDenied
             form = BuildReportForm(request.POST)
             if form.is_valid():
                 start, end = _as_utc(form.cleaned_data["start"]), _as_utc(form.cleaned_data["end"])
@@ -561,7 +586,7 @@ class ReportAdmin(ReadOnlyAdmin):
             **self.admin_site.each_context(request),
             "title": "Reports dashboard",
             "opts": self.model._meta,
-            "form": form,
+            "form": form if may_build else None,
             "report": report,
             "charts": dashboard_charts(report) if report else [],
             "recent": reports.order_by("-built_at")[:20],

@@ -97,8 +97,11 @@ def bundled_base_model(cache_dir: str | Path | None = None) -> Path:
                 raise ModelIntegrityError(
                     f"joined model.bin has sha256 {digest}, expected {BASE_MODEL_SHA256}")
             for name in _BASE_SIDE_FILES:
-                source, _ = _package_data(*_BASE_PARTS[1][:2], name)
-                shutil.copyfile(source, staging / name)
+                source, recorded = _package_data(*_BASE_PARTS[1][:2], name)
+                content = source.read_bytes()
+                if recorded is not None and _urlsafe(hashlib.sha256(content).digest()) != recorded:
+                    raise ModelIntegrityError(f"{source} does not match the hash recorded at install")
+                (staging / name).write_bytes(content)
             (staging / "model.sha256").write_text(BASE_MODEL_SHA256 + "\n")
             if target.exists():
                 shutil.rmtree(target)  # a stale or partial copy

@@ -254,6 +254,8 @@ class Refinement(models.Model):
         constraints = [models.UniqueConstraint(fields=["utterance", "model"], name="one_refinement_per_model")]
         ordering = ["-queued_at"]
         verbose_name = "re-transcription"
+        # Queueing costs worker time: granted apart from viewing.
+        permissions = [("queue_refinement", "Can queue re-transcriptions")]
 
     def __str__(self) -> str:
         return f"{self.model} refinement of {self.utterance.utterance_id} ({self.status})"
@@ -294,6 +296,7 @@ class Report(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["kind", "period_start", "period_end"], name="one_report_per_period"),
         ]
+        permissions = [("build_report", "Can build reports")]
 
     def __str__(self) -> str:
         return f"{self.kind} report {self.period_start:%Y-%m-%d %H:%M} - {self.period_end:%Y-%m-%d %H:%M}"

@@ -24,7 +24,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.db.models import F, Q
 
 from stt.evaluation import word_diff, word_error_rate
@@ -36,7 +38,13 @@ _QUIET_FRAME = SAMPLE_RATE // 20  # 50 ms frames when looking for a place to cut
 
 
 class RefinementFailed(Exception):
-    """A refinement that cannot succeed by retrying (no audio, bad model files)."""
+    """A refinement that cannot succeed by retrying (no audio, a language the model lacks)."""
+
+
+# Failures that are not the refinement's: the task retries (database, broker) or
+# records them itself (time limit).
+PASSING_FAILURES: tuple[type[BaseException], ...] = (
+    OperationalError, InterfaceError, ConnectionError, TimeoutError, SoftTimeLimitExceeded)
 
 
 @dataclass
@@ -86,17 +94,20 @@ class Refiner:
         model = self.model()
         if not model.model.is_multilingual and language != "en":
             raise RefinementFailed(f"{self.model_reference} is English-only; the utterance is {language!r}")
-        started = time.perf_counter()
         bounds = chunk_bounds(audio, int(settings.REFINE_CHUNK_SECONDS * SAMPLE_RATE))
         texts: list[str] = []
         words: list[dict[str, Any]] = []
+        decoding = 0.0  # model time only, not the progress writes
         if on_chunk:
             on_chunk(0, len(bounds))
         for index, (start, end) in enumerate(bounds):
+            started = time.perf_counter()
             segments, _ = model.transcribe(
                 audio[start:end], language=language, beam_size=self.beam_size, word_timestamps=True,
                 condition_on_previous_text=False, vad_filter=False,
             )
+            segments = list(segments)  # the decode happens here
+            decoding += time.perf_counter() - started
             offset_ms = start * 1000 // SAMPLE_RATE
             for segment in segments:
                 texts.append(segment.text.strip())
@@ -110,7 +121,7 @@ class Refiner:
             if on_chunk:
                 on_chunk(index + 1, len(bounds))
         return RefinedTranscript(text=" ".join(t for t in texts if t), words=words, language=language,
-                                 chunks=len(bounds), processing_seconds=time.perf_counter() - started)
+                                 chunks=len(bounds), processing_seconds=decoding)
 
 
 def chunk_bounds(audio: np.ndarray, chunk_samples: int) -> list[tuple[int, int]]:
@@ -137,22 +148,23 @@ def chunk_bounds(audio: np.ndarray, chunk_samples: int) -> list[tuple[int, int]]
     return bounds
 
 
-_refiner: Refiner | None = None
+_refiners: dict[str, Refiner] = {}
 _refiner_lock = threading.Lock()
 
 
-def get_refiner() -> Refiner:
-    """This process's refiner (one model load per process, on first use)."""
-    global _refiner
+def get_refiner(model: str | None = None) -> Refiner:
+    """This process's refiner for `model` (default REFINE_MODEL): one model load per
+    process and model, on first use."""
+    reference = model or settings.REFINE_MODEL
     with _refiner_lock:
-        if _refiner is None or _refiner.model_reference != settings.REFINE_MODEL:
+        if reference not in _refiners:
             threads = settings.REFINE_CPU_THREADS
             if not threads and _runs_in_server_process():
                 threads = 1  # embedded mode: leave the other cores to live streaming
-            _refiner = Refiner(settings.REFINE_MODEL, device=settings.REFINE_DEVICE,
-                               compute_type=settings.REFINE_COMPUTE_TYPE,
-                               cpu_threads=threads, beam_size=settings.REFINE_BEAM_SIZE)
-        return _refiner
+            _refiners[reference] = Refiner(reference, device=settings.REFINE_DEVICE,
+                                           compute_type=settings.REFINE_COMPUTE_TYPE,
+                                           cpu_threads=threads, beam_size=settings.REFINE_BEAM_SIZE)
+        return _refiners[reference]
 
 
 def _runs_in_server_process() -> bool:
@@ -207,16 +219,21 @@ def run_refinement(utterance_id: str, model_name: str, task_id: str = "",
     def progress(done: int, total: int) -> None:
         Refinement.objects.filter(pk=refinement.pk).update(chunks_done=done, chunks_total=total)
 
-    refiner = refiner or get_refiner()
+    refiner = refiner or get_refiner(model_name)
     try:
         audio = load_utterance_audio(utterance)
         language = refinement_language(utterance)
         result = refiner.transcribe(audio, language, progress)
-    except RefinementFailed as exc:
-        Refinement.objects.filter(pk=refinement.pk).update(status=Refinement.Status.FAILED, error=str(exc),
+    except PASSING_FAILURES:
+        raise  # the task retries these (database away) or records them (time limit)
+    except Exception as exc:
+        # Bad audio, bad model files, the model failing: retrying will not help.
+        reason = str(exc) if isinstance(exc, RefinementFailed) else f"{type(exc).__name__}: {exc}"
+        Refinement.objects.filter(pk=refinement.pk).update(status=Refinement.Status.FAILED, error=reason,
                                                            finished_at=_now())
-        logger.warning("refinement of %s failed: %s", utterance_id, exc)
-        return {"utterance_id": utterance_id, "status": "failed", "error": str(exc)}
+        logger.warning("refinement of %s failed: %s", utterance_id, reason,
+                       exc_info=not isinstance(exc, RefinementFailed))
+        return {"utterance_id": utterance_id, "status": "failed", "error": reason}
     audio_seconds = len(audio) / SAMPLE_RATE
     wer = word_error_rate(result.text, utterance.text)
     diff = word_diff(utterance.text, result.text)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from django.conf import settings
+from django.db import IntegrityError
 from django.db.models import Count
 
 
@@ -36,11 +37,11 @@ def build_report(start: datetime, end: datetime, kind: str = "manual") -> Any:
         raise ValueError("the report's end must be after its start")
     began = time.perf_counter()
     utterances = Utterance.objects.filter(created_at__gte=start, created_at__lt=end)
+    # Only the columns needed (one JSON key, not the whole decode document).
     rows = list(utterances.values_list("created_at", "audio_duration_ms", "first_partial_latency_ms",
-                                       "final_latency_ms", "decode"))
+                                       "final_latency_ms", "decode__inference_ms"))
     audio_ms = sum(row[1] for row in rows)
-    inference_ms = [row[4].get("inference_ms") for row in rows if isinstance(row[4], dict)]
-    timed = [(ms, row[1]) for ms, row in zip(inference_ms, rows) if ms is not None]
+    timed = [(float(row[4]), row[1]) for row in rows if row[4] is not None]
     hourly = [{"hour": hour, "utterances": 0, "audio_seconds": 0.0} for hour in range(24)]
     for created_at, duration_ms, *_ in rows:
         bucket = hourly[created_at.astimezone(timezone.utc).hour]
@@ -75,19 +76,34 @@ def build_report(start: datetime, end: datetime, kind: str = "manual") -> Any:
         "hourly": hourly,
     }
     values["build_ms"] = round((time.perf_counter() - began) * 1000)
-    report, _ = Report.objects.update_or_create(kind=kind, period_start=start, period_end=end, defaults=values)
+    try:
+        report, _ = Report.objects.update_or_create(kind=kind, period_start=start, period_end=end, defaults=values)
+    except IntegrityError:  # built at the same moment by another request: update that one
+        report, _ = Report.objects.update_or_create(kind=kind, period_start=start, period_end=end, defaults=values)
     return report
 
 
 def scheduled_period(now: datetime, hours: int | None = None) -> tuple[datetime, datetime]:
-    """The last complete period of REPORT_PERIOD_HOURS before `now`, aligned to UTC
-    midnight (24 h: yesterday; 1 h: the previous hour)."""
+    """The last complete period of REPORT_PERIOD_HOURS (a divisor of 24) before `now`,
+    aligned to UTC midnight (24 h: yesterday; 1 h: the previous hour)."""
     hours = hours or settings.REPORT_PERIOD_HOURS
+    if hours <= 0 or 24 % hours:
+        raise ValueError("REPORT_PERIOD_HOURS must divide 24 (1, 2, 3, 4, 6, 8, 12 or 24)")
     now = now.astimezone(timezone.utc)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     elapsed = int((now - midnight).total_seconds() // 3600)
-    end = midnight + timedelta(hours=(elapsed // hours) * hours) if hours <= 24 else midnight
+    end = midnight + timedelta(hours=(elapsed // hours) * hours)
     return end - timedelta(hours=hours), end
+
+
+def missing_periods(now: datetime, built: set[tuple[datetime, datetime]], limit: int = 7,
+                    hours: int | None = None) -> list[tuple[datetime, datetime]]:
+    """The last `limit` complete periods, oldest first, without a scheduled report:
+    beat catches up on periods it missed while it was down."""
+    hours = hours or settings.REPORT_PERIOD_HOURS
+    start, end = scheduled_period(now, hours)
+    periods = [(start - timedelta(hours=hours * back), end - timedelta(hours=hours * back)) for back in range(limit)]
+    return [period for period in reversed(periods) if period not in built]
 
 
 CSV_FIELDS = (

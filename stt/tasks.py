@@ -13,7 +13,8 @@ holds up history writes; a beat task sweeps up finals whose task never got queue
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
@@ -24,13 +25,13 @@ from django.db import InterfaceError, OperationalError
 
 logger = logging.getLogger(__name__)
 
-# Passing failures: worth a retry with backoff.
+# Passing failures: worth a retry with backoff. (Read at import: the worker's settings.)
 RETRYABLE = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 _RETRY = {
     "autoretry_for": RETRYABLE,
     "retry_backoff": 2,
     "retry_backoff_max": settings.TASK_RETRY_BACKOFF_MAX,
-    "retry_jitter": True,
+    "retry_jitter": settings.TASK_RETRY_JITTER,
     "max_retries": settings.TASK_MAX_RETRIES,
 }
 
@@ -45,9 +46,11 @@ def refine_utterance(self: Any, utterance_id: str, model: str | None = None) -> 
     try:
         return run_refinement(utterance_id, model, task_id=self.request.id or "")
     except SoftTimeLimitExceeded:
-        Refinement.objects.filter(utterance__utterance_id=utterance_id, model=model).exclude(
-            status=Refinement.Status.DONE).update(status=Refinement.Status.FAILED,
-                                                  error="time limit exceeded (CELERY_TASK_TIME_LIMIT)")
+        # Only this delivery's run: another may have taken the refinement over since.
+        Refinement.objects.filter(utterance__utterance_id=utterance_id, model=model, task_id=self.request.id or "",
+                                  status=Refinement.Status.RUNNING).update(
+            status=Refinement.Status.FAILED, error="time limit exceeded (CELERY_TASK_TIME_LIMIT)",
+            finished_at=datetime.now(timezone.utc))
         raise
 
 
@@ -62,15 +65,18 @@ def build_report(self: Any, start: str, end: str, kind: str = "manual") -> dict[
 
 @shared_task(**_RETRY)
 def build_scheduled_reports() -> dict[str, Any]:
-    """Beat: the report of the last complete period (REPORT_PERIOD_HOURS), if missing."""
+    """Beat: reports of the last complete periods (REPORT_PERIOD_HOURS) that have
+    none, oldest first, catching up on up to a week of periods missed while beat was down."""
     from stt.models import Report
-    from stt.reports import build_report as build, scheduled_period
+    from stt.reports import build_report as build, missing_periods
 
-    start, end = scheduled_period(datetime.now(timezone.utc))
-    if Report.objects.filter(kind=Report.Kind.SCHEDULED, period_start=start, period_end=end).exists():
-        return {"built": False, "period_start": start.isoformat()}
-    report = build(start, end, kind=Report.Kind.SCHEDULED)
-    return {"built": True, "report_id": report.pk, "period_start": start.isoformat()}
+    now = datetime.now(timezone.utc)
+    horizon = now - timedelta(hours=settings.REPORT_PERIOD_HOURS * 8)
+    built = set(Report.objects.filter(kind=Report.Kind.SCHEDULED, period_start__gte=horizon)
+                .values_list("period_start", "period_end"))
+    limit = max(1, 7 * 24 // settings.REPORT_PERIOD_HOURS)
+    made = [build(start, end, kind=Report.Kind.SCHEDULED).pk for start, end in missing_periods(now, built, limit)]
+    return {"built": len(made), "report_ids": made}
 
 
 @shared_task(**_RETRY)
@@ -82,21 +88,25 @@ def refine_missed_finals() -> dict[str, int]:
     from stt.models import Refinement, Utterance
 
     if not settings.REFINE_FINALS:
-        return {"queued": 0, "abandoned": 0}
+        return {"queued": 0, "abandoned": 0, "gave_up": 0}
     now = datetime.now(timezone.utc)
     recent = Utterance.objects.filter(created_at__gte=now - timedelta(hours=settings.REFINE_SWEEP_HOURS),
                                       created_at__lt=now - timedelta(minutes=1)).exclude(audio="")
     missed = recent.exclude(refinements__model=settings.REFINE_MODEL).values_list("utterance_id", flat=True)
     # Longer than the broker keeps an unacknowledged task plus the task's own limit.
     stale = now - timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT + settings.CELERY_TASK_TIME_LIMIT)
-    abandoned = Refinement.objects.filter(
-        utterance__in=recent, model=settings.REFINE_MODEL, attempts__lt=settings.REFINE_MAX_ATTEMPTS,
+    stuck = Refinement.objects.filter(
+        utterance__in=recent, model=settings.REFINE_MODEL,
         status__in=(Refinement.Status.QUEUED, Refinement.Status.RUNNING), queued_at__lt=stale)
+    gave_up = stuck.filter(attempts__gte=settings.REFINE_MAX_ATTEMPTS).update(
+        status=Refinement.Status.FAILED, finished_at=now,
+        error=f"gave up after {settings.REFINE_MAX_ATTEMPTS} attempts without a result")
+    abandoned = stuck.filter(attempts__lt=settings.REFINE_MAX_ATTEMPTS)
     abandoned_ids = [str(u) for u in abandoned.values_list("utterance__utterance_id", flat=True)[:1000]]
     abandoned.filter(utterance__utterance_id__in=abandoned_ids).update(
         status=Refinement.Status.FAILED, error="abandoned: no result within the task's time limit")
     queued = queue_refinements([str(u) for u in missed[:1000]] + abandoned_ids)
-    return {"queued": queued, "abandoned": len(abandoned_ids)}
+    return {"queued": queued, "abandoned": len(abandoned_ids), "gave_up": gave_up}
 
 
 @shared_task(**_RETRY)
@@ -127,33 +137,55 @@ def queue_refinements(utterance_ids: Iterable[str], model: str | None = None,
                 continue
             Refinement.objects.filter(pk=refinement.pk).update(
                 status=Refinement.Status.QUEUED, queued_at=datetime.now(timezone.utc), error="")
-        # A stable task id: the same refinement is one task in the result store.
-        refine_utterance.apply_async((str(utterance.utterance_id), model),
-                                     task_id=f"refine-{utterance.utterance_id}-{model}")
+        try:
+            # A stable task id: the same refinement is one task in the result store.
+            refine_utterance.apply_async((str(utterance.utterance_id), model),
+                                         task_id=f"refine-{utterance.utterance_id}-{model}")
+        except Exception:
+            # Broker away (the row stays queued; the sweep sends it again once stale),
+            # or, run in-process, a failure the row now records.
+            logger.warning("refinement of %s not queued", utterance.utterance_id, exc_info=True)
+            continue
         queued += 1
     return queued
 
 
-_dispatcher: ThreadPoolExecutor | None = None
+# Finals waiting to be queued (or, in the embedded mode, refined) by the dispatch
+# thread. Bounded: in the embedded mode one CPU thread refines, and speech can come
+# faster than that; beyond the bound a final is left for the sweep or the admin action.
+DISPATCH_BACKLOG = 1000
+_dispatch_queue: "queue.Queue[str]" = queue.Queue(maxsize=DISPATCH_BACKLOG)
+_dispatch_thread: threading.Thread | None = None
+_dispatch_lock = threading.Lock()
 
 
 def queue_refinement_soon(utterance_id: str) -> None:
-    """After a final is committed: queue its refinement on a thread of its own. In the
-    embedded mode (no broker) the task itself runs there, off the streaming path."""
-    global _dispatcher
+    """After a final is committed: queue its refinement from a thread of its own. In
+    the embedded mode (no broker) the task itself runs there, off the streaming path;
+    the thread is a daemon, so a backlog never holds up the process's exit."""
+    global _dispatch_thread
     if not settings.REFINE_FINALS:
         return
-    if _dispatcher is None:
-        _dispatcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stt-refine-dispatch")
-    _dispatcher.submit(_queue_logged, utterance_id)
+    with _dispatch_lock:
+        if _dispatch_thread is None or not _dispatch_thread.is_alive():
+            _dispatch_thread = threading.Thread(target=_dispatch_forever, name="stt-refine-dispatch", daemon=True)
+            _dispatch_thread.start()
+    try:
+        _dispatch_queue.put_nowait(utterance_id)
+    except queue.Full:
+        logger.warning("refinement backlog full (%d); %s is left for the sweep", DISPATCH_BACKLOG, utterance_id)
 
 
-def _queue_logged(utterance_id: str) -> None:
+def _dispatch_forever() -> None:
     from django.db import connections
 
-    try:
-        queue_refinements([utterance_id])
-    except Exception:  # the beat sweep queues it later
-        logger.warning("could not queue the refinement of %s; the sweep will", utterance_id, exc_info=True)
-    finally:
-        connections.close_all()  # finals are seconds apart: holding a connection buys nothing
+    while True:
+        utterance_id = _dispatch_queue.get()
+        try:
+            queue_refinements([utterance_id])
+        except Exception:  # the beat sweep queues it later
+            logger.warning("could not queue the refinement of %s; the sweep will", utterance_id, exc_info=True)
+        finally:
+            if _dispatch_queue.empty():
+                connections.close_all()  # idle: hold no connection
+            _dispatch_queue.task_done()

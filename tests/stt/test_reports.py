@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from fasttalk.celery import app as celery_app
 from stt.models import ErrorEvent, Refinement, Report, SessionRecord, Utterance
-from stt.reports import build_report, percentiles, reports_csv, scheduled_period
+from stt.reports import build_report, missing_periods, percentiles, reports_csv, scheduled_period
 
 pytestmark = pytest.mark.django_db
 
@@ -93,6 +93,15 @@ def test_the_scheduled_period_is_the_last_complete_one():
     assert scheduled_period(now, 24) == (DAY - timedelta(days=1), DAY)
     assert scheduled_period(now, 1) == (DAY + timedelta(hours=12), DAY + timedelta(hours=13))
     assert scheduled_period(now, 6) == (DAY + timedelta(hours=6), DAY + timedelta(hours=12))
+    with pytest.raises(ValueError):
+        scheduled_period(now, 5)  # would overlap across midnight
+
+
+def test_missing_periods_are_the_recent_ones_without_a_report_oldest_first():
+    now = datetime(2026, 11, 20, 13, 25, tzinfo=timezone.utc)
+    built = {(DAY + timedelta(hours=10), DAY + timedelta(hours=11))}
+    periods = missing_periods(now, built, limit=4, hours=1)
+    assert [start.hour for start, _ in periods] == [9, 11, 12]
 
 
 def test_the_csv_has_one_row_per_report(day_of_history):
@@ -134,6 +143,19 @@ class TestDashboard:
         response = admin_client.get(reverse("admin:stt_report_csv", args=[report.pk]))
         assert response["Content-Type"].startswith("text/csv")
         assert list(csv.DictReader(io.StringIO(response.content.decode())))[0]["utterances"] == "10"
+
+    def test_staff_who_may_only_view_see_reports_but_cannot_build_them(self, client, django_user_model,
+                                                                         day_of_history):
+        from django.contrib.auth.models import Permission
+
+        viewer = django_user_model.objects.create_user("viewer", password="pw-viewer-1", is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_report"))
+        client.force_login(viewer)
+        report = build_report(DAY, DAY + timedelta(days=1))
+        page = client.get(f"{self.url}?report={report.pk}").content.decode()
+        assert 'id="figure-utterances">10<' in page and "build-report" not in page
+        denied = client.post(self.url, {"start": "2026-11-20T00:00", "end": "2026-11-21T00:00"})
+        assert denied.status_code == 403 and Report.objects.count() == 1
 
     def test_the_dashboard_is_for_staff_only(self, client, db):
         assert client.get(self.url).status_code == 302  # to the login page

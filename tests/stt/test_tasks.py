@@ -59,7 +59,7 @@ class TestQueueing:
         now = datetime.now(timezone.utc)
         missed = stored_utterance(jfk_audio[:48000], "and so my fellow", now - timedelta(minutes=5))
         too_old = stored_utterance(jfk_audio[:16000], "and", now - timedelta(days=3))
-        assert tasks.refine_missed_finals.delay().get() == {"queued": 1, "abandoned": 0}
+        assert tasks.refine_missed_finals.delay().get() == {"queued": 1, "abandoned": 0, "gave_up": 0}
         assert list(Refinement.objects.values_list("utterance", flat=True)) == [missed.pk]
         assert not too_old.refinements.exists()
 
@@ -74,9 +74,10 @@ class TestQueueing:
         Refinement.objects.create(utterance=hopeless, model="base", status="running", attempts=3, queued_at=long_ago)
         fresh = stored_utterance(jfk_audio[:16000], "and", now - timedelta(minutes=5))
         Refinement.objects.create(utterance=fresh, model="base", status="running", attempts=1, queued_at=now)
-        assert tasks.refine_missed_finals.delay().get() == {"queued": 1, "abandoned": 1}
+        assert tasks.refine_missed_finals.delay().get() == {"queued": 1, "abandoned": 1, "gave_up": 1}
         statuses = dict(Refinement.objects.values_list("utterance", "status"))
-        assert statuses == {killed.pk: "done", hopeless.pk: "running", fresh.pk: "running"}
+        assert statuses == {killed.pk: "done", hopeless.pk: "failed", fresh.pk: "running"}
+        assert Refinement.objects.get(utterance=hopeless).error == "gave up after 3 attempts without a result"
 
     def test_the_admin_action_queues_the_selection(self, eager_celery, admin_client, jfk_audio):
         live = "And so my fellow Americans ask not what your county can do for you"
@@ -87,18 +88,60 @@ class TestQueueing:
         page = admin_client.get(reverse("admin:stt_utterance_change", args=[utterance.pk])).content.decode()
         assert '<del class="live">county</del>' in page and '<ins class="refined">country</ins>' in page
         listing = admin_client.get(reverse("admin:stt_refinement_changelist")).content.decode()
-        assert "1/1" in listing, "progress in chunks is shown"
+        assert '<td class="field-progress">1/1</td>' in listing, "progress in chunks is shown"
+
+    def test_a_refinement_under_way_renders_as_html_not_as_escaped_tags(self, admin_client, jfk_audio):
+        utterance = stored_utterance(jfk_audio, JFK_TEXT, datetime.now(timezone.utc))
+        Refinement.objects.create(utterance=utterance, model="base", status="running", chunks_total=3,
+                                  chunks_done=1, attempts=1)
+        page = admin_client.get(reverse("admin:stt_utterance_change", args=[utterance.pk])).content.decode()
+        assert "<p><b>base</b>: Running (chunks 1/3, attempts 1)</p>" in page and "&lt;p&gt;" not in page
+
+    def test_queueing_needs_its_own_permission_not_just_view(self, client, django_user_model, jfk_audio):
+        from django.contrib.auth.models import Permission
+
+        viewer = django_user_model.objects.create_user("viewer", password="pw-viewer-1", is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_utterance"))
+        client.force_login(viewer)
+        utterance = stored_utterance(jfk_audio, JFK_TEXT, datetime.now(timezone.utc))
+        page = client.get(reverse("admin:stt_utterance_changelist")).content.decode()
+        assert "refine_utterances" not in page, "the action is not offered"
+        client.post(reverse("admin:stt_utterance_changelist"),
+                    {"action": "refine_utterances", "_selected_action": [utterance.pk]})
+        assert not Refinement.objects.exists()
+
+    def test_a_corrupt_audio_file_fails_the_refinement_with_its_reason(self, eager_celery, jfk_audio):
+        utterance = stored_utterance(jfk_audio, JFK_TEXT, datetime.now(timezone.utc))
+        with default_storage.open(utterance.audio.name, "wb") as handle:
+            handle.write(b"fLaC this is not audio")
+        assert tasks.queue_refinements([str(utterance.utterance_id)]) == 1
+        refinement = Refinement.objects.get()
+        assert refinement.status == "failed" and refinement.finished_at is not None
+        assert "Error" in refinement.error, refinement.error
+
+    def test_a_refinement_is_decoded_by_the_model_it_is_keyed_by(self, eager_celery, settings, jfk_audio):
+        settings.REFINE_MODEL = "base"
+        utterance = stored_utterance(jfk_audio, JFK_TEXT, datetime.now(timezone.utc))
+        assert tasks.queue_refinements([str(utterance.utterance_id)], model="tiny.en") == 1
+        refinement = Refinement.objects.get()
+        assert refinement.model == "tiny.en" and refinement.status == "done"
+        from stt.refinement import get_refiner
+
+        assert get_refiner("tiny.en").loads == 1, "tiny.en decoded it, not REFINE_MODEL"
 
 
 @pytest.mark.django_db
 class TestPeriodicTasks:
-    def test_the_scheduled_report_is_built_once_per_period(self, eager_celery):
+    def test_the_scheduled_reports_are_built_once_per_period_catching_up_a_week(self, eager_celery, settings):
+        settings.REPORT_PERIOD_HOURS = 24
         first = tasks.build_scheduled_reports.delay().get()
-        assert first["built"] is True
-        assert tasks.build_scheduled_reports.delay().get()["built"] is False
-        report = Report.objects.get()
+        assert first["built"] == 7, "beat catches up on the last week of periods"
+        assert tasks.build_scheduled_reports.delay().get()["built"] == 0
+        latest = Report.objects.order_by("-period_start").first()
         start, end = scheduled_period(datetime.now(timezone.utc))
-        assert (report.kind, report.period_start, report.period_end) == ("scheduled", start, end)
+        assert (latest.kind, latest.period_start, latest.period_end) == ("scheduled", start, end)
+        starts = sorted(Report.objects.values_list("period_start", flat=True))
+        assert all(b - a == timedelta(days=1) for a, b in zip(starts, starts[1:])), "consecutive, no overlap"
 
     def test_the_retention_task_purges_old_history(self, eager_celery, settings, jfk_audio):
         settings.RETENTION_DAYS = 7
