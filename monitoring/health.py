@@ -76,14 +76,55 @@ async def check_channel_layer() -> dict[str, Any]:
     return {"status": "ok", "backend": backend, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
+def _ping_broker() -> None:
+    from fasttalk.celery import app
+
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_SECONDS)
+
+
+async def check_celery_broker() -> dict[str, Any]:
+    """The broker re-transcriptions and reports are queued on answers (in the
+    embedded mode there is none: tasks run in-process)."""
+    from fasttalk.celery import app
+
+    if app.conf.task_always_eager:
+        return {"status": "ok", "mode": "in-process"}
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(sync_to_async(_ping_broker, thread_sensitive=False)(), CHECK_TIMEOUT_SECONDS + 1)
+    except Exception as exc:
+        return {"status": "error", "mode": "broker", "error": str(exc) or type(exc).__name__}
+    return {"status": "ok", "mode": "broker", "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def check_breakers() -> dict[str, Any]:
+    engine = get_engine()
+    parts = {}
+    for breaker in (engine.transcription_breaker, engine.gpu_breaker):
+        state = breaker.state.value
+        parts[breaker.name] = {"status": "ok" if state == "closed" else "error", "state": state,
+                               "failure_threshold": breaker.failure_threshold,
+                               "retry_after": round(breaker.retry_after(), 1)}
+    return {"status": "ok" if all(p["status"] == "ok" for p in parts.values()) else "error", **parts}
+
+
 async def overall_health() -> tuple[dict[str, Any], bool]:
-    """The health report and whether the service can serve transcription now."""
-    database, channel_layer = await asyncio.gather(check_database(), check_channel_layer())
-    checks = {"model": check_model(), "database": database, "channel_layer": channel_layer}
-    serving = checks["model"]["status"] == "ok" and channel_layer["status"] == "ok"
+    """The health report and whether the service can serve transcription now.
+
+    Serving needs the model and the channel layer, and the transcription breaker not
+    open; a database or broker outage, or a GPU breaker open (the CPU stands in),
+    degrades the service without stopping it.
+    """
+    database, channel_layer, broker = await asyncio.gather(check_database(), check_channel_layer(),
+                                                           check_celery_broker())
+    checks = {"model": check_model(), "database": database, "channel_layer": channel_layer,
+              "celery_broker": broker, "breakers": check_breakers()}
+    serving = (checks["model"]["status"] == "ok" and channel_layer["status"] == "ok"
+               and checks["breakers"]["transcription"]["state"] != "open")
     if not serving:
         status = "unhealthy"
-    elif database["status"] != "ok":
+    elif any(part["status"] != "ok" for part in checks.values()):
         status = "degraded"
     else:
         status = "healthy"

@@ -67,9 +67,10 @@ class ScratchDatabase:
 class Server:
     """`manage.py serve` in a subprocess, healthy before the constructor returns."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, migrate_env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, migrate_env: dict[str, str] | None = None,
+                 monitoring_port: int | None = None) -> None:
         self.port = free_port()
-        self.monitoring_port = free_port()
+        self.monitoring_port = monitoring_port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.monitoring = f"http://127.0.0.1:{self.monitoring_port}"
         self.ws = f"ws://127.0.0.1:{self.port}/ws/transcribe"
@@ -276,3 +277,40 @@ class Beat(CeleryProcess):
         super().__init__(env, log_dir, name, [
             "beat", "--loglevel", "INFO", "--schedule", str(log_dir / f"beat-{name}-schedule")],
             "beat: Starting")
+
+
+class RedisServer:
+    """A private redis-server on a free port, which a test may stop and start again."""
+
+    def __init__(self, log_dir: Path) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = log_dir / f"redis-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None

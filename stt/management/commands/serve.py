@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import socket
 from typing import Any
 
@@ -12,6 +14,7 @@ from daphne.ws_protocol import WebSocketFactory
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from monitoring import metrics
 from monitoring.logs import AccessLog
 
 
@@ -54,6 +57,8 @@ class Command(BaseCommand):
         monitoring_port = options["monitoring_port"] if options["monitoring_port"] is not None \
             else settings.MONITORING_PORT
         settings.MONITORING_PORT = monitoring_port  # the middleware routes requests by it
+        # Multi-process metrics: this process's live gauges leave the sums when it exits.
+        atexit.register(metrics.process_exited, os.getpid())
         if monitoring_port:
             if port_is_free(host, monitoring_port):
                 extra_endpoints = ["-e", f"tcp:port={monitoring_port}:interface={host}"]
