@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import Any
+
+import numpy as np
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -16,12 +19,46 @@ from stt.persistence import history
 CHECK_TIMEOUT_SECONDS = 2.0
 
 
-def check_model() -> dict[str, Any]:
+# The model counts as answering if it decoded something this recently; otherwise a
+# health check decodes a short probe (at most once per PROBE_INTERVAL_SECONDS).
+RECENT_INFERENCE_SECONDS = 60.0
+PROBE_INTERVAL_SECONDS = 30.0
+PROBE_TIMEOUT_SECONDS = 5.0
+_last_probes: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+async def model_answers(engine: Any) -> tuple[bool, str | None]:
+    """Whether the model decodes audio now: recent traffic says so, else a probe."""
+    from stt.engine import DecodeOptions
+
+    now = time.monotonic()
+    last = engine.stats.last_inference_at
+    if last is not None and now - last < RECENT_INFERENCE_SECONDS:
+        return True, None
+    probe = _last_probes.setdefault(engine, {"at": None, "ok": False, "error": None})
+    if probe["at"] is not None and now - probe["at"] < PROBE_INTERVAL_SECONDS:
+        return probe["ok"], probe["error"]
+    # Faint noise, new each time: loud enough to be decoded, never a cache hit.
+    noise = (np.random.default_rng().standard_normal(8000) * 0.05).astype(np.float32)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            await engine.transcribe(noise, DecodeOptions.partial("en"), stream_key="health-probe")
+        ok, error = True, None
+    except Exception as exc:
+        ok, error = False, str(exc) or type(exc).__name__
+    probe.update(at=time.monotonic(), ok=ok, error=error)
+    return ok, error
+
+
+async def check_model() -> dict[str, Any]:
     engine = get_engine()
     info = engine.info
     if info is not None:
+        answering, error = await model_answers(engine)
         return {
-            "status": "ok",
+            "status": "ok" if answering else "error",
+            "answering": answering,
+            **({"error": error} if error else {}),
             "model": info.model,
             "device": info.device,
             "compute_type": info.compute_type,
@@ -118,7 +155,7 @@ async def overall_health() -> tuple[dict[str, Any], bool]:
     """
     database, channel_layer, broker = await asyncio.gather(check_database(), check_channel_layer(),
                                                            check_celery_broker())
-    checks = {"model": check_model(), "database": database, "channel_layer": channel_layer,
+    checks = {"model": await check_model(), "database": database, "channel_layer": channel_layer,
               "celery_broker": broker, "breakers": check_breakers()}
     serving = (checks["model"]["status"] == "ok" and channel_layer["status"] == "ok"
                and checks["breakers"]["transcription"]["state"] != "open")

@@ -39,7 +39,7 @@ async def index(request: HttpRequest):
                        "a final when they stop, and voice-activity events for barge-in.",
         "endpoints": _endpoints(request),
         "audio": {"encoding": "float32le", "sample_rate": protocol.SAMPLE_RATE, "channels": 1},
-        "model": check_model(),
+        "model": await check_model(),
         "max_connections": settings.WEBSOCKET_MAX_CONNECTIONS,
         "active_connections": registry.active_connections,
         "documentation": "docs/protocol.md",

@@ -174,6 +174,7 @@ class EngineStats:
     timeouts: int = 0
     audio_seconds: float = 0.0
     inference_seconds: float = 0.0
+    last_inference_at: float | None = None  # time.monotonic() of the last successful decode
 
 
 AudioSource = Union[np.ndarray, Callable[[], np.ndarray]]
@@ -668,6 +669,7 @@ class SpeechEngine:
             return
         elapsed = time.perf_counter() - started
         self.stats.batches += 1
+        self.stats.last_inference_at = time.monotonic()
         for job, (text, words, pieces, language, confidence, forced) in zip(todo, results):
             audio_seconds = job.audio.size / SAMPLE_RATE
             self.stats.inferences += 1

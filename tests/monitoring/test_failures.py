@@ -96,11 +96,9 @@ async def test_a_failing_model_opens_the_breaker_and_health_and_metrics_show_it(
     refused = [m["error"] for m in sent if m["type"] == "error" and m["error"]["code"] == "transcription_unavailable"]
     assert refused and 0 < refused[-1]["retry_after"] <= 1.0
 
-    # Open -> half-open after the reset time: serving again, one probe allowed.
+    # Open -> half-open after the reset time: one probe allowed.
     await asyncio.sleep(1.1)
-    status, report = await health()
-    assert status == 200 and report["status"] == "degraded"
-    assert report["checks"]["breakers"]["transcription"]["state"] == "half_open"
+    assert raising_engine.transcription_breaker.state.value == "half_open"
     assert sample("fasttalk_breaker_state", breaker="transcription") == 1
 
     # Half-open -> closed: the model works again and the probe succeeds.
@@ -110,7 +108,8 @@ async def test_a_failing_model_opens_the_breaker_and_health_and_metrics_show_it(
     assert raising_engine.transcription_breaker.state.value == "closed"
     assert sample("fasttalk_breaker_state", breaker="transcription") == 0
     status, report = await health()
-    assert status == 200 and report["checks"]["breakers"]["status"] == "ok"
+    assert status == 200 and report["status"] == "healthy"
+    assert report["checks"]["breakers"]["status"] == "ok" and report["checks"]["model"]["answering"] is True
     await session.end("session_end", ended_reason="test")
 
 
@@ -131,3 +130,16 @@ async def test_an_unreachable_broker_degrades_health_without_stopping_service(en
         app.conf.broker_url = previous
     assert status == 200 and report["status"] == "degraded"
     assert report["checks"]["celery_broker"]["status"] == "error"
+
+
+async def test_health_probes_a_model_that_has_not_decoded_lately(raising_engine):
+    """An idle model that fails is found by /health's own probe decode, not by a client."""
+    from monitoring import health as health_module
+
+    status, report = await health()
+    assert status == 503 and report["checks"]["model"]["answering"] is False
+    assert "forced inference failure" in report["checks"]["model"]["error"]
+    raising_engine.broken = False
+    health_module._last_probes[raising_engine]["at"] = None  # the next check probes again at once
+    status, report = await health()
+    assert status == 200 and report["checks"]["model"]["answering"] is True
