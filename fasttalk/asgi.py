@@ -13,10 +13,13 @@ from django.conf import settings  # noqa: E402
 from stt.engine import get_engine  # noqa: E402
 from stt.routing import websocket_urlpatterns  # noqa: E402
 
+from monitoring.middleware import RefuseOnMonitoringPort  # noqa: E402
+
 application = ProtocolTypeRouter(
     {
         "http": django_application,
-        "websocket": URLRouter(websocket_urlpatterns),
+        # The monitoring port serves /health and /metrics only: no sessions there.
+        "websocket": RefuseOnMonitoringPort(URLRouter(websocket_urlpatterns)),
     }
 )
 

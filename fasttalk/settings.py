@@ -263,8 +263,10 @@ WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024
 # /metrics; 0 turns it off. When several processes share a host, the first to bind
 # it serves the metrics of all of them (PROMETHEUS_MULTIPROC_DIR, see monitoring/metrics.py).
 MONITORING_PORT = env_int("MONITORING_PORT", 9091)
-# Read by prometheus_client itself, from the environment; listed here to be documented.
-PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+# PROMETHEUS_MULTIPROC_DIR is read by prometheus_client itself, from the environment,
+# when it is imported (README); set but empty it would write into the working directory.
+if "PROMETHEUS_MULTIPROC_DIR" in os.environ and not os.environ["PROMETHEUS_MULTIPROC_DIR"]:
+    raise ImproperlyConfigured("PROMETHEUS_MULTIPROC_DIR is set but empty: unset it or name a directory")
 
 # --- Error handling (names from the design document) -------------------------------
 

@@ -35,19 +35,26 @@ async def model_answers(engine: Any) -> tuple[bool, str | None]:
     last = engine.stats.last_inference_at
     if last is not None and now - last < RECENT_INFERENCE_SECONDS:
         return True, None
-    probe = _last_probes.setdefault(engine, {"at": None, "ok": False, "error": None})
-    if probe["at"] is not None and now - probe["at"] < PROBE_INTERVAL_SECONDS:
-        return probe["ok"], probe["error"]
-    # Faint noise, new each time: loud enough to be decoded, never a cache hit.
-    noise = (np.random.default_rng().standard_normal(8000) * 0.05).astype(np.float32)
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-            await engine.transcribe(noise, DecodeOptions.partial("en"), stream_key="health-probe")
-        ok, error = True, None
-    except Exception as exc:
-        ok, error = False, str(exc) or type(exc).__name__
-    probe.update(at=time.monotonic(), ok=ok, error=error)
-    return ok, error
+    probe = _last_probes.setdefault(engine, {"at": None, "ok": False, "error": None, "lock": asyncio.Lock()})
+    async with probe["lock"]:  # concurrent health checks share one probe
+        if probe["at"] is not None and time.monotonic() - probe["at"] < PROBE_INTERVAL_SECONDS:
+            return probe["ok"], probe["error"]
+        # Faint noise, new each time: loud enough to be decoded, never a cache hit.
+        noise = (np.random.default_rng().standard_normal(8000) * 0.05).astype(np.float32)
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                await engine.transcribe(noise, DecodeOptions.partial("en"), health_probe=True)
+            ok, error = True, None
+        except Exception as exc:
+            ok, error = False, _short(exc)
+        probe.update(at=time.monotonic(), ok=ok, error=error)
+        return ok, error
+
+
+def _short(exc: BaseException) -> str:
+    """An error for a public endpoint: its kind and first line, not a whole DSN dump."""
+    text = (str(exc).strip().splitlines() or [""])[0][:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def check_model() -> dict[str, Any]:
@@ -71,7 +78,7 @@ async def check_model() -> dict[str, Any]:
             },
         }
     if engine.load_error is not None:
-        return {"status": "error", "model": engine.model_reference, "error": str(engine.load_error)}
+        return {"status": "error", "model": engine.model_reference, "error": _short(engine.load_error)}
     return {"status": "loading", "model": engine.model_reference}
 
 
@@ -92,7 +99,7 @@ async def check_database() -> dict[str, Any]:
     try:
         await asyncio.wait_for(sync_to_async(_query_database, thread_sensitive=False)(), CHECK_TIMEOUT_SECONDS)
     except Exception as exc:
-        return {"status": "error", "vendor": connection.vendor, "error": str(exc) or type(exc).__name__, **backlog}
+        return {"status": "error", "vendor": connection.vendor, "error": _short(exc), **backlog}
     return {"status": "ok", "vendor": connection.vendor,
             "latency_ms": round((time.perf_counter() - started) * 1000, 1), **backlog}
 
@@ -109,7 +116,7 @@ async def check_channel_layer() -> dict[str, Any]:
         if reply.get("type") != "health.ping":
             raise RuntimeError("the layer returned another message")
     except Exception as exc:
-        return {"status": "error", "backend": backend, "error": str(exc) or type(exc).__name__}
+        return {"status": "error", "backend": backend, "error": _short(exc)}
     return {"status": "ok", "backend": backend, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
@@ -131,7 +138,7 @@ async def check_celery_broker() -> dict[str, Any]:
     try:
         await asyncio.wait_for(sync_to_async(_ping_broker, thread_sensitive=False)(), CHECK_TIMEOUT_SECONDS + 1)
     except Exception as exc:
-        return {"status": "error", "mode": "broker", "error": str(exc) or type(exc).__name__}
+        return {"status": "error", "mode": "broker", "error": _short(exc)}
     return {"status": "ok", "mode": "broker", "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 

@@ -50,6 +50,8 @@ class AccessLog:
 
     def __call__(self, protocol: str, action: str, details: dict[str, Any]) -> None:
         client = details.get("client") or ""
+        # The path without its query string: a query may carry a token.
+        details = {**details, "path": str(details.get("path") or "").split("?", 1)[0]}
         if protocol == "http" and action == "complete":
             self.logger.info("%s %s %s", details.get("method"), details.get("path"), details.get("status"),
                              extra={"event": "http_request", "method": details.get("method"),

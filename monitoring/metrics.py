@@ -9,6 +9,7 @@ or the max for breaker states), as prometheus_client's multi-process mode does.
 
 from __future__ import annotations
 
+import glob
 import os
 
 from prometheus_client import (
@@ -41,6 +42,9 @@ real_time_factor = Histogram("fasttalk_real_time_factor", "Decode time of a fina
 errors_total = Counter("fasttalk_errors", "Errors sent to clients, by category and code.", ["category", "code"])
 queue_depth = Gauge("fasttalk_engine_queue_depth", "Inference jobs waiting in the engine's queue.",
                     multiprocess_mode="livesum")
+out_of_memory_total = Counter("fasttalk_out_of_memory", "CUDA out-of-memory errors (each halved the batch).")
+gpu_failures_total = Counter("fasttalk_gpu_failures", "GPU inferences that failed and were redone on the CPU.")
+cpu_fallbacks_total = Counter("fasttalk_cpu_fallbacks", "Jobs decoded on the CPU because the GPU failed.")
 breaker_state = Gauge("fasttalk_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                       ["breaker"], multiprocess_mode="livemax")
 
@@ -52,12 +56,32 @@ def multiprocess_dir() -> str | None:
 def render() -> tuple[bytes, str]:
     """The exposition text of this process, or of every process of the group."""
     if multiprocess_dir():
+        _forget_dead_processes()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     from prometheus_client import REGISTRY
 
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def _forget_dead_processes() -> None:
+    """A process killed outright never marked itself dead: its live gauges (open
+    connections, queue depth, breaker states) would count for ever."""
+    directory = multiprocess_dir()
+    pids = set()
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        try:
+            pids.add(int(os.path.basename(path).rsplit("_", 1)[1].split(".")[0]))
+        except (IndexError, ValueError):
+            continue
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def process_exited(pid: int) -> None:

@@ -30,3 +30,20 @@ class MonitoringPortMiddleware:
         if _on_monitoring_port(request):
             request.urlconf = "monitoring.port_urls"
         return self.get_response(request)
+
+
+class RefuseOnMonitoringPort:
+    """ASGI wrapper for the WebSocket route: a connection that arrives on the
+    monitoring port is refused before it is accepted (HTTP 403 to the handshake)."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        port = settings.MONITORING_PORT
+        server = scope.get("server") or (None, None)
+        if port and str(server[1]) == str(port):
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await self.application(scope, receive, send)

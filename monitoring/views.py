@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -64,6 +65,10 @@ async def stats(request: HttpRequest) -> JsonResponse:
         "inferences": engine.stats.inferences,
         "failures": engine.stats.failures,
         "timeouts": engine.stats.timeouts,
+        "out_of_memory": engine.stats.out_of_memory,
+        "gpu_failures": engine.stats.gpu_failures,
+        "cpu_fallbacks": engine.stats.cpu_fallbacks,
+        "max_batch": engine.max_batch,
         "audio_seconds": round(engine.stats.audio_seconds, 3),
         "inference_seconds": round(engine.stats.inference_seconds, 3),
     }
@@ -78,6 +83,7 @@ async def stats(request: HttpRequest) -> JsonResponse:
 
 
 async def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition (on the monitoring port only)."""
-    body, content_type = prometheus_metrics.render()
+    """Prometheus exposition (on the monitoring port only). Merging several
+    processes' files reads the disk: off the event loop."""
+    body, content_type = await sync_to_async(prometheus_metrics.render, thread_sensitive=False)()
     return HttpResponse(body, content_type=content_type)

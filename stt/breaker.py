@@ -52,25 +52,32 @@ class CircuitBreaker:
                 return 0.0
             return max(0.0, self._opened_at + self.reset_seconds - self._clock())
 
-    def allow(self) -> bool:
-        """Whether a call may proceed now; in half-open, only one probe at a time."""
+    def admit(self) -> str | None:
+        """Admit a call: "call" while closed, "probe" for the one call a half-open
+        breaker lets through, None when refused."""
         with self._lock:
             self._advance()
             if self._state is BreakerState.CLOSED:
-                return True
+                return "call"
             if self._state is BreakerState.HALF_OPEN and not self._probe_in_flight:
                 self._probe_in_flight = True
-                return True
-            return False
+                return "probe"
+            return None
+
+    def allow(self) -> bool:
+        """Whether a call may proceed now; in half-open, only one probe at a time."""
+        return self.admit() is not None
 
     def release_probe(self) -> None:
-        """A call ended with no verdict on the dependency (it was cancelled): let the
-        next call probe instead."""
+        """The probe ended with no verdict on the dependency (it was cancelled): let
+        the next call probe instead. Only the caller admitted as the probe calls this."""
         with self._lock:
             self._probe_in_flight = False
 
     def record_success(self) -> None:
         with self._lock:
+            if self._state is BreakerState.OPEN:
+                return  # a call admitted before the breaker opened: stale news
             self._set(BreakerState.CLOSED)
             self._consecutive_failures = 0
             self._probe_in_flight = False
@@ -79,6 +86,8 @@ class CircuitBreaker:
         with self._lock:
             self._consecutive_failures += 1
             self._probe_in_flight = False
+            if self._state is BreakerState.OPEN:
+                return  # already open: the reset time is not extended
             if self._state is BreakerState.HALF_OPEN or self._consecutive_failures >= self.failure_threshold:
                 self._set(BreakerState.OPEN)
                 self._opened_at = self._clock()

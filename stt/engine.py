@@ -170,6 +170,7 @@ class EngineStats:
     fallbacks: int = 0
     failures: int = 0
     out_of_memory: int = 0  # CUDA out-of-memory errors met (each halves the batch)
+    gpu_failures: int = 0  # GPU inferences that failed otherwise (the CPU redid them)
     cpu_fallbacks: int = 0  # jobs decoded on the CPU because the GPU failed
     timeouts: int = 0
     audio_seconds: float = 0.0
@@ -257,6 +258,7 @@ class _Job:
     audio: np.ndarray | None = None
     key: tuple | None = None
     waiters: int = 1
+    started: bool = False  # a worker took it (a timeout before that is overload, not a fault)
 
     def order(self, now: float) -> tuple[int, int]:
         rank = int(self.kind)
@@ -321,7 +323,8 @@ class SpeechEngine:
         self.cpu_threads = cpu_threads or os.cpu_count() or 1
         self.workers = max(1, workers)
         self.requested_max_batch = max_batch
-        self.max_batch = 1
+        self.max_batch = self._full_batch = 1
+        self._clean_batches = 0  # batches decoded since the last out-of-memory
         self.transcription_breaker = CircuitBreaker(
             "transcription", transcription_failure_threshold, transcription_reset_seconds,
             on_change=_breaker_changed,
@@ -415,7 +418,7 @@ class SpeechEngine:
             return
         self._model = model
         # A GPU batches far more before it saturates than two CPU cores do.
-        self.max_batch = self.requested_max_batch or (16 if device == "cuda" else 4)
+        self.max_batch = self._full_batch = self.requested_max_batch or (16 if device == "cuda" else 4)
         self._info = info
         self._load_error = None
         for index in range(self.workers):
@@ -466,18 +469,23 @@ class SpeechEngine:
     def in_flight(self) -> int:
         return self._running
 
-    async def transcribe(self, source: AudioSource, options: DecodeOptions, stream_key: Any = None) -> Transcript:
+    async def transcribe(self, source: AudioSource, options: DecodeOptions, stream_key: Any = None,
+                         health_probe: bool = False) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (or a callable giving the latest audio,
         read when a worker takes the job). Raises SttError; raises Superseded when the
-        job was replaced by a newer partial of the stream or withdrawn (cancel_stream)."""
+        job was replaced by a newer partial of the stream or withdrawn (cancel_stream).
+        A health probe bypasses the transcription breaker's admission (it must not
+        take the half-open probe slot from a client)."""
         if self._closed:
             raise SttError("model_unavailable", "the speech engine is shut down")
         await self.ready()
+        # The breaker's verdicts come from the worker, once per batch (_run_batch);
+        # here a call is only admitted, and a hung inference counted.
         breaker = self.transcription_breaker
-        if not breaker.allow():
+        admission = "call" if health_probe else breaker.admit()
+        if admission is None:
             raise SttError("transcription_unavailable", "transcription is paused after repeated failures",
                            retry_after=round(breaker.retry_after(), 1))
-        outcome_recorded = False
         future, job = self._submit(source, options, stream_key)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
@@ -487,14 +495,10 @@ class SpeechEngine:
             if job is not None:
                 self._withdraw(job)
             self.stats.timeouts += 1
-            breaker.record_failure()
-            outcome_recorded = True
+            if job is not None and job.started and not health_probe:
+                breaker.record_failure()  # the model hung; a job still queued is overload
             raise SttError("transcription_timeout",
                            f"transcription took longer than {settings.STT_TRANSCRIPTION_TIMEOUT} s") from None
-        except SttError:
-            breaker.record_failure()
-            outcome_recorded = True
-            raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -503,11 +507,10 @@ class SpeechEngine:
                 raise  # our caller is being cancelled
             raise Superseded() from None  # the job was withdrawn under us
         finally:
-            if not outcome_recorded and not _succeeded(future):
-                # No verdict on the model (replaced, withdrawn, cancelled): free a
-                # half-open breaker's probe slot instead of holding it forever.
+            if admission == "probe" and not _succeeded(future):
+                # The probe may have ended with no verdict on the model (replaced,
+                # withdrawn, cancelled): free the slot instead of holding it forever.
                 breaker.release_probe()
-        breaker.record_success()
         return transcript
 
     def prefetch(self, audio: np.ndarray, options: DecodeOptions, stream_key: Any = None) -> None:
@@ -648,6 +651,7 @@ class SpeechEngine:
         for job in batch:
             if not job.future.set_running_or_notify_cancel():
                 continue
+            job.started = True
             cached = self._cache.get(job.key)
             if cached is not None:
                 self.stats.cache_hits += 1
@@ -664,12 +668,18 @@ class SpeechEngine:
         except Exception as exc:
             logger.exception("inference failed")
             self.stats.failures += 1
+            self.transcription_breaker.record_failure()  # one verdict per inference, not per waiter
             for job in todo:
                 self._fail(job, SttError("transcription_failed", f"the model failed: {exc}"))
             return
         elapsed = time.perf_counter() - started
         self.stats.batches += 1
         self.stats.last_inference_at = time.monotonic()
+        self.transcription_breaker.record_success()
+        self._clean_batches += 1
+        if self._clean_batches >= _BATCH_REGROW_AFTER and self.max_batch < self._full_batch:
+            self.max_batch = min(self._full_batch, self.max_batch * 2)  # out-of-memory was a spike
+            self._clean_batches = 0
         for job, (text, words, pieces, language, confidence, forced) in zip(todo, results):
             audio_seconds = job.audio.size / SAMPLE_RATE
             self.stats.inferences += 1
@@ -710,11 +720,15 @@ class SpeechEngine:
                 results = self._decode_halving(jobs)
             except Exception as exc:
                 self.gpu_breaker.record_failure()
-                logger.warning("GPU inference failed (%s); decoding on the CPU", exc)
+                self.stats.gpu_failures += 1
+                metrics.gpu_failures_total.inc()
+                logger.warning("GPU inference failed (%s); decoding on the CPU", exc,
+                               extra={"event": "gpu_failure", "category": "gpu"})
             else:
                 self.gpu_breaker.record_success()
                 return results
         self.stats.cpu_fallbacks += len(jobs)
+        metrics.cpu_fallbacks_total.inc(len(jobs))
         return self._decode(jobs, model=self._cpu_model())
 
     def _decode_halving(self, jobs: list[_Job]) -> list[tuple]:
@@ -724,6 +738,8 @@ class SpeechEngine:
             if len(jobs) == 1 or not _is_out_of_memory(exc):
                 raise
             self.stats.out_of_memory += 1
+            metrics.out_of_memory_total.inc()
+            self._clean_batches = 0
             half = len(jobs) // 2
             self.max_batch = max(1, min(self.max_batch, half))
             logger.warning("CUDA out of memory with a batch of %d; batches of at most %d from now on",
@@ -854,6 +870,11 @@ class SpeechEngine:
             thread.join(timeout)
         if not any(thread.is_alive() for thread in self._threads):
             self._model = self._cpu_fallback_model = None  # else leave them to the process exit
+
+
+# After an out-of-memory error halved the batch, this many clean batches double it
+# again (up to the configured size).
+_BATCH_REGROW_AFTER = 200
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -141,12 +141,8 @@ class SttSession:
         limit = self.runtime.max_connections
         if not registry.try_register(self, limit):
             self._state = "error"
-            await self._send(envelope(
-                "error", self._metadata(),
-                error=SttError(
-                    "server_overloaded", f"this server holds its maximum of {limit} connections",
-                ).to_payload(),
-            ))
+            await self._send_error(SttError("server_overloaded",
+                                            f"this server holds its maximum of {limit} connections"))
             await self._close(CloseCode.TRY_AGAIN_LATER, "server at connection limit")
             self._finish()
             return False
@@ -175,10 +171,6 @@ class SttSession:
     async def report(self, error: SttError) -> None:
         """Send an error; a session past its error limit is ended and closed (1008)."""
         await self._send_error(error)
-        logger.info("session %s: error %s: %s", self._session_id, error.code, error.message,
-                    extra={"event": "error", **self._log_ids(), "code": error.code,
-                           "category": error.spec.category.value, "severity": error.spec.severity.value,
-                           "utterance_id": error.utterance_id})
         self.errors += 1
         limit = self.runtime.max_session_errors
         if self.errors > limit and not self._ending:
@@ -245,8 +237,13 @@ class SttSession:
             raise SttError("session_not_started", "send start_session first")
 
     async def _send_error(self, error: SttError) -> None:
+        """Every error a client is sent: counted, logged (one line), and stored."""
         payload = error.to_payload()
         metrics.errors_total.labels(category=payload["category"], code=payload["code"]).inc()
+        logger.info("session %s: error %s: %s", self._session_id, error.code, error.message,
+                    extra={"event": "error", **self._log_ids(), "code": error.code,
+                           "category": payload["category"], "severity": payload["severity"],
+                           "utterance_id": error.utterance_id})
         await self._send(envelope("error", self._metadata(), error=payload))
         history.write_later(error_write(payload, self.connection_id, self._session_id))
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -85,6 +86,11 @@ async def test_the_monitoring_port_serves_health_and_metrics_only(two_processes)
         assert refused.value.code == 404
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"{first.base}/metrics", timeout=10)
+    # No transcription sessions on the monitoring port either.
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(f"ws://127.0.0.1:{first.monitoring_port}/ws/transcribe"):
+            pass
+    assert refused.value.response.status_code == 403
 
 
 async def test_logs_are_json_lines_with_session_events(two_processes, jfk_audio):
@@ -100,6 +106,7 @@ async def test_logs_are_json_lines_with_session_events(two_processes, jfk_audio)
     assert all(e["session_id"] and e["connection_id"] for e in starts)
     errors = [e for e in entries if e.get("event") == "error"]
     assert errors[-1]["code"] == "invalid_audio_frame" and errors[-1]["category"] == "audio_format"
+    assert "fellow" not in first.log.read_text().lower(), "no transcript in the logs"
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ class RaisingEngine(SpeechEngine):
 
 @pytest.fixture
 def raising_engine():
-    engine = RaisingEngine("tiny.en", transcription_failure_threshold=2, transcription_reset_seconds=1.0)
+    # Built with 5; the test's settings lower it to 2 and a session applies that.
+    engine = RaisingEngine("tiny.en", transcription_failure_threshold=5, transcription_reset_seconds=1.0)
     engine.start_loading().result(timeout=120)
     previous = replace_engine(engine)
     yield engine
@@ -136,6 +137,7 @@ async def test_health_probes_a_model_that_has_not_decoded_lately(raising_engine)
     """An idle model that fails is found by /health's own probe decode, not by a client."""
     from monitoring import health as health_module
 
+    assert raising_engine.transcription_breaker.state.value == "closed"
     status, report = await health()
     assert status == 503 and report["checks"]["model"]["answering"] is False
     assert "forced inference failure" in report["checks"]["model"]["error"]
@@ -143,3 +145,26 @@ async def test_health_probes_a_model_that_has_not_decoded_lately(raising_engine)
     health_module._last_probes[raising_engine]["at"] = None  # the next check probes again at once
     status, report = await health()
     assert status == 200 and report["checks"]["model"]["answering"] is True
+
+
+async def test_concurrent_health_checks_share_one_probe(raising_engine):
+    raising_engine.broken = False
+    before = raising_engine.stats.batches
+    reports = await asyncio.gather(*[health() for _ in range(5)])
+    assert all(status == 200 for status, _ in reports)
+    assert raising_engine.stats.batches - before == 1, "one probe decode for five checks"
+
+
+async def test_a_health_probe_never_takes_the_half_open_slot_from_a_client(raising_engine, jfk_audio):
+    from monitoring import health as health_module
+
+    breaker = raising_engine.transcription_breaker
+    breaker.failure_threshold = 1
+    breaker.record_failure()
+    await asyncio.sleep(1.1)
+    assert breaker.state.value == "half_open"
+    raising_engine.broken = False
+    health_module._last_probes.pop(raising_engine, None)
+    await health()  # probes the model, outside the breaker's admission
+    transcript = await raising_engine.transcribe(jfk_audio[:40000], DecodeOptions.partial("en"))
+    assert "fellow" in transcript.text.lower() and breaker.state.value == "closed"

@@ -53,3 +53,36 @@ def test_the_probe_decides_closed_or_open_again():
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_late_success_of_a_call_admitted_before_opening_does_not_close_it():
+    breaker = CircuitBreaker("t", failure_threshold=1, reset_seconds=10, clock=Clock())
+    breaker.record_failure()
+    breaker.record_success()  # stale news from before the breaker opened
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_failures_while_open_do_not_extend_the_open_time():
+    clock = Clock()
+    breaker = CircuitBreaker("t", failure_threshold=1, reset_seconds=10, clock=clock)
+    breaker.record_failure()
+    clock.now = 9.0
+    breaker.record_failure()
+    clock.now = 10.0
+    assert breaker.state is BreakerState.HALF_OPEN
+
+
+def test_admission_says_who_is_the_half_open_probe():
+    clock = Clock()
+    transitions: list[tuple[str, str]] = []
+    breaker = CircuitBreaker("t", failure_threshold=1, reset_seconds=10, clock=clock,
+                             on_change=lambda name, state: transitions.append((name, state)))
+    assert breaker.admit() == "call"
+    breaker.record_failure()
+    assert breaker.admit() is None
+    clock.now = 10.0
+    assert breaker.admit() == "probe" and breaker.admit() is None, "one probe at a time"
+    breaker.release_probe()  # the probe ended with no verdict
+    assert breaker.admit() == "probe"
+    breaker.record_success()
+    assert transitions == [("t", "open"), ("t", "half_open"), ("t", "closed")]

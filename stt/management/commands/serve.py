@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import socket
 from typing import Any
@@ -18,6 +19,9 @@ from monitoring import metrics
 from monitoring.logs import AccessLog
 
 
+logger = logging.getLogger(__name__)
+
+
 class ClosingWebSocketFactory(WebSocketFactory):
     """Daphne's factory, but a protocol violation (an oversized message, invalid UTF-8)
     is answered with a close frame carrying its code (1009, 1007) instead of a silent
@@ -26,6 +30,21 @@ class ClosingWebSocketFactory(WebSocketFactory):
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("failByDrop", False)
         super().setProtocolOptions(*args, **kwargs)
+
+
+def tolerate_monitoring_port_taken(listen_error: Any) -> Any:
+    """Daphne stops the server when an endpoint cannot listen. For the monitoring
+    port that is wrong: another process of the host may have bound it a moment ago
+    (the check below and the bind are not one step); this process serves on."""
+
+    def handle(server: Any, failure: Any) -> Any:
+        port = getattr(failure.value, "port", None)
+        if settings.MONITORING_PORT and port == settings.MONITORING_PORT:
+            logger.warning("monitoring port %s is taken; not serving it here", port)
+            return None
+        return listen_error(server, failure)
+
+    return handle
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -51,6 +70,7 @@ class Command(BaseCommand):
         host = options["host"] or settings.WEBSOCKET_HOST
         port = options["port"] or settings.WEBSOCKET_PORT
         daphne.server.WebSocketFactory = ClosingWebSocketFactory
+        daphne.server.Server.listen_error = tolerate_monitoring_port_taken(daphne.server.Server.listen_error)
         daphne.cli.AccessLogGenerator = AccessLog  # access lines through logging, as JSON
         self.stdout.write(f"Fasttalk STT on http://{host}:{port}/  (WebSocket: /ws/transcribe)")
         extra_endpoints = []
