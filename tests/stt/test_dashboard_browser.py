@@ -39,6 +39,15 @@ def browser():
     session.quit()
 
 
+def shown(browser, element_id: str):
+    """The element once the page that has it has loaded (clicks navigate asynchronously)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, 20).until(expected_conditions.presence_of_element_located((By.ID, element_id)))
+
+
 @pytest.fixture
 def eager_celery():
     previous = celery_app.conf.task_always_eager
@@ -63,14 +72,14 @@ def test_an_analyst_builds_a_report_and_sees_its_charts(live_server, browser, ea
     browser.find_element(By.NAME, "username").send_keys("analyst")
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    assert browser.find_element(By.ID, "no-report")
+    assert shown(browser, "no-report")
 
     for name, value in (("start", "2026-11-20T00:00"), ("end", "2026-11-21T00:00")):
         field = browser.find_element(By.NAME, name)
         browser.execute_script("arguments[0].value = arguments[1]", field, value)
     browser.find_element(By.CSS_SELECTOR, "form.build-report input[type=submit]").click()
 
-    assert browser.find_element(By.ID, "figure-utterances").text == "5"
+    assert shown(browser, "figure-utterances").text == "5"
     charts = browser.find_elements(By.CSS_SELECTOR, "svg[role=img]")
     assert len(charts) == 3
     heights = browser.execute_script(
