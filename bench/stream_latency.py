@@ -237,8 +237,10 @@ def free_port() -> int:
 def start_server() -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port), "--monitoring-port", "0"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # The benchmark's own local server runs open, like bin/serve.
+        env={**os.environ, "AUTH_REQUIRED": os.environ.get("AUTH_REQUIRED", "false")},
     )
     deadline = time.time() + 120
     while time.time() < deadline:

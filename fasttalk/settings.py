@@ -257,6 +257,20 @@ WEBSOCKET_MAX_CONNECTIONS = env_int("WEBSOCKET_MAX_CONNECTIONS", 50)
 # Daphne's own cap on one incoming WebSocket message; larger ones close with 1009.
 WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024)
 
+# --- Authentication and limits (stt/auth.py) ------------------------------------------
+
+# Sessions need an API key (Authorization: Bearer ftk_...) or a token minted from one
+# (POST /auth/token; browsers offer it as the subprotocol fasttalk.auth.<token>).
+# false runs the service open, for development (bin/serve's default).
+AUTH_REQUIRED = env_bool("AUTH_REQUIRED", True)
+AUTH_TOKEN_TTL_SECONDS = env_int("AUTH_TOKEN_TTL_SECONDS", 300)
+# Defaults of the per-key limits (an API key may set its own), per server process.
+AUTH_MAX_SESSIONS_PER_KEY = env_int("AUTH_MAX_SESSIONS_PER_KEY", 20)
+AUTH_MAX_MESSAGES_PER_SECOND = env_int("AUTH_MAX_MESSAGES_PER_SECOND", 1000)
+# Origins browsers may connect from (exact scheme://host[:port], comma-separated), or *.
+# Clients that send no Origin (backends) are not affected.
+ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "*")
+
 # --- Monitoring -------------------------------------------------------------------
 
 # A second listener of each server process that serves only /health and Prometheus

@@ -88,6 +88,11 @@ class SessionRegistry:
             self.final_latencies.append(latency_seconds)
             self.utterances_processed += 1
 
+    def sessions_of_key(self, key_id: int) -> int:
+        """Live connections acting for one API key."""
+        with self._lock:
+            return sum(1 for s in self._live.values() if getattr(getattr(s, "principal", None), "key_id", None) == key_id)
+
     @property
     def active_connections(self) -> int:
         with self._lock:

@@ -79,6 +79,10 @@ _SPECS = [
     # Resources and limits.
     ErrorSpec("server_overloaded", Category.RESOURCE, Severity.HIGH, False, 5.0,
               "This server process holds WEBSOCKET_MAX_CONNECTIONS connections; closed with 1013."),
+    ErrorSpec("too_many_sessions", Category.RESOURCE, Severity.HIGH, False, 5.0,
+              "The API key holds its maximum of concurrent sessions on this server process; closed with 1013."),
+    ErrorSpec("rate_limited", Category.RESOURCE, Severity.LOW, True, 1.0,
+              "Messages beyond the API key's rate limit are dropped (reported at most once a second)."),
     ErrorSpec("too_many_errors", Category.RESOURCE, Severity.HIGH, False, None,
               "The session caused more than MAX_SESSION_ERRORS errors; closed with 1008."),
     ErrorSpec("internal_error", Category.PROCESSING, Severity.HIGH, True, None,

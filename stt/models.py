@@ -304,3 +304,33 @@ class Report(models.Model):
     @property
     def busiest_hours(self) -> list[dict]:
         return sorted((h for h in self.hourly if h["utterances"]), key=lambda h: -h["utterances"])[:3]
+
+
+class ApiKey(models.Model):
+    """A backend's credential for /ws/transcribe. Only a hash is kept: the key itself
+    is shown once, when the admin creates it (stt/auth.py)."""
+
+    name = models.CharField(max_length=128, help_text="Who uses it, e.g. the voice-assistant backend.")
+    prefix = models.CharField(max_length=16, editable=False, help_text="The key's first characters, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    max_concurrent_sessions = models.PositiveIntegerField(
+        null=True, blank=True, validators=_range(1, 100000),
+        help_text="Open sessions at once with this key, per server process [AUTH_MAX_SESSIONS_PER_KEY].")
+    max_messages_per_second = models.PositiveIntegerField(
+        null=True, blank=True, validators=_range(1, 100000),
+        help_text="Messages (audio frames and control) per second over all its sessions, per server "
+                  "process [AUTH_MAX_MESSAGES_PER_SECOND].")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…{', revoked' if self.revoked_at else ''})"
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

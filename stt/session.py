@@ -25,6 +25,7 @@ from stt.engine import EngineInfo, SpeechEngine, get_engine
 from stt.errors import SttError
 from stt.languages import normalize_language
 from monitoring import metrics
+from stt.auth import Principal, rate_limiter
 from stt.persistence import FinalFacts, SessionFacts, error_write, final_write, history, session_write
 from stt.protocol import SessionConfig, envelope, utc_timestamp
 from stt.runtime_config import RuntimeValues, store as runtime_store
@@ -68,11 +69,15 @@ class SttSession:
         close: CloseFn,
         engine: SpeechEngine | None = None,
         client: str | None = None,
+        principal: Principal | None = None,
     ) -> None:
         self._send_raw = send
         self._close_raw = close
         self.engine = engine or get_engine()
         self.client = client
+        # Who the connection acts for (stt/auth.py); anonymous when the service runs open.
+        self.principal = principal or Principal.anonymous()
+        self._rate_limited_reported_at = -1e9
         self.connection_id = str(uuid.uuid4())
         self._session_id = self.connection_id
         self.config: SessionConfig | None = None
@@ -147,6 +152,15 @@ class SttSession:
             self._finish()
             return False
         self._registered = True
+        key_id = self.principal.key_id
+        if key_id is not None and registry.sessions_of_key(key_id) > self.principal.max_concurrent_sessions:
+            self._state = "error"
+            await self._send_error(SttError(
+                "too_many_sessions",
+                f"this API key holds its maximum of {self.principal.max_concurrent_sessions} sessions here"))
+            await self._close(CloseCode.TRY_AGAIN_LATER, "API key at its session limit")
+            self._finish()
+            return False
         self._state = "active"
         return True
 
@@ -181,8 +195,20 @@ class SttSession:
 
     # --- input ---------------------------------------------------------------------
 
+    async def _within_rate(self) -> bool:
+        """Whether this message fits the key's rate; a dropped one is reported at most
+        once a second (counting as one session error each time)."""
+        if rate_limiter.allow(self.principal, self.connection_id):
+            return True
+        now = time.monotonic()
+        if now - self._rate_limited_reported_at >= 1.0:
+            self._rate_limited_reported_at = now
+            await self.report(SttError("rate_limited", f"more than {self.principal.max_messages_per_second} "
+                                                       "messages per second for this API key; dropped"))
+        return False
+
     async def on_text(self, text: str) -> None:
-        if self._ending:
+        if self._ending or not await self._within_rate():
             return
         try:
             message = protocol.parse_client_message(text)
@@ -196,7 +222,7 @@ class SttSession:
             await self.report(SttError("internal_error", "the server failed to handle that message"))
 
     async def on_audio(self, frame: bytes) -> None:
-        if self._ending:
+        if self._ending or not await self._within_rate():
             return
         try:
             if self.stream is None:
@@ -393,6 +419,7 @@ class SttSession:
 
     def _finish(self) -> None:
         self._state = "closed"
+        rate_limiter.forget(self.connection_id)
         if self._registered:
             registry.unregister(self)
             self._registered = False

@@ -139,3 +139,10 @@ def refinement_off(settings):
     """Finals are not queued for re-transcription unless a test turns it on
     (tests/stt/test_tasks.py and tests/test_celery_worker.py do, with a worker)."""
     settings.REFINE_FINALS = False
+
+
+@pytest.fixture(autouse=True)
+def open_mode(settings):
+    """Tests connect without credentials unless they are about authentication
+    (tests/stt/test_auth.py turns AUTH_REQUIRED back on)."""
+    settings.AUTH_REQUIRED = False

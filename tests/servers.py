@@ -218,6 +218,7 @@ def base_env() -> dict[str, str]:
     unless a test asks (REFINE_FINALS=1 with a worker of its own)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
     env.setdefault("REFINE_FINALS", "0")
+    env.setdefault("AUTH_REQUIRED", "0")  # the authentication tests ask for it
     return env
 
 

@@ -1,0 +1,181 @@
+"""Who may open a session: API keys and the short-lived tokens minted from them.
+
+- An API key (`ftk_…`) is created in the admin, shown once, and stored as a sha256
+  hash (the key is 256 random bits, so a fast hash is enough). A backend sends it as
+  `Authorization: Bearer ftk_…`.
+- A browser cannot set headers on a WebSocket: the backend mints a token for it
+  (POST /auth/token with its key), valid AUTH_TOKEN_TTL_SECONDS, and the browser offers
+  the subprotocols `fasttalk` and `fasttalk.auth.<token>`; the server answers with
+  `fasttalk`. Tokens are HMAC-signed with SECRET_KEY and die with their key.
+- AUTH_REQUIRED=false runs the service open (development); Origin is checked in any
+  case against ALLOWED_ORIGINS.
+
+Credentials are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core import signing
+
+KEY_PREFIX = "ftk_"
+SUBPROTOCOL = "fasttalk"
+AUTH_SUBPROTOCOL_PREFIX = "fasttalk.auth."
+_TOKEN_SALT = "fasttalk.auth.token"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a connection acts for: an API key (possibly through a token), or nobody
+    in open mode."""
+
+    key_id: int | None
+    name: str
+    max_concurrent_sessions: int
+    max_messages_per_second: int
+
+    @classmethod
+    def anonymous(cls) -> "Principal":
+        return cls(None, "anonymous", settings.AUTH_MAX_SESSIONS_PER_KEY, settings.AUTH_MAX_MESSAGES_PER_SECOND)
+
+
+@dataclass(frozen=True)
+class Decision:
+    principal: Principal | None
+    reason: str = ""  # why not, for the log (never the credential)
+    subprotocol: str | None = None
+
+
+def hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def generate_key() -> tuple[str, str, str]:
+    """A new key: (the key itself, its display prefix, its hash)."""
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    return raw, raw[:12], hash_key(raw)
+
+
+def _signer() -> signing.TimestampSigner:
+    # "." separates the parts: every character of a token is valid in a subprotocol name.
+    return signing.TimestampSigner(salt=_TOKEN_SALT, sep=".")
+
+
+def mint_token(key: Any) -> tuple[str, datetime]:
+    """A token for a browser, acting for `key` until it expires."""
+    payload = signing.b64_encode(json.dumps({"k": key.pk}).encode()).decode()
+    ttl = settings.AUTH_TOKEN_TTL_SECONDS
+    return _signer().sign(payload), datetime.now(timezone.utc) + timedelta(seconds=ttl)
+
+
+def _principal(key: Any) -> Principal:
+    return Principal(
+        key.pk, key.name,
+        key.max_concurrent_sessions or settings.AUTH_MAX_SESSIONS_PER_KEY,
+        key.max_messages_per_second or settings.AUTH_MAX_MESSAGES_PER_SECOND,
+    )
+
+
+def key_for(credential: str) -> Any:
+    """The active ApiKey a credential (key or token) stands for, or None."""
+    from stt.models import ApiKey
+
+    if credential.startswith(KEY_PREFIX):
+        return ApiKey.objects.filter(key_hash=hash_key(credential), revoked_at__isnull=True).first()
+    try:
+        payload = _signer().unsign(credential, max_age=settings.AUTH_TOKEN_TTL_SECONDS)
+        key_id = json.loads(signing.b64_decode(payload.encode()))["k"]
+    except (signing.BadSignature, ValueError, KeyError, TypeError):
+        return None
+    return ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).first()
+
+
+def _headers(scope: dict) -> dict[str, str]:
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+
+
+def credential_from_scope(scope: dict) -> str | None:
+    """The credential a WebSocket handshake carries: a Bearer Authorization header, or a
+    `fasttalk.auth.<credential>` subprotocol."""
+    authorization = _headers(scope).get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip() or None
+    for protocol in scope.get("subprotocols") or ():
+        if protocol.startswith(AUTH_SUBPROTOCOL_PREFIX):
+            return protocol[len(AUTH_SUBPROTOCOL_PREFIX):] or None
+    return None
+
+
+def origin_allowed(origin: str | None) -> bool:
+    """Browsers send Origin; other clients usually do not (and are then let through to
+    authentication). ALLOWED_ORIGINS: exact origins, or "*"."""
+    if not origin:
+        return True
+    allowed = settings.ALLOWED_ORIGINS
+    if "*" in allowed:
+        return True
+    parts = urlsplit(origin)
+    normalized = f"{parts.scheme}://{parts.netloc}".lower()
+    return normalized in {o.rstrip("/").lower() for o in allowed}
+
+
+def authorize_handshake(scope: dict) -> Decision:
+    """Whether a WebSocket handshake may be accepted, and as whom (sync: touches the DB)."""
+    headers = _headers(scope)
+    if not origin_allowed(headers.get("origin")):
+        return Decision(None, f"origin {headers.get('origin')!r} is not in ALLOWED_ORIGINS")
+    offered = scope.get("subprotocols") or []
+    subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+    credential = credential_from_scope(scope)
+    if credential is None:
+        if settings.AUTH_REQUIRED:
+            return Decision(None, "no credential")
+        return Decision(Principal.anonymous(), subprotocol=subprotocol)
+    key = key_for(credential)
+    if key is None:
+        return Decision(None, "invalid, expired or revoked credential")
+    from stt.models import ApiKey
+
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=datetime.now(timezone.utc))
+    return Decision(_principal(key), subprotocol=subprotocol)
+
+
+class RateLimiter:
+    """Token buckets per principal (per process): `rate` messages per second with a
+    burst of one second's worth."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[Any, tuple[float, float]] = {}
+
+    def allow(self, principal: Principal, connection_id: str, now: float | None = None) -> bool:
+        """One message of this principal's (a key's, over all its connections; without a
+        key, the connection's own)."""
+        now = time.monotonic() if now is None else now
+        rate = float(principal.max_messages_per_second)
+        key = principal.key_id if principal.key_id is not None else connection_id
+        with self._lock:
+            tokens, last = self._buckets.get(key, (rate, now))
+            tokens = min(rate, tokens + (now - last) * rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                return False
+            self._buckets[key] = (tokens - 1.0, now)
+            return True
+
+    def forget(self, connection_id: str) -> None:
+        with self._lock:
+            self._buckets.pop(connection_id, None)
+
+
+rate_limiter = RateLimiter()
