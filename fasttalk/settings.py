@@ -271,6 +271,10 @@ AUTH_MAX_MESSAGES_PER_SECOND = env_int("AUTH_MAX_MESSAGES_PER_SECOND", 1000)
 # Clients that send no Origin (backends) are not affected.
 ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "*")
 
+# On SIGTERM a server process stops admitting sessions, finishes the active ones
+# (finals stored and sent, close 1012) and writes its history within this many seconds.
+SHUTDOWN_GRACE_SECONDS = env_float("SHUTDOWN_GRACE_SECONDS", 20.0)
+
 # --- Monitoring -------------------------------------------------------------------
 
 # A second listener of each server process that serves only /health and Prometheus

@@ -50,6 +50,7 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._live: dict[str, TrackedSession] = {}
         self.started_at = time.time()
+        self.draining = False  # shutting down: new connections are turned away
         self.total_connections = 0
         self.rejected_connections = 0
         self.utterances_processed = 0

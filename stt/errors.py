@@ -79,6 +79,8 @@ _SPECS = [
     # Resources and limits.
     ErrorSpec("server_overloaded", Category.RESOURCE, Severity.HIGH, False, 5.0,
               "This server process holds WEBSOCKET_MAX_CONNECTIONS connections; closed with 1013."),
+    ErrorSpec("server_shutting_down", Category.RESOURCE, Severity.MEDIUM, False, 1.0,
+              "The server process is shutting down (SIGTERM); closed with 1012: connect again."),
     ErrorSpec("too_many_sessions", Category.RESOURCE, Severity.HIGH, False, 5.0,
               "The API key holds its maximum of concurrent sessions on this server process; closed with 1013."),
     ErrorSpec("rate_limited", Category.RESOURCE, Severity.LOW, True, 1.0,

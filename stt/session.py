@@ -48,6 +48,7 @@ class CloseCode:
     NORMAL = 1000
     POLICY_VIOLATION = 1008
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
 
 
@@ -144,6 +145,12 @@ class SttSession:
         self.engine.set_failure_thresholds(self.runtime.transcription_failure_threshold,
                                            self.runtime.gpu_failure_threshold)
         limit = self.runtime.max_connections
+        if registry.draining:
+            self._state = "error"
+            await self._send_error(SttError("server_shutting_down", "this server process is shutting down"))
+            await self._close(CloseCode.SERVICE_RESTART, "server shutting down")
+            self._finish()
+            return False
         if not registry.try_register(self, limit):
             self._state = "error"
             await self._send_error(SttError("server_overloaded",
@@ -410,6 +417,12 @@ class SttSession:
             await self._close(close_code, ended_reason)
         finally:
             self._finish()
+
+    async def shutdown(self) -> None:
+        """The server process is stopping: finish pending speech into finals (stored,
+        then sent), send session_ended, close with 1012 (the client reconnects elsewhere)."""
+        await self.end(FinalReason.SERVER_SHUTDOWN, ended_reason="server_shutdown",
+                       close_code=CloseCode.SERVICE_RESTART)
 
     async def fail(self, error: SttError, close_code: int) -> None:
         """A fault the session cannot go on after: report it, then end."""

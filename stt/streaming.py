@@ -57,6 +57,7 @@ class FinalReason:
     DISCONNECT = "client_disconnected"
     MAX_DURATION = "max_duration"
     BUFFER_FULL = "buffer_full"
+    SERVER_SHUTDOWN = "server_shutdown"
 
 
 @dataclass(frozen=True)

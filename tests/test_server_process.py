@@ -148,3 +148,17 @@ async def test_the_embedded_defaults_serve_a_session(embedded_server, speak):
             refined = database.execute("SELECT status, text FROM stt_refinement WHERE status = 'done'").fetchall()
     assert len(refined) == len(finals), "every final was re-transcribed"
     assert "hello world" in " ".join(text for _, text in refined).lower()
+
+
+async def test_application_close_codes_reach_the_client_through_daphne(server):
+    """Daphne's WebSocket library lets applications send only 1000 and 3000-4999; the
+    service's 1008 (and 1011/1012/1013) must still arrive as sent, not as a dropped
+    connection."""
+    async with websockets.connect(server.ws) as ws:
+        await ws.send(json.dumps({"type": "start_session"}))
+        for _ in range(12):  # MAX_SESSION_ERRORS (10) bad frames and then some
+            await ws.send(b"\x01\x02\x03")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd.code == 1008

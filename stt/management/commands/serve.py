@@ -11,7 +11,7 @@ from typing import Any
 import daphne.cli
 import daphne.server
 from daphne.cli import CommandLineInterface
-from daphne.ws_protocol import WebSocketFactory
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -22,10 +22,27 @@ from monitoring.logs import AccessLog
 logger = logging.getLogger(__name__)
 
 
+# Close codes a server may send (RFC 6455 and IANA): autobahn lets applications send
+# only 1000 and 3000-4999, which would turn our 1008/1011/1012/1013 into a dropped
+# connection (1006) with no code at all.
+SERVER_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+class ClosingWebSocketProtocol(WebSocketProtocol):
+    def serverClose(self, code: int | None = None) -> None:
+        code = 1000 if code is None else code
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            self.sendClose(code=code)
+
+
 class ClosingWebSocketFactory(WebSocketFactory):
     """Daphne's factory, but a protocol violation (an oversized message, invalid UTF-8)
     is answered with a close frame carrying its code (1009, 1007) instead of a silent
     TCP drop, so clients can tell what went wrong."""
+
+    protocol = ClosingWebSocketProtocol
 
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("failByDrop", False)
@@ -87,6 +104,12 @@ class Command(BaseCommand):
                 # Another server process of this host serves it (and, with
                 # PROMETHEUS_MULTIPROC_DIR, the metrics of this process too).
                 self.stdout.write(f"Monitoring port {monitoring_port} is taken; not serving it here")
+        from twisted.internet import reactor
+
+        from stt.shutdown import install_sigterm_handler
+
+        # Installed once the reactor runs, over Twisted's own handlers (which stop at once).
+        reactor.callWhenRunning(install_sigterm_handler, lambda: reactor.callFromThread(reactor.stop))
         CommandLineInterface().run([
             *extra_endpoints,
             "--bind", host,
