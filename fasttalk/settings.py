@@ -64,6 +64,23 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY", "fasttalk-dev-insecure-key-change-me")
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "*")
 
+# Production behind TLS (a proxy terminating it sets X-Forwarded-Proto): secure cookies,
+# HTTPS redirects and HSTS; `manage.py check --deploy` is clean with it and a real key.
+DJANGO_SECURE = env_bool("DJANGO_SECURE", False)
+if DJANGO_SECURE:
+    if SECRET_KEY.startswith("fasttalk-dev-"):
+        raise ImproperlyConfigured("DJANGO_SECURE is on: set DJANGO_SECRET_KEY to a long random value")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Orchestrators and scrapers probe these over plain HTTP inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Eligible for browsers' HSTS preload lists; turn off if the domain must not commit to that.
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
@@ -79,6 +96,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "monitoring.middleware.MonitoringPortMiddleware",
+    "fasttalk.cors.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
