@@ -289,6 +289,19 @@ AUTH_MAX_MESSAGES_PER_SECOND = env_int("AUTH_MAX_MESSAGES_PER_SECOND", 1000)
 # Clients that send no Origin (backends) are not affected.
 ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "*")
 
+# Keepalive: Daphne pings a WebSocket quiet for this long, and drops it when the pong
+# does not come within the timeout (a vanished client, a dead NAT mapping).
+WEBSOCKET_PING_INTERVAL = env_float("WEBSOCKET_PING_INTERVAL", 20.0)
+WEBSOCKET_PING_TIMEOUT = env_float("WEBSOCKET_PING_TIMEOUT", 30.0)
+# A connection that sends nothing (no audio, no message) for this long is ended
+# (idle_timeout); 0 = never.
+SESSION_IDLE_TIMEOUT = env_float("SESSION_IDLE_TIMEOUT", 120.0)
+# The longest session; SESSION_END_WARNING seconds before it ends the client is told
+# (session_time_limit error, recoverable), then pending speech is finalized and the
+# session ended (session_time_limit). 0 = no limit.
+MAX_SESSION_DURATION = env_float("MAX_SESSION_DURATION", 4 * 3600.0)
+SESSION_END_WARNING = env_float("SESSION_END_WARNING", 60.0)
+
 # On SIGTERM a server process stops admitting sessions, finishes the active ones
 # (finals stored and sent, close 1012) and writes its history within this many seconds.
 SHUTDOWN_GRACE_SECONDS = env_float("SHUTDOWN_GRACE_SECONDS", 20.0)

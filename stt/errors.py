@@ -79,6 +79,11 @@ _SPECS = [
     # Resources and limits.
     ErrorSpec("server_overloaded", Category.RESOURCE, Severity.HIGH, False, 5.0,
               "This server process holds WEBSOCKET_MAX_CONNECTIONS connections; closed with 1013."),
+    ErrorSpec("idle_timeout", Category.TIMEOUT, Severity.LOW, False, None,
+              "Nothing came from the client for SESSION_IDLE_TIMEOUT; the session is ended (1000)."),
+    ErrorSpec("session_time_limit", Category.RESOURCE, Severity.LOW, True, None,
+              "The session nears (retry_after: seconds left) or reached MAX_SESSION_DURATION; at the limit "
+              "its pending speech is finalized and it is ended (1000). Open a new session to go on."),
     ErrorSpec("server_shutting_down", Category.RESOURCE, Severity.MEDIUM, False, 1.0,
               "The server process is shutting down (SIGTERM); closed with 1012: connect again."),
     ErrorSpec("too_many_sessions", Category.RESOURCE, Severity.HIGH, False, 5.0,

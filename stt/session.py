@@ -44,6 +44,10 @@ SendFn = Callable[[dict[str, Any]], Awaitable[None]]
 CloseFn = Callable[[int, str], Awaitable[None]]
 
 
+# How often a session checks its idle and duration limits.
+WATCH_INTERVAL_SECONDS = 1.0
+
+
 class CloseCode:
     NORMAL = 1000
     POLICY_VIOLATION = 1008
@@ -79,6 +83,8 @@ class SttSession:
         # Who the connection acts for (stt/auth.py); anonymous when the service runs open.
         self.principal = principal or Principal.anonymous()
         self._rate_limited_reported_at = -1e9
+        self._last_activity = time.monotonic()
+        self._watchdog: asyncio.Task | None = None
         self.connection_id = str(uuid.uuid4())
         self._session_id = self.connection_id
         self.config: SessionConfig | None = None
@@ -159,6 +165,7 @@ class SttSession:
             self._finish()
             return False
         self._registered = True
+        self._watchdog = asyncio.ensure_future(self._watch_limits())
         key_id = self.principal.key_id
         if key_id is not None and registry.sessions_of_key(key_id) > self.principal.max_concurrent_sessions:
             self._state = "error"
@@ -214,7 +221,35 @@ class SttSession:
                                                        "messages per second for this API key; dropped"))
         return False
 
+    async def _watch_limits(self) -> None:
+        """Ends a session that went quiet (SESSION_IDLE_TIMEOUT) or ran too long
+        (MAX_SESSION_DURATION, with a warning SESSION_END_WARNING before)."""
+        warned = False
+        while not self._ending:
+            await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+            now = time.monotonic()
+            idle_limit = settings.SESSION_IDLE_TIMEOUT
+            if idle_limit and now - self._last_activity > idle_limit:
+                await self._send_error(SttError("idle_timeout", f"nothing received for {idle_limit:g} s"))
+                await self.end(FinalReason.SESSION_END, ended_reason="idle_timeout")
+                return
+            longest = settings.MAX_SESSION_DURATION
+            if not longest or self.started_at is None:
+                continue
+            left = longest - (now - self.started_at)
+            if left <= 0:
+                await self._send_error(SttError("session_time_limit",
+                                                f"the session reached its limit of {longest:g} s"))
+                await self.end(FinalReason.MAX_DURATION, ended_reason="session_time_limit")
+                return
+            if not warned and left <= settings.SESSION_END_WARNING:
+                warned = True
+                await self._send_error(SttError("session_time_limit",
+                                                f"the session ends in {left:.0f} s (limit {longest:g} s)",
+                                                retry_after=round(left, 1)))
+
     async def on_text(self, text: str) -> None:
+        self._last_activity = time.monotonic()
         if self._ending or not await self._within_rate():
             return
         try:
@@ -229,6 +264,7 @@ class SttSession:
             await self.report(SttError("internal_error", "the server failed to handle that message"))
 
     async def on_audio(self, frame: bytes) -> None:
+        self._last_activity = time.monotonic()
         if self._ending or not await self._within_rate():
             return
         try:
@@ -432,6 +468,8 @@ class SttSession:
 
     def _finish(self) -> None:
         self._state = "closed"
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
         rate_limiter.forget(self.connection_id)
         if self._registered:
             registry.unregister(self)

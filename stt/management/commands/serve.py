@@ -114,6 +114,8 @@ class Command(BaseCommand):
             *extra_endpoints,
             "--bind", host,
             "--port", str(port),
+            "--ping-interval", str(settings.WEBSOCKET_PING_INTERVAL),
+            "--ping-timeout", str(settings.WEBSOCKET_PING_TIMEOUT),
             "--websocket-max-message-size", str(settings.WEBSOCKET_MAX_MESSAGE_BYTES),
             "--websocket-max-frame-size", str(settings.WEBSOCKET_MAX_MESSAGE_BYTES),
             # Give sessions time to transcribe a departing client's last words.
