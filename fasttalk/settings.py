@@ -272,6 +272,9 @@ WEBSOCKET_PORT = env_int("WEBSOCKET_PORT", 8000)
 # Concurrent WebSocket connections per server process; the next one is closed
 # with code 1013 (try again later).
 WEBSOCKET_MAX_CONNECTIONS = env_int("WEBSOCKET_MAX_CONNECTIONS", 50)
+# Bytes the server may hold for one client that does not read them; beyond, the
+# connection is dropped instead of growing memory.
+WEBSOCKET_MAX_OUTBOUND_BYTES = env_int("WEBSOCKET_MAX_OUTBOUND_BYTES", 4 * 1024 * 1024)
 # Daphne's own cap on one incoming WebSocket message; larger ones close with 1009.
 WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024)
 
@@ -291,8 +294,8 @@ ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "*")
 
 # Keepalive: Daphne pings a WebSocket quiet for this long, and drops it when the pong
 # does not come within the timeout (a vanished client, a dead NAT mapping).
-WEBSOCKET_PING_INTERVAL = env_float("WEBSOCKET_PING_INTERVAL", 20.0)
-WEBSOCKET_PING_TIMEOUT = env_float("WEBSOCKET_PING_TIMEOUT", 30.0)
+WEBSOCKET_PING_INTERVAL = env_int("WEBSOCKET_PING_INTERVAL", 20)
+WEBSOCKET_PING_TIMEOUT = env_int("WEBSOCKET_PING_TIMEOUT", 30)
 # A connection that sends nothing (no audio, no message) for this long is ended
 # (idle_timeout); 0 = never.
 SESSION_IDLE_TIMEOUT = env_float("SESSION_IDLE_TIMEOUT", 120.0)

@@ -162,3 +162,28 @@ async def test_application_close_codes_reach_the_client_through_daphne(server):
             while True:
                 await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd.code == 1008
+
+
+async def test_a_client_that_vanishes_is_dropped_by_the_keepalive(tmp_path_factory):
+    """A client that goes silent and stops reading (a vanished laptop, a dead NAT
+    mapping) does not answer the server's ping: the server drops it within
+    WEBSOCKET_PING_INTERVAL + WEBSOCKET_PING_TIMEOUT and serves on."""
+    env = {k: v for k, v in base_env().items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    folder = tmp_path_factory.mktemp("vanished")
+    env.update(DATABASE_URL=f"sqlite:///{folder / 'db.sqlite3'}", MEDIA_ROOT=str(folder / "media"),
+               WEBSOCKET_PING_INTERVAL="1", WEBSOCKET_PING_TIMEOUT="2")
+    server = Server(env, folder)
+    try:
+        async with websockets.connect(server.ws, ping_interval=None) as ws:
+            await ws.send(json.dumps({"type": "start_session"}))
+            await asyncio.sleep(0.3)
+            ws.transport.pause_reading()  # gone quiet: reads nothing, answers no ping
+            started = time.monotonic()
+            while "client_disconnected" not in server.log.read_text() and time.monotonic() - started < 15:
+                await asyncio.sleep(0.2)
+            dropped_after = time.monotonic() - started
+        assert "client_disconnected" in server.log.read_text() and dropped_after < 8
+        status, _ = get_json(f"{server.base}/health")
+        assert status == 200, "the server goes on"
+    finally:
+        server.stop()

@@ -28,7 +28,30 @@ logger = logging.getLogger(__name__)
 SERVER_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
+def _buffered_bytes(transport: Any) -> int:
+    """Bytes written to a Twisted TCP transport that the peer has not taken yet."""
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:  # another kind of transport: no figure
+        return 0
+
+
 class ClosingWebSocketProtocol(WebSocketProtocol):
+    def serverSend(self, content: Any, binary: bool = False) -> None:
+        # A client that stops reading would make this buffer grow without end: past
+        # WEBSOCKET_MAX_OUTBOUND_BYTES the connection is dropped (its session finishes
+        # for the record as after any disconnect).
+        limit = settings.WEBSOCKET_MAX_OUTBOUND_BYTES
+        if limit and _buffered_bytes(self.transport) > limit:
+            if not getattr(self, "_dropped_slow_reader", False):
+                self._dropped_slow_reader = True
+                logger.warning("dropping a client that stopped reading (%d bytes unsent)",
+                               _buffered_bytes(self.transport),
+                               extra={"event": "slow_reader_dropped", "client": str(self.client_addr)})
+                self.dropConnection(abort=True)
+            return
+        super().serverSend(content, binary)
+
     def serverClose(self, code: int | None = None) -> None:
         code = 1000 if code is None else code
         if code in SERVER_CLOSE_CODES:
