@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from stt.errors import ERRORS
+from stt.persistence import history
 from stt.protocol import CLIENT_MESSAGE_TYPES
 from stt.session import SttSession
 
@@ -72,6 +73,17 @@ def check_replies(recorder: Recorder) -> None:
     assert set(recorder.closes) <= CLOSE_CODES, recorder.closes
 
 
+_examples = {"count": 0}
+
+
+async def settle_history() -> None:
+    """Every 100 examples, wait for the sessions' history writes, so none pile up for
+    the tests that come after (they would see their own writes time out)."""
+    _examples["count"] += 1
+    if _examples["count"] % 100 == 0:
+        assert await history.drain(timeout=60)
+
+
 @pytest.fixture
 def many_errors_allowed(settings):
     settings.MAX_SESSION_ERRORS = 100000
@@ -91,6 +103,7 @@ async def test_any_control_messages_get_documented_replies(engine, many_errors_a
     await session.on_text(second)
     await session.end("session_end", ended_reason="test")
     check_replies(recorder)
+    await settle_history()
 
 
 frame_bytes = st.one_of(
@@ -115,3 +128,4 @@ async def test_any_audio_frames_get_documented_replies(engine, many_errors_allow
     await session.end("session_end", ended_reason="test")
     check_replies(recorder)
     assert recorder.sent[-1]["type"] == "session_ended" or recorder.closes
+    await settle_history()
