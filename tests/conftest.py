@@ -146,3 +146,14 @@ def open_mode(settings):
     """Tests connect without credentials unless they are about authentication
     (tests/stt/test_auth.py turns AUTH_REQUIRED back on)."""
     settings.AUTH_REQUIRED = False
+
+
+@pytest.fixture
+def eager_celery():
+    """Celery tasks run in the calling process, as in the embedded mode (no worker)."""
+    from fasttalk.celery import app as celery_app
+
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous

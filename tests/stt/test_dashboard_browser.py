@@ -11,7 +11,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.contrib.auth import get_user_model
 
-from fasttalk.celery import app as celery_app
 from stt.models import ErrorEvent, SessionRecord, Utterance
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,13 +46,6 @@ def shown(browser, element_id: str):
 
     return WebDriverWait(browser, 20).until(expected_conditions.presence_of_element_located((By.ID, element_id)))
 
-
-@pytest.fixture
-def eager_celery():
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
 
 
 def test_an_analyst_builds_a_report_and_sees_its_charts(live_server, browser, eager_celery, tmp_path):

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.urls import reverse
 
-from fasttalk.celery import app as celery_app
 from stt.models import ErrorEvent, Refinement, Report, SessionRecord, Utterance
 from stt.reports import build_report, missing_periods, percentiles, reports_csv, scheduled_period
 
@@ -41,14 +40,6 @@ def day_of_history(settings):
         ErrorEvent.objects.create(code="c", category=category, severity="low", recoverable=True, message="m",
                                   created_at=DAY + timedelta(hours=10))
 
-
-@pytest.fixture
-def eager_celery():
-    """Tasks run in the calling process, as in the embedded mode."""
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
 
 
 def test_percentiles_are_nearest_rank():

@@ -13,7 +13,6 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
 
-from fasttalk.celery import app as celery_app
 from stt import tasks
 from stt.evaluation import word_error_rate
 from stt.models import Refinement, Report, SessionRecord, Utterance
@@ -21,13 +20,6 @@ from stt.persistence import encode_flac
 from stt.reports import scheduled_period
 from tests.conftest import JFK_TEXT
 
-
-@pytest.fixture
-def eager_celery():
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
 
 
 def stored_utterance(audio, text: str, created_at: datetime) -> Utterance:
