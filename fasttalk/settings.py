@@ -169,7 +169,8 @@ CHANNEL_LAYER_PREFIX = env_str("CHANNEL_LAYER_PREFIX", "fasttalk")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis, riding out Redis restarts (fasttalk/channel_layer.py).
+            "BACKEND": "fasttalk.channel_layer.ResilientRedisChannelLayer",
             "CONFIG": {
                 # redis-py 8 defaults to a 5 s socket timeout, the same as channels-redis's
                 # blocking receive: the read then times out and kills the consumer (1011).

@@ -62,10 +62,13 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             await self._join(session_group(self.session.session_id))
 
     async def disconnect(self, code: int) -> None:
-        for group in self.groups_joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
         if self.session is not None:
-            await self.session.on_disconnect()
+            await self.session.on_disconnect()  # first: pending speech must not wait on Redis
+        for group in self.groups_joined:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                logger.warning("could not leave group %s", group, exc_info=True)
 
     async def stt_control(self, event: dict[str, Any]) -> None:
         """Channel-layer message {"type": "stt.control", "action": ...}."""

@@ -94,9 +94,10 @@ def redis_channel_layer():
     if not settings.REDIS_URL:
         pytest.fail("REDIS_URL is not set: channel-layer tests run against real Redis (use bin/test)")
     from channels.layers import get_channel_layer
+    from channels_redis.core import RedisChannelLayer
 
     layer = get_channel_layer()
-    assert type(layer).__name__ == "RedisChannelLayer"
+    assert isinstance(layer, RedisChannelLayer)
     return layer
 
 

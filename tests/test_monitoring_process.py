@@ -116,10 +116,15 @@ def server_on_private_redis(tmp_path):
     env = {**base_env(), "DATABASE_URL": database.url(), "REDIS_URL": redis.url}
     env.pop("CELERY_BROKER_URL", None)
     server = Server(env, tmp_path)
+    server.database = database
     yield server, redis
     server.stop()
     redis.stop()
     database.drop()
+
+
+def server_database(server: Server) -> ScratchDatabase:
+    return server.database
 
 
 def health_of(server: Server) -> tuple[int, dict]:
@@ -148,3 +153,41 @@ async def test_redis_stopped_makes_health_503_and_its_return_heals_it(server_on_
             break
         time.sleep(0.5)
     assert status == 200 and report["checks"]["channel_layer"]["status"] == "ok"
+
+
+async def test_a_stream_goes_on_while_redis_restarts(server_on_private_redis, jfk_audio):
+    """Redis (channel layer and broker) stops in the middle of a stream and comes back:
+    the session keeps transcribing, ends normally, and nothing it produced is lost."""
+    from stt.evaluation import word_error_rate
+    from tests.conftest import JFK_TEXT
+
+    server, redis = server_on_private_redis
+    audio = np.concatenate([jfk_audio, silence(1.0)])
+    chunks = frames(audio, 2048)
+    received: list[dict] = []
+    async with websockets.connect(server.ws) as ws:
+        await ws.send(json.dumps({"type": "start_session", "session_config": {"language": "en"}}))
+
+        async def reader() -> None:
+            async for raw in ws:
+                received.append(json.loads(raw))
+
+        reading = asyncio.create_task(reader())
+        for index, frame in enumerate(chunks):
+            if index == len(chunks) // 4:
+                redis.stop()
+            if index == len(chunks) // 2:
+                redis.start()
+            await ws.send(frame)
+            await asyncio.sleep(2048 / 16000 / 4)  # four times real time
+        await ws.send(json.dumps({"type": "end_session"}))
+        await asyncio.wait_for(reading, 60)
+        assert ws.close_code == 1000
+    finals = [m["data"] for m in received if m["type"] == "transcription_final"]
+    assert word_error_rate(JFK_TEXT, " ".join(f["text"] for f in finals)) <= 0.1
+    assert received[-1]["type"] == "session_ended"
+    stored = {row[0] for row in server_database(server).query("SELECT utterance_id::text FROM stt_utterance")}
+    assert {f["utterance_id"] for f in finals} <= stored
+    async with websockets.connect(server.ws) as ws:  # and the next session is served as usual
+        await ws.send(json.dumps({"type": "start_session"}))
+        assert json.loads(await ws.recv())["type"] == "session_started"

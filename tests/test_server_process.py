@@ -92,7 +92,7 @@ async def test_health_stats_and_index_of_the_running_server(server):
     status, health = get_json(f"{server.base}/health")
     assert status == 200 and health["status"] == "healthy"
     assert health["checks"]["database"]["vendor"] == "postgresql"
-    assert health["checks"]["channel_layer"]["backend"] == "RedisChannelLayer"
+    assert health["checks"]["channel_layer"]["backend"] == "ResilientRedisChannelLayer"
     status, info = get_json(f"{server.base}/")
     assert status == 200 and info["endpoints"]["websocket"].endswith("/ws/transcribe")
     status, stats = get_json(f"{server.base}/stats")

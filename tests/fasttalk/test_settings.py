@@ -42,7 +42,7 @@ def test_database_and_redis_urls_switch_to_postgresql_and_channels_redis():
     values = json.loads(settings_with({"DATABASE_URL": "postgres://u@db:5432/stt",
                                        "REDIS_URL": "redis://cache:6379/1"}).stdout)
     assert values["db"] == "django.db.backends.postgresql"
-    assert values["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert values["layer"] == "fasttalk.channel_layer.ResilientRedisChannelLayer"
     assert values["eager"] is False
 
 

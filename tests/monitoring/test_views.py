@@ -35,7 +35,7 @@ async def test_health_is_200_with_every_part_checked(engine, redis_channel_layer
     assert response.status_code == 200 and report["status"] == "healthy"
     assert report["checks"]["model"]["status"] == "ok"
     assert report["checks"]["database"] == {**report["checks"]["database"], "status": "ok", "vendor": "postgresql"}
-    assert report["checks"]["channel_layer"]["backend"] == "RedisChannelLayer"
+    assert report["checks"]["channel_layer"]["backend"] == "ResilientRedisChannelLayer"
 
 
 async def test_health_is_503_when_the_model_cannot_load(broken_engine):
