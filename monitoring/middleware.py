@@ -11,9 +11,10 @@ from django.conf import settings
 from django.http import HttpRequest
 
 
-def _on_monitoring_port(request: HttpRequest) -> bool:
-    port = settings.MONITORING_PORT
-    return bool(port) and str(request.META.get("SERVER_PORT")) == str(port)
+def is_monitoring_port(port: Any) -> bool:
+    """Whether a listening port (of an HTTP request or a WebSocket scope) is MONITORING_PORT."""
+    monitoring = settings.MONITORING_PORT
+    return bool(monitoring) and str(port) == str(monitoring)
 
 
 class MonitoringPortMiddleware:
@@ -27,7 +28,7 @@ class MonitoringPortMiddleware:
             markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
-        if _on_monitoring_port(request):
+        if is_monitoring_port(request.META.get("SERVER_PORT")):
             request.urlconf = "monitoring.port_urls"
         return self.get_response(request)
 
@@ -40,9 +41,8 @@ class RefuseOnMonitoringPort:
         self.application = application
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        port = settings.MONITORING_PORT
         server = scope.get("server") or (None, None)
-        if port and str(server[1]) == str(port):
+        if is_monitoring_port(server[1]):
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
             return

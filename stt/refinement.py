@@ -41,10 +41,11 @@ class RefinementFailed(Exception):
     """A refinement that cannot succeed by retrying (no audio, a language the model lacks)."""
 
 
-# Failures that are not the refinement's: the task retries (database, broker) or
-# records them itself (time limit).
-PASSING_FAILURES: tuple[type[BaseException], ...] = (
-    OperationalError, InterfaceError, ConnectionError, TimeoutError, SoftTimeLimitExceeded)
+# Failures of the database or broker, not of the refinement: the task retries them.
+TRANSIENT_FAILURES: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, ConnectionError,
+                                                       TimeoutError)
+# ...and, with the time limit the task records itself, what run_refinement lets through.
+PASSING_FAILURES: tuple[type[BaseException], ...] = (*TRANSIENT_FAILURES, SoftTimeLimitExceeded)
 
 
 @dataclass

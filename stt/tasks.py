@@ -21,14 +21,14 @@ from typing import Any, Iterable
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+
+from stt.refinement import TRANSIENT_FAILURES
 
 logger = logging.getLogger(__name__)
 
-# Passing failures: worth a retry with backoff. (Read at import: the worker's settings.)
-RETRYABLE = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+# Passing failures are retried with backoff. (Settings read at import: the worker's.)
 _RETRY = {
-    "autoretry_for": RETRYABLE,
+    "autoretry_for": TRANSIENT_FAILURES,
     "retry_backoff": 2,
     "retry_backoff_max": settings.TASK_RETRY_BACKOFF_MAX,
     "retry_jitter": settings.TASK_RETRY_JITTER,
