@@ -1,29 +1,29 @@
 """The WebSocket wire protocol: client messages in, server messages out.
 
 Client messages are parsed and validated here (pydantic, strict: no type coercion,
-no unknown keys), so that nothing reaches a session half-checked. Server messages
-are built here too, so every one carries the same `metadata` envelope.
-docs/protocol.md is the prose form of this module.
+no unknown keys), so that nothing reaches a session half-checked. The message models
+themselves live in stt/messages.py (shared with the client library); this module adds
+what needs the server: defaults from settings, the model's languages, error mapping.
+Server messages are built here too, so every one carries the same `metadata` envelope.
+docs/protocol.md is the prose form; docs/protocol.schema.json the machine-readable one.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from stt import messages
 from stt.errors import SttError
 from stt.languages import normalize_language
 
-PROTOCOL_VERSION = "1.0"
-SAMPLE_RATE = 16000
+PROTOCOL_VERSION = messages.PROTOCOL_VERSION
+SAMPLE_RATE = messages.SAMPLE_RATE
 
-_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 # Keys that name who and what a session is; `configure` cannot change them.
 IMMUTABLE_CONFIG_KEYS = frozenset({"session_id", "user_id", "conversation_id", "profile"})
 
@@ -38,46 +38,19 @@ def _setting(name: str) -> Any:
     return lambda: getattr(settings, name)
 
 
-class SessionConfig(BaseModel):
-    """Everything a client may set in start_session.session_config or configure.config."""
+class SessionConfig(messages.SessionConfig):
+    """A session's effective config: the wire model with the server's defaults filled in
+    (settings; a runtime profile's come in through validate_config's `defaults`) and the
+    checks that need the server (language list, MAX_SILENCE_DURATION)."""
 
-    model_config = _STRICT
-
-    language: str | None = None
-    enable_timestamps: bool = True
-    enable_vad: bool = True
-    enable_partial_transcription: bool = True
     buffer_duration: float = Field(default_factory=_setting("BUFFER_DURATION"), ge=0.5, le=30.0)
     partial_chunk_duration: float = Field(default_factory=_setting("PARTIAL_CHUNK_DURATION"), ge=0.05, le=10.0)
     final_chunk_duration: float = Field(default_factory=_setting("FINAL_CHUNK_DURATION"), ge=0.1)
-    fasttalk_mode: bool = False
-    user_id: str | None = Field(default=None, max_length=256)
-    conversation_id: str | None = Field(default=None, max_length=256)
-    session_id: str | None = None
-    barge_in_enabled: bool | None = None
-    send_legacy_transcription: bool = True
-    profile: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
 
     @field_validator("language")
     @classmethod
     def _known_language(cls, value: str | None) -> str | None:
         return normalize_language(value)
-
-    @field_validator("user_id", "conversation_id")
-    @classmethod
-    def _printable(cls, value: str | None) -> str | None:
-        if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            raise ValueError("must not contain control characters")
-        return value
-
-    @field_validator("session_id")
-    @classmethod
-    def _session_id_shape(cls, value: str | None) -> str | None:
-        if value is not None and not _ID_PATTERN.match(value):
-            raise ValueError(
-                "must be 1-128 characters of letters, digits and ._:@/- starting with a letter or digit"
-            )
-        return value
 
     @model_validator(mode="after")
     def _silence_within_server_bound(self, info: ValidationInfo) -> "SessionConfig":
@@ -130,60 +103,16 @@ def _clean(message: str) -> str:
 
 
 # --- Client messages -------------------------------------------------------------------
+# Defined once in stt/messages.py (the client library uses the same models).
 
-
-class StartSession(BaseModel):
-    model_config = _STRICT
-    type: Literal["start_session"]
-    # Validated by SessionConfig in the session, which knows the loaded model.
-    session_config: dict[str, Any] = Field(default_factory=dict)
-
-
-class EndSession(BaseModel):
-    model_config = _STRICT
-    type: Literal["end_session"]
-
-
-class FlushBuffer(BaseModel):
-    model_config = _STRICT
-    type: Literal["flush_buffer"]
-
-
-class Configure(BaseModel):
-    model_config = _STRICT
-    type: Literal["configure"]
-    config: dict[str, Any]
-
-
-class ContextData(BaseModel):
-    model_config = _STRICT
-    conversation_state: Literal["listening", "processing", "responding"] | None = None
-    expected_response_type: Literal["question", "command", "casual"] | None = None
-    language_context: str | None = Field(default=None, max_length=35)
-
-
-class ContextUpdate(BaseModel):
-    model_config = _STRICT
-    type: Literal["context_update"]
-    data: ContextData
-
-
-class InterruptData(BaseModel):
-    model_config = _STRICT
-    reason: str | None = Field(default=None, max_length=256)
-
-
-class Interrupt(BaseModel):
-    model_config = _STRICT
-    type: Literal["interrupt"]
-    data: InterruptData = Field(default_factory=InterruptData)
-
-
-ClientMessage = Annotated[
-    Union[StartSession, EndSession, FlushBuffer, Configure, ContextUpdate, Interrupt],
-    Field(discriminator="type"),
-]
-CLIENT_MESSAGE_TYPES = ("start_session", "end_session", "flush_buffer", "configure", "context_update", "interrupt")
+StartSession = messages.StartSession
+EndSession = messages.EndSession
+FlushBuffer = messages.FlushBuffer
+Configure = messages.Configure
+ContextUpdate = messages.ContextUpdate
+Interrupt = messages.Interrupt
+ClientMessage = messages.ClientMessage
+CLIENT_MESSAGE_TYPES = messages.CLIENT_MESSAGE_TYPES
 
 
 class _ClientEnvelope(BaseModel):
@@ -231,13 +160,6 @@ def parse_client_message(text: str) -> StartSession | EndSession | FlushBuffer |
 
 
 # --- Server messages -------------------------------------------------------------------
-
-
-class WordTimestamp(BaseModel):
-    word: str
-    start_ms: int
-    end_ms: int
-    confidence: float
 
 
 def envelope(message_type: str, metadata: dict[str, Any], **body: Any) -> dict[str, Any]:

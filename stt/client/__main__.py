@@ -1,0 +1,7 @@
+"""`python -m stt.client …`: see stt/client/cli.py."""
+
+import sys
+
+from stt.client.cli import main
+
+sys.exit(main())
