@@ -12,16 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from stt.errors import ERRORS
+from stt.messages import SERVER_MESSAGE_TYPES, parse_server_message
 from stt.persistence import history
 from stt.protocol import CLIENT_MESSAGE_TYPES
 from stt.session import SttSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SERVER_MESSAGE_TYPES = {
-    "session_started", "session_configured", "session_ended", "buffer_flushed", "interrupt_acknowledged",
-    "voice_activity_detected", "transcription_partial", "transcription_final", "transcription", "error",
-}
 ERROR_FIELDS = {"code", "message", "category", "severity", "recoverable", "retry_after"}
 CLOSE_CODES = {1000, 1008, 1011, 1012, 1013}
 CONFIG_KEYS = ["language", "enable_timestamps", "enable_vad", "enable_partial_transcription", "buffer_duration",
@@ -66,6 +63,7 @@ class Recorder:
 def check_replies(recorder: Recorder) -> None:
     for message in recorder.sent:
         assert message["type"] in SERVER_MESSAGE_TYPES, message["type"]
+        parse_server_message(json.dumps(message), strict=True)  # exactly the documented shape
         assert message["metadata"]["session_id"] and message["metadata"]["timestamp"].endswith("Z")
         if message["type"] == "error":
             error = message["error"]

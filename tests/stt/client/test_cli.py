@@ -1,0 +1,129 @@
+"""`python -m stt.client` as a user runs it, against a real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from stt.evaluation import word_error_rate
+from tests.conftest import JFK_PATH, JFK_TEXT
+from tests.servers import ROOT
+
+pytestmark = pytest.mark.realtime
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stt.client", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def mp3_speech(tmp_path_factory) -> Path:
+    """The JFK recording re-encoded as MP3 (44.1 kHz stereo): 'any common audio format'."""
+    import av
+
+    target = tmp_path_factory.mktemp("mp3") / "jfk.mp3"
+    with av.open(str(JFK_PATH)) as source, av.open(str(target), "w") as out:
+        stream = out.add_stream("libmp3lame", rate=44100)
+        stream.layout = "stereo"
+        for frame in source.decode(audio=0):
+            frame.pts = None
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return target
+
+
+def test_stream_prints_each_final_on_its_own_line(stt_server, mp3_speech):
+    done = run_cli("stream", str(mp3_speech), "--url", stt_server.ws, "--pace", "3",
+                   env={"FASTTALK_API_KEY": stt_server.keys["backend"]})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) >= 2 and all(line.strip() for line in lines)
+    assert "\r" not in done.stdout, "no in-place updates when stdout is not a terminal"
+    assert word_error_rate(JFK_TEXT, " ".join(lines)) <= 0.1
+
+
+def test_json_output_is_one_schema_valid_server_message_per_line(stt_server):
+    done = run_cli("stream", str(JFK_PATH), "--url", stt_server.ws, "--fast", "--json",
+                   "--api-key", stt_server.keys["backend"], "--language", "en")
+    assert done.returncode == 0, done.stderr
+    schema = json.loads((ROOT / "docs" / "protocol.schema.json").read_text())
+    check = jsonschema.Draft202012Validator({**schema, "oneOf": [{"$ref": "#/$defs/ServerMessage"}]})
+    received = [json.loads(line) for line in done.stdout.splitlines()]
+    for message in received:
+        check.validate(message)
+    assert received[0]["type"] == "session_started" and received[-1]["type"] == "session_ended"
+    assert received[0]["data"]["config"]["language"] == "en"
+    finals = " ".join(m["data"]["text"] for m in received if m["type"] == "transcription_final")
+    assert word_error_rate(JFK_TEXT, finals) <= 0.1
+
+
+def test_on_a_terminal_partials_and_a_progress_bar_update_in_place(stt_server):
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stt.client", "stream", str(JFK_PATH), "--url", stt_server.ws, "--pace", "2"],
+        cwd=ROOT, stdout=follower, stderr=subprocess.PIPE,
+        env={**os.environ, "FASTTALK_API_KEY": stt_server.keys["backend"], "COLUMNS": "200"})
+    os.close(follower)
+    shown = b""
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif process.poll() is not None:
+            break
+    process.wait(30)
+    os.close(leader)
+    text = shown.decode()
+    assert process.returncode == 0, process.stderr.read()
+    assert "\r\x1b[K" in text, "the status line is rewritten in place"
+    assert "[####################]  11.0/11.0s" in text, "the progress bar reaches the end"
+    redraws = [part.split("s ", 1)[-1] for part in text.split("\r\x1b[K") if "/11.0s" in part]
+    assert any(part.strip() for part in redraws), "partials appear on the status line"
+    finals = [line.strip() for line in text.replace("\r\x1b[K", "\n").splitlines()
+              if line.strip() and "/11.0s" not in line]
+    assert word_error_rate(JFK_TEXT, " ".join(finals)) <= 0.15
+
+
+def test_an_unreadable_file_is_a_usage_error(stt_server, tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not audio")
+    done = run_cli("stream", str(junk), "--url", stt_server.ws)
+    assert done.returncode == 2 and "cannot decode audio" in done.stderr
+    assert run_cli("stream", "--url", stt_server.ws).returncode == 2  # neither a file nor --mic
+
+
+def test_a_missing_key_says_how_to_give_one(stt_server):
+    done = run_cli("stream", str(JFK_PATH), "--url", stt_server.ws, env={"FASTTALK_API_KEY": ""})
+    assert done.returncode == 1 and "HTTP 403" in done.stderr and "FASTTALK_API_KEY" in done.stderr
+
+
+def test_perf_reports_latencies_and_message_counts_for_concurrent_clients(stt_server):
+    done = run_cli("perf", str(JFK_PATH), "--url", stt_server.ws, "--api-key", stt_server.keys["backend"],
+                   "--clients", "2", "--duration", "12", "--json")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert results["clients"] == 2 and results["sessions_failed"] == 0
+    assert results["final_count"] >= 2 * 3 and results["partial_count"] > 0
+    assert 0 < results["avg_partial_latency_ms"] < 3000
+    assert 0 < results["avg_final_latency_ms"] < 5000
+    assert results["total_messages"] == sum(results["messages_by_type"].values())
+    assert results["messages_by_type"]["session_started"] == 2
