@@ -9,6 +9,7 @@ django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
 from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from stt.engine import get_engine  # noqa: E402
 from stt.routing import websocket_urlpatterns  # noqa: E402
@@ -17,7 +18,9 @@ from monitoring.middleware import RefuseOnMonitoringPort  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_application,
+        # Static files (the admin's CSS and JS, the demo page's scripts) straight from the
+        # apps: the service is one process with no web server in front of it by default.
+        "http": ASGIStaticFilesHandler(django_application),
         # The monitoring port serves /health and /metrics only: no sessions there.
         "websocket": RefuseOnMonitoringPort(URLRouter(websocket_urlpatterns)),
     }

@@ -1,13 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from stt.views import demo, demo_asset, demo_token, issue_token
+from stt.views import demo, demo_token, issue_token
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("auth/token", issue_token, name="issue-token"),
     path("demo/", demo, name="demo"),
     path("demo/token", demo_token, name="demo-token"),
-    path("demo/<str:name>", demo_asset, name="demo-asset"),
     path("", include("monitoring.urls")),
 ]

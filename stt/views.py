@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -45,14 +44,6 @@ async def issue_token(request: HttpRequest) -> JsonResponse:
 # (delete it to have a fresh one made).
 
 DEMO_KEY_NAME = "Demo page"
-_DEMO_DIR = Path(__file__).resolve().parent / "static" / "stt" / "demo"
-# Daphne (manage.py serve) serves no static files: the demo's own are served here.
-_DEMO_ASSETS = {
-    "demo.js": "text/javascript; charset=utf-8",
-    "worklet.js": "text/javascript; charset=utf-8",
-    "demo.css": "text/css; charset=utf-8",
-}
-
 
 def _demo_allowed(request: HttpRequest) -> bool:
     return not settings.AUTH_REQUIRED or (request.user.is_active and request.user.is_staff)
@@ -111,11 +102,3 @@ def demo_token(request: HttpRequest) -> JsonResponse:
     response["Cache-Control"] = "no-store"
     return response
 
-
-def demo_asset(request: HttpRequest, name: str) -> HttpResponse:
-    """The demo's script, audio worklet and stylesheet."""
-    if name not in _DEMO_ASSETS:
-        raise Http404(name)
-    response = HttpResponse((_DEMO_DIR / name).read_bytes(), content_type=_DEMO_ASSETS[name])
-    response["Cache-Control"] = "no-cache"
-    return response

@@ -100,6 +100,14 @@ async def test_health_stats_and_index_of_the_running_server(server):
                               "processing_stats", "performance_metrics"} <= set(stats)
 
 
+def test_the_admin_and_demo_static_files_are_served_by_the_process(server):
+    import urllib.request
+
+    for path, kind in (("/static/admin/css/base.css", "text/css"), ("/static/stt/demo/worklet.js", "text/javascript")):
+        with urllib.request.urlopen(f"{server.base}{path}", timeout=10) as response:
+            assert response.status == 200 and response.headers["Content-Type"].startswith(kind), path
+
+
 async def test_messages_over_daphnes_size_limit_close_with_1009(server):
     async with websockets.connect(server.ws, max_size=None) as ws:
         await ws.send(b"\x00" * (2 * 1024 * 1024))

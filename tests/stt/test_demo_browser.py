@@ -171,9 +171,9 @@ def stream_and_check(browser, expected: list[str], tmp_path, keep_copy: bool = F
     assert f"{ws_origin}/ws/transcribe" in urls
     assert [u for u in urls if not (u.startswith(origin) or u.startswith(ws_origin))] == []
 
-    # The demo's own console (the admin login's unserved static files and /favicon.ico are not its business).
+    # The demo's own console (/favicon.ico is not its business).
     problems = [entry["message"] for entry in browser.get_log("browser")
-                if entry["level"] == "SEVERE" and entry["message"].startswith(f"{origin}/demo/")]
+                if entry["level"] == "SEVERE" and entry["message"].startswith((f"{origin}/demo/", f"{origin}/static/"))]
     assert problems == [], "no script errors or CSP violations on the demo page"
     screenshot(browser, tmp_path, "ended", keep_copy)
     return {"finals": finals, "status": status, "final_latency": final_latency, "heard_after": heard_after}
@@ -189,7 +189,7 @@ def test_the_demo_transcribes_the_microphone_in_a_browser(browser, server_env, t
         wait_for(lambda: browser.find_elements(By.ID, "start"), 10, "the demo page")
         with urllib.request.urlopen(f"{server.base}/demo/", timeout=10) as response:
             assert "script-src 'self'" in response.headers["Content-Security-Policy"]
-        with urllib.request.urlopen(f"{server.base}/demo/worklet.js", timeout=10) as response:
+        with urllib.request.urlopen(f"{server.base}/static/stt/demo/worklet.js", timeout=10) as response:
             assert response.headers["Content-Type"].startswith("text/javascript")
 
         shown = stream_and_check(browser, ["fellow americans", "what your country can do for you"], tmp_path,
