@@ -315,3 +315,72 @@ class RedisServer:
             self.process.kill()
             self.process.wait(10)
             self.process = None
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (initdb into a temporary folder) on a free port, which
+    a test may stop (fast shutdown: sessions are cut, as in a restart) and start again.
+    PostgreSQL refuses to run as root, so its programs run as the `postgres` OS user.
+    Trust authentication for the user `postgres`; unix socket in the cluster's folder."""
+
+    def __init__(self) -> None:
+        import glob
+        import shutil
+        import tempfile
+
+        versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                          key=lambda path: int(Path(path).parent.parent.name.split(".")[0]))
+        if not versions:
+            raise RuntimeError("PostgreSQL server programs are not installed (/usr/lib/postgresql/*/bin)")
+        self.bin = Path(versions[-1]).parent
+        self.runas = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.folder = Path(tempfile.mkdtemp(prefix="fasttalk-pg-"))
+        self.data = self.folder / "data"
+        self.log = self.folder / "postgres.log"
+        self.port = free_port()
+        if self.runas:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.running = False
+        self.start()
+
+    def _run(self, program: str, *args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([*self.runas, str(self.bin / program), *args], cwd=self.folder,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(f"{program} failed ({result.returncode}): {result.stdout}{result.stderr}\n{log}")
+        return result
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c full_page_writes=off")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+        self.running = True
+
+    def stop(self) -> None:
+        """Fast shutdown: open sessions are ended, the data is checkpointed."""
+        if self.running:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+            self.running = False
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def query(self, database: str, sql: str, *params: object) -> list[tuple]:
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname={database}") as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def cleanup(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
