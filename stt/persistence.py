@@ -188,10 +188,24 @@ class HistoryWriter:
 def _apply(item: Write) -> None:
     """On the history thread: one write, on a healthy connection."""
     close_old_connections()
+    reused = connection.connection is not None
     try:
         APPLIERS[item.kind](item)
-    except Exception:
+    except (OperationalError, InterfaceError):
         connection.close()  # a broken connection must not poison the next write
+        if not reused:
+            raise
+        # A persistent connection (CONN_MAX_AGE) that the database dropped while it was
+        # idle, e.g. PostgreSQL restarted, fails its first query although the database
+        # answers again. Once more on a new connection (writes are idempotent), so the
+        # write lands now instead of waiting in the backlog while its final is sent.
+        try:
+            APPLIERS[item.kind](item)
+        except Exception:
+            connection.close()
+            raise
+    except Exception:
+        connection.close()
         raise
 
 
