@@ -18,6 +18,7 @@ Nothing here imports Django.
 
 from stt.client.audio import load_audio, to_float32_mono
 from stt.client.perf import STTPerformanceTester
+from stt.client.resilient import Transcript, transcribe
 from stt.client.session import (DEFAULT_URL, AuthenticationError, Backoff, Callbacks, SttClientError, SttSession,
                                 open_session)
 from stt.messages import (BufferFlushed, Error, InterruptAcknowledged, SessionConfig, SessionConfigured,
@@ -27,6 +28,7 @@ from stt.messages import (BufferFlushed, Error, InterruptAcknowledged, SessionCo
 __all__ = [
     "DEFAULT_URL", "AuthenticationError", "Backoff", "BufferFlushed", "Callbacks", "Error", "InterruptAcknowledged",
     "STTPerformanceTester", "SessionConfig", "SessionConfigured", "SessionEnded", "SessionStarted", "SttClientError",
-    "SttSession", "Transcription", "TranscriptionFinal", "TranscriptionPartial", "UnknownServerMessage",
+    "SttSession", "Transcript", "Transcription", "TranscriptionFinal", "TranscriptionPartial", "UnknownServerMessage",
     "VoiceActivityDetected", "load_audio", "open_session", "parse_server_message", "to_float32_mono",
+    "transcribe",
 ]
