@@ -264,19 +264,24 @@ class FinalMetadata(BaseModel):
     partial_count: int
 
 
-class FinalData(BaseModel):
+class LegacyTranscriptionData(BaseModel):
+    """The body of the legacy `transcription` message; a final's body holds the same and more."""
+
     model_config = _SERVER
     text: str
-    is_partial: Literal[False]
     utterance_id: str
     processing_time_ms: int
     audio_duration_ms: int
+    timestamps: list[WordTimestamp] | None
+    metadata: FinalMetadata
+
+
+class FinalData(LegacyTranscriptionData):
+    is_partial: Literal[False]
     confidence: float
     language: str | None
     start_ms: int
     end_ms: int
-    timestamps: list[WordTimestamp] | None
-    metadata: FinalMetadata
 
 
 class TranscriptionFinal(BaseModel):
@@ -284,16 +289,6 @@ class TranscriptionFinal(BaseModel):
     type: Literal["transcription_final"]
     data: FinalData
     metadata: Metadata
-
-
-class LegacyTranscriptionData(BaseModel):
-    model_config = _SERVER
-    text: str
-    utterance_id: str
-    processing_time_ms: int
-    audio_duration_ms: int
-    timestamps: list[WordTimestamp] | None
-    metadata: FinalMetadata
 
 
 class Transcription(BaseModel):
