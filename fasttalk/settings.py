@@ -128,7 +128,9 @@ TEMPLATES = [
 # DATABASE_URL: any dj-database-url URL, e.g. postgres://user@127.0.0.1:5432/fasttalk.
 # Default: SQLite in the project directory (embedded mode).
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+# Persistent connections (60 s), checked before reuse: after a database restart the first
+# query of a request (or of the history thread) gets a fresh connection instead of an error.
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # Fail fast when the database is unreachable: finals wait in the history backlog.
     DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)

@@ -257,10 +257,6 @@ def secured_server(cluster, tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=websockets.InvalidStatus, reason=(
-    "known bug: the handshake's key lookup reuses a persistent connection (CONN_MAX_AGE=60) that "
-    "the restart killed, and is refused with 403; DATABASES['default']['CONN_HEALTH_CHECKS'] = True "
-    "in fasttalk/settings.py fixes it (then remove this mark)"))
 async def test_an_api_key_opens_a_session_right_after_a_quiet_restart(cluster, secured_server):
     server, key = secured_server
     headers = {"Authorization": f"Bearer {key}"}
