@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 
 from stt import messages
 from stt.client.audio import load_audio
@@ -130,6 +131,8 @@ async def stream_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> 
         await session.stream(source, pace=pace, on_progress=display.progress if display else None)
     except asyncio.CancelledError:
         pass  # Ctrl-C: end the session properly, so the last words still come back
+    except ConnectionClosed:
+        pass  # the server ended the session; its reason is in session_ended
     finally:
         ended = await session.end()
         if display is not None:
@@ -137,6 +140,9 @@ async def stream_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> 
     if ended is None:
         print(f"stt.client: the connection closed without session_ended "
               f"(code {session.close_code} {session.close_reason})", file=sys.stderr)
+        return EXIT_FAILED
+    if ended.data.reason != "end_session":
+        print(f"stt.client: the server ended the session: {ended.data.reason}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -127,3 +127,80 @@ def test_perf_reports_latencies_and_message_counts_for_concurrent_clients(stt_se
     assert 0 < results["avg_final_latency_ms"] < 5000
     assert results["total_messages"] == sum(results["messages_by_type"].values())
     assert results["messages_by_type"]["session_started"] == 2
+
+
+class FakeMicrophone:
+    """ALSA's default capture device reading a FIFO that a thread fills at real-time pace:
+    PortAudio (through sounddevice) records JFK's speech, then silence, as from a microphone.
+    PortAudio opens the device more than once while probing; each early close of the FIFO
+    restarts the speech from its beginning."""
+
+    def __init__(self, folder: Path, speech) -> None:
+        import threading
+
+        import numpy as np
+
+        alsa_conf = Path("/usr/share/alsa/alsa.conf")
+        if not alsa_conf.is_file():
+            pytest.fail("ALSA's configuration is missing (bin/test installs libportaudio2 with apt-get)")
+        self.fifo = folder / "microphone.fifo"
+        os.mkfifo(self.fifo)
+        (folder / "asoundrc").write_text(
+            'pcm.!default { type file; slave.pcm "null"; file "/dev/null"; '
+            f'infile "{self.fifo}"; format "raw" }}\npcm.null {{ type null }}\n')
+        self.env = {"ALSA_CONFIG_PATH": f"{alsa_conf}:{folder / 'asoundrc'}"}
+        self.speech = np.asarray(speech, dtype="<f4").tobytes()
+        self.spoken = threading.Event()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._feed, daemon=True)
+        self.thread.start()
+
+    def _feed(self) -> None:
+        block = 1024 * 4  # 64 ms of float32 samples
+        silence = bytes(block)
+        while not self.stopped.is_set():
+            try:
+                with open(self.fifo, "wb", buffering=0) as pipe:
+                    began = time.monotonic()
+                    sent = 0
+                    while not self.stopped.is_set():
+                        chunk = self.speech[sent:sent + block] or silence
+                        pipe.write(chunk)
+                        sent += len(chunk)
+                        if sent >= len(self.speech) + 16000 * 4 * 2:
+                            self.spoken.set()  # the speech and 2 s of silence are out
+                        time.sleep(max(0.0, began + sent / (16000 * 4) - time.monotonic()))
+            except BrokenPipeError:
+                continue
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:  # unblock a writer waiting for a reader
+            os.close(os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        self.thread.join(5)
+
+
+def test_the_microphone_streams_until_ctrl_c_and_the_last_words_still_arrive(stt_server, tmp_path, jfk_audio):
+    import signal
+
+    microphone = FakeMicrophone(tmp_path, jfk_audio)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stt.client", "stream", "--mic", "--json", "--url", stt_server.ws],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **microphone.env, "FASTTALK_API_KEY": stt_server.keys["backend"]})
+        assert microphone.spoken.wait(60), "the microphone was never read"
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = process.communicate(timeout=60)
+    finally:
+        microphone.stop()
+    assert process.returncode == 0, err
+    received = [json.loads(line) for line in out.splitlines()]
+    assert [m for m in received if m["type"] == "error"] == []
+    assert received[-1]["type"] == "session_ended" and received[-1]["data"]["reason"] == "end_session"
+    heard = received[-1]["data"]["audio_received_s"]
+    assert 11 <= heard <= 40, f"real-time capture, not a flood: {heard} s of audio"
+    finals = " ".join(m["data"]["text"] for m in received if m["type"] == "transcription_final")
+    assert word_error_rate(JFK_TEXT, finals) <= 0.15, finals
