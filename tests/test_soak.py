@@ -256,3 +256,61 @@ async def test_hundreds_of_connections_leave_nothing_behind(soaked, jfk_audio):
     assert health["checks"]["database"]["history_backlog"] == 0
     assert not (folder / "journal.jsonl").exists(), "history writes were journaled"
     assert rss_end - rss_after_warmup < rss_limit
+
+
+async def test_a_client_that_sends_but_never_reads_is_dropped_not_buffered(soaked):
+    """WEBSOCKET_MAX_OUTBOUND_BYTES (4 MiB by default): a client that keeps sending but
+    reads nothing is disconnected once that much waits for it, instead of the server
+    holding every reply. Its receive buffer is made tiny before it connects, or the
+    kernel's socket buffers (~4 MB on loopback) would take the replies first. Audio
+    alone brings too few replies to fill 4 MiB within a test, so the client asks for
+    replies: `configure` is answered with the whole config (~700 bytes) each time."""
+    import socket
+
+    server, _, database, key, _ = soaked
+    pid = server.process.pid
+    await full_session(server.ws, key, silence(0.5), Tally())  # code used by a session is loaded
+    await settled(server)
+    rss_before = rss_mb(pid)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window stays small
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    ws = await websockets.connect(server.ws, sock=sock, ping_interval=None,
+                                  additional_headers={"Authorization": f"Bearer {key}"})
+    await ws.send(json.dumps({"type": "start_session", "session_config": {"session_id": "never-reads"}}))
+    await asyncio.sleep(0.5)
+    ws.transport.pause_reading()  # from now on it reads nothing
+    request = json.dumps({"type": "configure", "config": {}})
+    marker = "dropping a client that stopped reading"
+    sent, started = 0, time.monotonic()
+    try:
+        while sent < 20000 and marker not in server.log.read_text():  # 20000 replies: ~14 MB
+            for _ in range(500):
+                await ws.send(request)
+                sent += 1
+            await asyncio.sleep(0.2)  # let the server answer: what waits is outbound
+    except websockets.ConnectionClosed:
+        pass
+    deadline = time.monotonic() + 30  # the server may still be answering what it read
+    while marker not in server.log.read_text() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    dropped_after = time.monotonic() - started
+    ws.transport.abort()
+    stats = await settled(server)
+    rss_after = rss_mb(pid)
+    lines = [line for line in server.log.read_text().splitlines() if marker in line]
+    rows = []
+    for _ in range(40):
+        rows = database.query("SELECT close_reason FROM stt_sessionrecord WHERE session_id = 'never-reads'")
+        if rows == [("client_disconnected",)]:
+            break
+        await asyncio.sleep(0.25)
+    print(f"\nnever-reading client: {sent} configure requests, dropped after {dropped_after:.1f} s; {lines[-1:]}; "
+          f"server RSS {rss_before:.1f} -> {rss_after:.1f} MB")
+    assert lines, "the server kept buffering for a client that reads nothing"
+    unsent = int(lines[-1].split("(")[1].split()[0])
+    assert 4 * 1024 * 1024 < unsent < 4 * 1024 * 1024 + 65536, unsent  # the limit and one reply at most
+    assert rows == [("client_disconnected",)]
+    assert stats["active_connections"] == 0
+    assert get_json(f"{server.base}/health")[0] == 200
