@@ -37,13 +37,13 @@ FULL, ABRUPT = 4, 2
 # RSS may grow this much per round after the warm-up. A started session costs the
 # process about 175 KB while it lives (bench/connections.py: 30 KB the connection,
 # 145 KB the session), and a round runs FULL + ABRUPT = 6 of them, each with up to 1 s
-# of audio, a final, its FLAC and history rows: sessions leaking even 40 % of that
-# would add 0.4 MB a round, for ever. What is measured is 0.15-0.2 MB a round at first,
+# of audio, a final, its FLAC and history rows: sessions leaking even half of that
+# would add 0.5 MB a round, for ever. What is measured is 0.15-0.2 MB a round at first,
 # flattening later (90 rounds: +9.7 MB, the last 30 rounds +1 MB), and it is memory
 # the allocator keeps, not objects: Python's object count and tracemalloc stay flat,
 # and malloc_trim(0) in the server brings RSS back to its warm-up level. A leak grows
 # linearly with the rounds, so the bound does too.
-RSS_GROWTH_PER_ROUND_MB = 0.4
+RSS_GROWTH_PER_ROUND_MB = 0.5
 # glibc's dynamic mmap threshold: once a large block (an audio buffer, the model file
 # read at start) has been freed, later large blocks come from the heap, which keeps
 # what is freed there. RSS then creeps with no leak (60 rounds with the defaults:
@@ -314,3 +314,52 @@ async def test_a_client_that_sends_but_never_reads_is_dropped_not_buffered(soake
     assert rows == [("client_disconnected",)]
     assert stats["active_connections"] == 0
     assert get_json(f"{server.base}/health")[0] == 200
+
+
+BURST = 150  # more concurrent group changes than redis-py's default pool (100 connections)
+
+
+@pytest.fixture(scope="module")
+def roomy_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("burst")
+    redis_server = RedisServer(folder)
+    database = ScratchDatabase(os.environ["DATABASE_URL"])
+    env = {**base_env(), "DATABASE_URL": database.url(), "REDIS_URL": redis_server.url,
+           "CHANNEL_LAYER_PREFIX": "fasttalk-burst", "WEBSOCKET_MAX_CONNECTIONS": str(BURST + 10),
+           "MEDIA_ROOT": str(folder / "media"), "HISTORY_JOURNAL": str(folder / "journal.jsonl"),
+           "LOG_FORMAT": "plain"}
+    env.pop("CELERY_BROKER_URL", None)
+    server = Server(env, folder)
+    yield server, redis_server
+    server.stop()
+    redis_server.stop()
+    database.drop()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: channels-redis's pool (redis-py default max_connections=100) raises "
+    "MaxConnectionsError under a burst, and fasttalk/channel_layer.py takes it for a Redis outage: "
+    "group_add is deferred and never retried, group_discard dropped (stale members for a day); "
+    "seen: 98 of 150 joined here, and bench/connections.py --limit 200 left 101 stale members"))
+async def test_a_burst_of_connections_all_join_and_leave_the_broadcast_group(roomy_server):
+    """Every connection joins `stt.sessions` (server-side control reaches it) and leaves
+    it when it closes, also when many connect or close at the same moment."""
+    server, redis_server = roomy_server
+    client = redis.Redis.from_url(redis_server.url)
+    group = "fasttalk-burst:group:stt.sessions"
+    sockets = await asyncio.gather(*(websockets.connect(server.ws, open_timeout=30) for _ in range(BURST)))
+    deadline = time.monotonic() + 10
+    while client.zcard(group) < BURST and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    joined = client.zcard(group)
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    await settled(server)
+    deadline = time.monotonic() + 10
+    while client.zcard(group) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    left_behind = client.zcard(group)
+    deferred = server.log.read_text().count("deferred: channel layer unreachable")
+    print(f"\nburst of {BURST}: {joined} in the broadcast group, {left_behind} left in it after closing; "
+          f"{deferred} group_add deferred as if Redis were down")
+    assert joined == BURST
+    assert left_behind == 0
