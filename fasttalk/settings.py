@@ -278,6 +278,9 @@ WEBSOCKET_MAX_CONNECTIONS = env_int("WEBSOCKET_MAX_CONNECTIONS", 50)
 # Bytes the server may hold for one client that does not read them; beyond, the
 # connection is dropped instead of growing memory.
 WEBSOCKET_MAX_OUTBOUND_BYTES = env_int("WEBSOCKET_MAX_OUTBOUND_BYTES", 4 * 1024 * 1024)
+# Messages received from one client and not yet taken by its session; at the limit the
+# server stops reading that socket until the session catches up (TCP backpressure).
+WEBSOCKET_MAX_INBOUND_QUEUE = env_int("WEBSOCKET_MAX_INBOUND_QUEUE", 64)
 # Daphne's own cap on one incoming WebSocket message; larger ones close with 1009.
 WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024)
 

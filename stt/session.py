@@ -250,7 +250,11 @@ class SttSession:
 
     async def on_text(self, text: str) -> None:
         self._last_activity = time.monotonic()
-        if self._ending or not await self._within_rate():
+        if self._ending:
+            return
+        # end_session is never rate-limited: dropping it would leave a client that sent
+        # too fast waiting for the idle timeout instead of its last finals.
+        if not _looks_like_end_session(text) and not await self._within_rate():
             return
         try:
             message = protocol.parse_client_message(text)
@@ -634,6 +638,12 @@ class SttSession:
         }))
         if self.config.send_legacy_transcription and transcript.text:
             await self._send(envelope("transcription", self._metadata(), data={**common, "metadata": metadata}))
+
+
+def _looks_like_end_session(text: str) -> bool:
+    """A cheap test (no JSON parsing of a flood) for a text frame that may be end_session;
+    parse_client_message decides what it really is."""
+    return len(text) < 256 and "end_session" in text
 
 
 def _final_is_sent(result: FinalResult) -> bool:

@@ -145,6 +145,21 @@ class TestLimits:
         assert await communicator.receive_nothing(timeout=0.3), "one report, not one per dropped frame"
         await communicator.disconnect()
 
+    async def test_end_session_is_honoured_even_beyond_the_rate(self, jfk_audio):
+        _, raw = await database_sync_to_async(new_key)(max_messages_per_second=5)
+        communicator, connected, _ = await handshake([bearer(raw)])
+        assert connected
+        await communicator.send_to(text_data=json.dumps({"type": "start_session"}))
+        assert json.loads(await communicator.receive_from(timeout=10))["type"] == "session_started"
+        for frame in frames(silence(1.0), 512)[:20]:
+            await communicator.send_to(bytes_data=frame)
+        await communicator.send_to(text_data=json.dumps({"type": "end_session"}))
+        kinds = []
+        while not kinds or kinds[-1] != "session_ended":
+            kinds.append(json.loads(await communicator.receive_from(timeout=10))["type"])
+        assert kinds == ["error", "session_ended"]
+        assert (await communicator.receive_output(timeout=10))["code"] == 1000
+
 
 class TestTokenEndpoint:
     def test_a_backend_mints_a_token_with_its_key(self, client):

@@ -37,6 +37,34 @@ def _buffered_bytes(transport: Any) -> int:
 
 
 class ClosingWebSocketProtocol(WebSocketProtocol):
+    # How often a paused connection checks whether its session caught up.
+    RESUME_CHECK_SECONDS = 0.02
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        super().onMessage(payload, isBinary)
+        # Daphne queues every message for the application without bound: a client that
+        # sends faster than its session processes (a file pushed at full speed) would
+        # grow this process's memory with its backlog. Past WEBSOCKET_MAX_INBOUND_QUEUE
+        # messages, stop reading the socket until the session has taken half of them:
+        # TCP then slows the sender to the server's pace, and nothing is dropped.
+        limit = settings.WEBSOCKET_MAX_INBOUND_QUEUE
+        queue = getattr(self, "application_queue", None)
+        if limit and queue is not None and queue.qsize() >= limit and not getattr(self, "_reading_paused", False):
+            self._reading_paused = True
+            self.transport.pauseProducing()
+            self._resume_when_drained()
+
+    def _resume_when_drained(self) -> None:
+        from twisted.internet import reactor
+
+        if self.application_queue.qsize() > settings.WEBSOCKET_MAX_INBOUND_QUEUE // 2 \
+                and self.transport.connected:
+            reactor.callLater(self.RESUME_CHECK_SECONDS, self._resume_when_drained)
+            return
+        self._reading_paused = False
+        if self.transport.connected:
+            self.transport.resumeProducing()
+
     def serverSend(self, content: Any, binary: bool = False) -> None:
         # A client that stops reading would make this buffer grow without end: past
         # WEBSOCKET_MAX_OUTBOUND_BYTES the connection is dropped (its session finishes
