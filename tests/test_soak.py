@@ -316,6 +316,39 @@ async def test_a_client_that_sends_but_never_reads_is_dropped_not_buffered(soake
     assert get_json(f"{server.base}/health")[0] == 200
 
 
+async def test_a_client_sending_far_faster_than_real_time_is_slowed_not_buffered(soaked, jfk_audio):
+    """WEBSOCKET_MAX_INBOUND_QUEUE: 25 minutes of audio pushed at full speed (the client
+    does not pace itself) are all transcribed, none dropped, while the server's memory
+    stays flat: the server stops reading the socket whenever the session falls 64
+    messages behind, and TCP slows the sender (without it, the backlog queues in the
+    process: ~100 MB for this much audio)."""
+    from stt.client import open_session
+
+    server, _, _, key, _ = soaked
+    pid = server.process.pid
+    speech_then_silence = np.concatenate([jfk_audio, silence(60)])
+
+    async def push(audio: np.ndarray):
+        session = await open_session(server.ws, api_key=key)
+        await session.stream(audio, pace=None)
+        return await session.end(timeout=300)
+
+    await push(speech_then_silence)  # warm-up: the engine and buffers reach their working size
+    await settled(server)
+    rss_before = rss_mb(pid)
+    flood = np.concatenate([jfk_audio, silence(1500)])
+    began = time.monotonic()
+    ended = await push(flood)
+    took = time.monotonic() - began
+    rss_after = rss_mb(pid)
+    print(f"\nfull-speed client: {len(flood) / 16000:.0f} s of audio in {took:.1f} s; "
+          f"server RSS {rss_before:.1f} -> {rss_after:.1f} MB")
+    assert ended is not None and ended.data.reason == "end_session" and ended.data.errors == 0
+    assert ended.data.audio_received_s == round(len(flood) / 16000, 3), "nothing was dropped"
+    assert ended.data.finals >= 3
+    assert rss_after - rss_before < 20, "the backlog was buffered in the server"
+
+
 BURST = 150  # more concurrent group changes than redis-py's default pool (100 connections)
 
 
@@ -336,11 +369,6 @@ def roomy_server(tmp_path_factory):
     database.drop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: channels-redis's pool (redis-py default max_connections=100) raises "
-    "MaxConnectionsError under a burst, and fasttalk/channel_layer.py takes it for a Redis outage: "
-    "group_add is deferred and never retried, group_discard dropped (stale members for a day); "
-    "seen: 98 of 150 joined here, and bench/connections.py --limit 200 left 101 stale members"))
 async def test_a_burst_of_connections_all_join_and_leave_the_broadcast_group(roomy_server):
     """Every connection joins `stt.sessions` (server-side control reaches it) and leaves
     it when it closes, also when many connect or close at the same moment."""
