@@ -170,6 +170,7 @@ async def test_application_close_codes_reach_the_client_through_daphne(server):
             while True:
                 await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason == "too_many_errors", "the reason travels with the code"
 
 
 async def test_a_client_that_vanishes_is_dropped_by_the_keepalive(tmp_path_factory):

@@ -80,12 +80,21 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
             return
         super().serverSend(content, binary)
 
-    def serverClose(self, code: int | None = None) -> None:
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        # Daphne drops the close reason the application gives; clients should see it.
+        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+            self.serverClose(code=message.get("code"), reason=message.get("reason") or "")
+            return
+        super().handle_reply(message)
+
+    def serverClose(self, code: int | None = None, reason: str = "") -> None:
         code = 1000 if code is None else code
+        # A close frame's reason is at most 123 bytes of UTF-8.
+        reason_bytes = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8") or None
         if code in SERVER_CLOSE_CODES:
-            self.sendCloseFrame(code=code, isReply=False)
+            self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
         else:
-            self.sendClose(code=code)
+            self.sendClose(code=code, reason=reason_bytes.decode("utf-8") if reason_bytes else None)
 
 
 class ClosingWebSocketFactory(WebSocketFactory):
