@@ -107,6 +107,31 @@ class Server:
             self.process.kill()
 
 
+def headless_chromium(*arguments: str, window: str = "1280,1600", capture_logs: bool = False):
+    """Debian's Chromium, headless, driven by Selenium; `arguments` are extra switches.
+    With `capture_logs`, the network log (every request, WebSockets included) and the
+    console can be read with get_log("performance") / get_log("browser")."""
+    import shutil
+
+    import pytest
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("chromium and chromedriver are not installed (bin/test installs them with apt-get)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     f"--window-size={window}", *arguments):
+        options.add_argument(argument)
+    if capture_logs:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    session = webdriver.Chrome(options=options, service=Service(driver))
+    session.set_page_load_timeout(30)
+    return session
+
+
 class AdminBrowser:
     """Logs into the server's Django admin and submits its forms, as a person would."""
 

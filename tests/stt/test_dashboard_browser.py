@@ -4,7 +4,6 @@ with nothing fetched from the internet."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -12,6 +11,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from stt.models import ErrorEvent, SessionRecord, Utterance
+from tests.servers import headless_chromium
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,19 +21,7 @@ PASSWORD = "s3cret-pass-phrase"
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.fail("chromium and chromedriver are not installed (bin/test installs them with apt-get)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,1600"):
-        options.add_argument(argument)
-    session = webdriver.Chrome(options=options, service=Service(driver))
-    session.set_page_load_timeout(30)
+    session = headless_chromium()
     yield session
     session.quit()
 

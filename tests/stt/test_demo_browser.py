@@ -23,7 +23,7 @@ from faster_whisper.audio import decode_audio
 
 from tests import servers
 from tests.conftest import JFK_PATH
-from tests.servers import ROOT, ScratchDatabase, Server, base_env
+from tests.servers import ROOT, ScratchDatabase, Server, base_env, headless_chromium
 
 pytestmark = pytest.mark.realtime
 
@@ -66,24 +66,9 @@ def server_env(tmp_path):
 
 
 def make_browser(wav):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.fail("chromium and chromedriver are not installed (bin/test installs them with apt-get)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1000,900", "--use-fake-ui-for-media-stream",
-                     "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}",
-                     "--autoplay-policy=no-user-gesture-required"):
-        options.add_argument(argument)
-    # Chrome's network log (every request the page makes, WebSockets included) and console.
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    session = webdriver.Chrome(options=options, service=Service(driver))
-    session.set_page_load_timeout(30)
-    return session
+    return headless_chromium("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                             f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required",
+                             window="1000,900", capture_logs=True)
 
 
 @pytest.fixture
