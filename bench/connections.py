@@ -41,14 +41,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stream_latency import ROOT, quantile_ms, start_server  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+from stream_latency import ROOT, quantile_ms, rss_mb, start_server  # noqa: E402
 
 
 @dataclass

@@ -24,14 +24,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stream_latency import AUDIO_DIR, FRAME, SAMPLE_RATE, load_recordings, start_server  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+from stream_latency import AUDIO_DIR, FRAME, SAMPLE_RATE, load_recordings, rss_mb, start_server  # noqa: E402
 
 
 async def soak(url: str, pid: int, minutes: float, speed: float, every: float) -> list[tuple[float, float, int, int]]:

@@ -254,6 +254,14 @@ def start_server() -> tuple[subprocess.Popen, str]:
     raise SystemExit("the local server did not become healthy")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
 def quantile_ms(values: list[float], q: float) -> float | None:
     if not values:
         return None
