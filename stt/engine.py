@@ -241,6 +241,14 @@ def trim_repetition(tokens: list[int], hit_cap: bool) -> list[int]:
     return tokens
 
 
+def is_doubled(tokens: list[int]) -> bool:
+    """The whole output is one phrase of 4+ tokens said twice ("And so my fellow Americans.
+    And so my fellow Americans." from 2.6 s of audio): how the short-window decode of
+    tiny models hallucinates on a clip; the stock long-form decode does not."""
+    half, odd = divmod(len(tokens), 2)
+    return not odd and half >= 4 and tokens[:half] == tokens[half:]
+
+
 def _compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / max(1, len(zlib.compress(data)))
@@ -784,8 +792,9 @@ class SpeechEngine:
             text = tokenizer.decode(tokens).strip()
             if result.no_speech_prob > _NO_SPEECH_PROB and score < _LOW_LOGPROB:
                 tokens, text = [], ""
-            if job.kind is not JobKind.PARTIAL and text and _compression_ratio(text) > _MAX_COMPRESSION_RATIO:
-                results.append(None)  # a final that still loops: redo it the long way
+            suspicious = _compression_ratio(text) > _MAX_COMPRESSION_RATIO or is_doubled(tokens[prefix_length:])
+            if job.kind is not JobKind.PARTIAL and text and suspicious:
+                results.append(None)  # a final that loops or says it all twice: redo it the long way
                 aligned_tokens.append([])
                 continue
             aligned_tokens.append(tokens)

@@ -14,6 +14,7 @@ from stt.engine import (
     Superseded,
     get_engine,
     resolve_model,
+    is_doubled,
     trim_repetition,
     window_seconds,
 )
@@ -284,3 +285,15 @@ class TestShortWindows:
         # "thank you thank you", ended normally: two rounds only, and no cap was hit.
         assert trim_repetition([5, 6, 5, 6], hit_cap=False) == [5, 6, 5, 6]
         assert trim_repetition([1, 2, 3, 4, 5], hit_cap=True) == [1, 2, 3, 4, 5]
+
+    def test_a_whole_output_said_twice_is_suspect_but_a_short_repeat_is_not(self):
+        assert is_doubled([843, 523, 616, 5891, 3399, 13] * 2)  # "And so my fellow Americans." twice
+        assert not is_doubled([5, 6, 5, 6])  # "thank you thank you"
+        assert not is_doubled([1, 2, 3, 4, 1, 2, 3, 5])
+        assert not is_doubled([])
+
+    async def test_a_final_that_comes_out_doubled_is_redone_the_long_way(self, engine, jfk_audio):
+        # 2.6 s of "And so my fellow Americans": tiny.en's short-window decode says it twice.
+        clip = jfk_audio[int(0.152 * 16000):int(2.768 * 16000)]
+        result = await engine.transcribe(clip, DecodeOptions.final("en", word_timestamps=True))
+        assert word_error_rate("And so my fellow Americans.", result.text) <= 0.2, result.text
