@@ -217,8 +217,9 @@ class SttSession:
         now = time.monotonic()
         if now - self._rate_limited_reported_at >= 1.0:
             self._rate_limited_reported_at = now
+            who = "this API key" if self.principal.key_id is not None else "this connection"
             await self.report(SttError("rate_limited", f"more than {self.principal.max_messages_per_second} "
-                                                       "messages per second for this API key; dropped"))
+                                                       f"messages per second for {who}; dropped"))
         return False
 
     async def _watch_limits(self) -> None:
