@@ -8,10 +8,12 @@ those services refuse to run on the embedded fallbacks rather than pass vacuousl
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -160,33 +162,18 @@ def eager_celery():
     celery_app.conf.task_always_eager = previous
 
 
-MAKE_KEYS = """
-from stt.auth import generate_key
-from stt.models import ApiKey
-for name, sessions in (("backend", 20), ("single", 1)):
-    raw, prefix, digest = generate_key()
-    ApiKey.objects.create(name=name, prefix=prefix, key_hash=digest, max_concurrent_sessions=sessions)
-    print(name, raw)
-"""
-
-
 @pytest.fixture(scope="session")
 def stt_server(tmp_path_factory):
     """One real server process (Daphne, PostgreSQL scratch database, AUTH_REQUIRED) for the
     client tests, with two API keys: `keys["backend"]` (20 sessions) and `keys["single"]`
     (one concurrent session)."""
-    import os
-    import sys
-    from types import SimpleNamespace
-
-    from tests.servers import ROOT, ScratchDatabase, Server, base_env
+    from tests.servers import ScratchDatabase, Server, base_env
 
     database = ScratchDatabase(os.environ["DATABASE_URL"])
     env = {**base_env(), "DATABASE_URL": database.url(), "AUTH_REQUIRED": "1"}
     server = Server(env, tmp_path_factory.mktemp("live-server"))
-    made = subprocess.run([sys.executable, "manage.py", "shell", "-c", MAKE_KEYS], cwd=ROOT, env=env,
-                          check=True, capture_output=True, text=True)
-    keys = dict(line.split(" ", 1) for line in made.stdout.strip().splitlines()[-2:])
+    keys = {"backend": server.create_api_key("backend", max_concurrent_sessions=20),
+            "single": server.create_api_key("single", max_concurrent_sessions=1)}
     yield SimpleNamespace(server=server, ws=server.ws, base=server.base, keys=keys, database=database)
     server.stop()
     database.drop()

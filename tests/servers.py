@@ -99,6 +99,16 @@ class Server:
     def manage(self, *args: str, env: dict[str, str] | None = None) -> None:
         subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**self.env, **(env or {})}, check=True)
 
+    def create_api_key(self, name: str, max_concurrent_sessions: int | None = None) -> str:
+        """A new API key in this server's database; returns the key itself."""
+        limits = "" if max_concurrent_sessions is None else f", max_concurrent_sessions={max_concurrent_sessions}"
+        script = ("from stt.auth import generate_key\nfrom stt.models import ApiKey\n"
+                  "raw, prefix, digest = generate_key()\n"
+                  f"ApiKey.objects.create(name={name!r}, prefix=prefix, key_hash=digest{limits})\nprint(raw)\n")
+        made = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=self.env,
+                              check=True, capture_output=True, text=True)
+        return made.stdout.strip().splitlines()[-1]
+
     def stop(self) -> None:
         self.process.terminate()
         try:

@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 import websockets
 
-from tests.servers import ROOT, ScratchDatabase, Server, base_env
+from tests.servers import ScratchDatabase, Server, base_env
 
 pytestmark = pytest.mark.realtime
-
-MAKE_KEY = """
-from stt.auth import generate_key
-from stt.models import ApiKey
-raw, prefix, digest = generate_key()
-ApiKey.objects.create(name="e2e", prefix=prefix, key_hash=digest)
-print(raw)
-"""
-
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
@@ -31,9 +20,7 @@ def secured(tmp_path_factory):
     env = {**base_env(), "DATABASE_URL": database.url(), "AUTH_REQUIRED": "1",
            "ALLOWED_ORIGINS": "https://app.example.com"}
     server = Server(env, tmp_path_factory.mktemp("auth"))
-    made = subprocess.run([sys.executable, "manage.py", "shell", "-c", MAKE_KEY], cwd=ROOT, env=env,
-                          check=True, capture_output=True, text=True)
-    yield server, made.stdout.strip().splitlines()[-1]
+    yield server, server.create_api_key("e2e")
     server.stop()
     database.drop()
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 import websockets
 
 from tests.conftest import frames, silence
-from tests.servers import ROOT, PostgresServer, Server, base_env, get_json
+from tests.servers import PostgresServer, Server, base_env, get_json
 
 pytestmark = pytest.mark.realtime
 
@@ -237,23 +235,12 @@ async def test_the_first_history_write_after_a_quiet_restart_goes_straight_throu
     assert history_after["written"] >= history["written"] + 3  # the session twice, its final
 
 
-MAKE_KEY = """
-from stt.auth import generate_key
-from stt.models import ApiKey
-raw, prefix, digest = generate_key()
-ApiKey.objects.create(name="restart", prefix=prefix, key_hash=digest)
-print(raw)
-"""
-
-
 @pytest.fixture(scope="module")
 def secured_server(cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pg-restart-auth")
     env = {**server_env(cluster, "fasttalk_auth", folder), "AUTH_REQUIRED": "1"}
     server = Server(env, folder)
-    made = subprocess.run([sys.executable, "manage.py", "shell", "-c", MAKE_KEY], cwd=ROOT, env=env,
-                          check=True, capture_output=True, text=True)
-    yield server, made.stdout.strip().splitlines()[-1]
+    yield server, server.create_api_key("restart")
     server.stop()
 
 

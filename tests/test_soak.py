@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,7 +22,7 @@ import redis
 import websockets
 
 from tests.conftest import frames, silence
-from tests.servers import ROOT, RedisServer, ScratchDatabase, Server, base_env, get_json
+from tests.servers import RedisServer, ScratchDatabase, Server, base_env, get_json
 
 pytestmark = pytest.mark.realtime
 
@@ -51,15 +49,6 @@ RSS_GROWTH_PER_ROUND_MB = 0.5
 # A fixed threshold hands large blocks back to the system when they are freed, so RSS
 # follows what the process holds (and starts ~90 MB lower).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-MAKE_KEY = """
-from stt.auth import generate_key
-from stt.models import ApiKey
-raw, prefix, digest = generate_key()
-ApiKey.objects.create(name="soak", prefix=prefix, key_hash=digest)
-print(raw)
-"""
-
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -89,9 +78,7 @@ def soaked(tmp_path_factory):
     }
     env.pop("CELERY_BROKER_URL", None)  # the broker is the private Redis too
     server = Server(env, folder)
-    made = subprocess.run([sys.executable, "manage.py", "shell", "-c", MAKE_KEY], cwd=ROOT, env=env,
-                          check=True, capture_output=True, text=True)
-    key = made.stdout.strip().splitlines()[-1]
+    key = server.create_api_key("soak")
     yield server, redis_server, database, key, folder
     server.stop()
     redis_server.stop()
