@@ -3,10 +3,8 @@ browser page on an allowed origin (ALLOWED_ORIGINS) can read them; never for the
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
+from django.utils.deprecation import MiddlewareMixin
 
 CORS_PATHS = frozenset({"/", "/health", "/stats", "/auth/token"})
 
@@ -29,28 +27,15 @@ def _decorate(response: HttpResponse, origin: str) -> HttpResponse:
     return response
 
 
-class CorsMiddleware:
-    sync_capable = True
-    async_capable = True
+class CorsMiddleware(MiddlewareMixin):
+    """Answers preflights (OPTIONS) itself and marks responses readable by the origin;
+    MiddlewareMixin makes it work in sync and async stacks alike."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        if request.method == "OPTIONS" and _allowed_origin(request):
+            return HttpResponse(status=204)  # decorated by process_response
+        return None
 
-    def __call__(self, request: HttpRequest) -> Any:
-        if self.is_async:
-            return self._acall(request)
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         origin = _allowed_origin(request)
-        if origin and request.method == "OPTIONS":
-            return _decorate(HttpResponse(status=204), origin)
-        response = self.get_response(request)
-        return _decorate(response, origin) if origin else response
-
-    async def _acall(self, request: HttpRequest) -> Any:
-        origin = _allowed_origin(request)
-        if origin and request.method == "OPTIONS":
-            return _decorate(HttpResponse(status=204), origin)
-        response = await self.get_response(request)
         return _decorate(response, origin) if origin else response

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest
+from django.utils.deprecation import MiddlewareMixin
 
 
 def is_monitoring_port(port: Any) -> bool:
@@ -17,20 +17,10 @@ def is_monitoring_port(port: Any) -> bool:
     return bool(monitoring) and str(port) == str(monitoring)
 
 
-class MonitoringPortMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> Any:
+class MonitoringPortMiddleware(MiddlewareMixin):
+    def process_request(self, request: HttpRequest) -> None:
         if is_monitoring_port(request.META.get("SERVER_PORT")):
             request.urlconf = "monitoring.port_urls"
-        return self.get_response(request)
 
 
 class RefuseOnMonitoringPort:
