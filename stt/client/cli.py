@@ -79,7 +79,7 @@ class TerminalDisplay:
         if self.total:
             filled = int(20 * min(1.0, self.sent / self.total))
             status = f"[{'#' * filled}{'.' * (20 - filled)}] {self.sent:5.1f}/{self.total:.1f}s "
-        line = (status + self.partial)[-(width - 1):] if len(status + self.partial) >= width else status + self.partial
+        line = (status + self.partial)[-(width - 1):]  # the end of the partial, within the width
         self.out.write("\r\x1b[K" + line)
         self.out.flush()
 

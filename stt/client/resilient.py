@@ -10,14 +10,15 @@ was in flight is transcribed again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from stt import messages
 from stt.client.audio import to_float32_mono
-from stt.client.session import RETRYABLE_CLOSE_CODES, Backoff, Callbacks, SttClientError, open_session
+from stt.client.session import (RETRYABLE_CLOSE_CODES, Backoff, Callbacks, SttClientError, call_handler,
+                                open_session)
 from stt.messages import SAMPLE_RATE, SessionConfig
 
 
@@ -58,11 +59,9 @@ async def transcribe(audio: np.ndarray, url: str, config: SessionConfig | None =
             transcript.offsets_ms.append(round(base * 1000 / SAMPLE_RATE))
             confirmed = max(confirmed, base + message.data.end_ms * SAMPLE_RATE // 1000)
             if user_final is not None:
-                outcome = user_final(message)
-                if hasattr(outcome, "__await__"):
-                    await outcome
+                await call_handler(user_final, message)
 
-        session_callbacks = Callbacks(**{**(callbacks.__dict__ if callbacks else {}), "on_final": on_final})
+        session_callbacks = replace(callbacks or Callbacks(), on_final=on_final)
         session = await open_session(url, config, api_key=api_key, token=token, callbacks=session_callbacks,
                                      backoff=backoff)
         transcript.sessions += 1

@@ -92,6 +92,13 @@ class Callbacks:
         return [handler for handler in (specific, self.on_message) if handler is not None]
 
 
+async def call_handler(handler: Callback, message: Any) -> None:
+    """Call a callback, awaiting it if it is a coroutine function."""
+    outcome = handler(message)
+    if asyncio.iscoroutine(outcome):
+        await outcome
+
+
 @dataclass
 class StreamProgress:
     """What a stream has sent, for progress displays and latency measurement."""
@@ -235,9 +242,7 @@ class SttSession:
             self._queue.put_nowait(message)
         for handler in self.callbacks.for_message(message):
             try:
-                outcome = handler(message)
-                if asyncio.iscoroutine(outcome):
-                    await outcome
+                await call_handler(handler, message)
             except Exception:  # a faulty callback must not stop the stream
                 logger.exception("client callback failed on %s", message.type)
 
