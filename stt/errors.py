@@ -89,7 +89,8 @@ _SPECS = [
     ErrorSpec("too_many_sessions", Category.RESOURCE, Severity.HIGH, False, 5.0,
               "The API key holds its maximum of concurrent sessions on this server process; closed with 1013."),
     ErrorSpec("rate_limited", Category.RESOURCE, Severity.LOW, True, 1.0,
-              "Messages beyond the API key's rate limit are dropped (reported at most once a second)."),
+              "Messages beyond the rate limit (per API key; per connection without authentication) are "
+              "dropped (reported at most once a second); end_session is always taken."),
     ErrorSpec("too_many_errors", Category.RESOURCE, Severity.HIGH, False, None,
               "The session caused more than MAX_SESSION_ERRORS errors; closed with 1008."),
     ErrorSpec("internal_error", Category.PROCESSING, Severity.HIGH, True, None,
