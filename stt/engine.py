@@ -38,8 +38,8 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Callable, Union

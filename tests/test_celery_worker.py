@@ -18,7 +18,7 @@ import websockets
 
 from fasttalk.celery import app as celery_app
 from stt.evaluation import word_error_rate
-from tests.conftest import JFK_PATH, JFK_TEXT, frames, silence
+from tests.conftest import JFK_PATH, JFK_TEXT, frames
 from tests.servers import ROOT, AdminBrowser, Beat, ScratchDatabase, Server, TcpProxy, Worker, base_env
 
 pytestmark = pytest.mark.realtime

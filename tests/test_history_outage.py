@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import time
-import urllib.parse
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ from django.test import AsyncClient
 from monitoring import metrics
 from stt.engine import DecodeOptions, SpeechEngine, replace_engine
 from stt.session import SttSession
-from tests.conftest import frames, silence
+from tests.conftest import frames
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

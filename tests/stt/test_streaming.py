@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
 from stt.evaluation import word_error_rate
 from stt.protocol import validate_config
