@@ -39,6 +39,8 @@ def _buffered_bytes(transport: Any) -> int:
 class ClosingWebSocketProtocol(WebSocketProtocol):
     # How often a paused connection checks whether its session caught up.
     RESUME_CHECK_SECONDS = 0.02
+    _reading_paused = False
+    _dropped_slow_reader = False
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         super().onMessage(payload, isBinary)
@@ -49,13 +51,13 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
         # TCP then slows the sender to the server's pace, and nothing is dropped.
         limit = settings.WEBSOCKET_MAX_INBOUND_QUEUE
         queue = getattr(self, "application_queue", None)
-        if limit and queue is not None and queue.qsize() >= limit and not getattr(self, "_reading_paused", False):
+        if limit and queue is not None and queue.qsize() >= limit and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
             self._resume_when_drained()
 
     def _resume_when_drained(self) -> None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor  # here: importing it early would install the wrong reactor
 
         if self.application_queue.qsize() > settings.WEBSOCKET_MAX_INBOUND_QUEUE // 2 \
                 and self.transport.connected:
@@ -70,11 +72,11 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
         # WEBSOCKET_MAX_OUTBOUND_BYTES the connection is dropped (its session finishes
         # for the record as after any disconnect).
         limit = settings.WEBSOCKET_MAX_OUTBOUND_BYTES
-        if limit and _buffered_bytes(self.transport) > limit:
-            if not getattr(self, "_dropped_slow_reader", False):
+        unsent = _buffered_bytes(self.transport) if limit else 0
+        if unsent > limit:
+            if not self._dropped_slow_reader:
                 self._dropped_slow_reader = True
-                logger.warning("dropping a client that stopped reading (%d bytes unsent)",
-                               _buffered_bytes(self.transport),
+                logger.warning("dropping a client that stopped reading (%d bytes unsent)", unsent,
                                extra={"event": "slow_reader_dropped", "client": str(self.client_addr)})
                 self.dropConnection(abort=True)
             return
