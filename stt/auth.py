@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core import signing
 
+from stt.messages import AUTH_SUBPROTOCOL_PREFIX, SUBPROTOCOL
+
 KEY_PREFIX = "ftk_"
-SUBPROTOCOL = "fasttalk"
-AUTH_SUBPROTOCOL_PREFIX = "fasttalk.auth."
 _TOKEN_SALT = "fasttalk.auth.token"
 
 

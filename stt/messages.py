@@ -19,6 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 PROTOCOL_VERSION = "1.0"
 SAMPLE_RATE = 16000
+# WebSocket subprotocols: the one the server answers with, and the form a browser uses
+# to carry a token (it cannot set an Authorization header).
+SUBPROTOCOL = "fasttalk"
+AUTH_SUBPROTOCOL_PREFIX = "fasttalk.auth."
+
+
+def token_subprotocols(token: str) -> list[str]:
+    """The subprotocols a client offers to authenticate with a token from POST /auth/token."""
+    return [SUBPROTOCOL, f"{AUTH_SUBPROTOCOL_PREFIX}{token}"]
 
 # Client messages: strict, so nothing half-checked reaches a session.
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)

@@ -14,6 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from stt.auth import KEY_PREFIX, generate_key, key_for, mint_token, origin_allowed
+from stt.messages import SUBPROTOCOL, token_subprotocols
 
 
 def _mint(authorization: str) -> JsonResponse:
@@ -25,7 +26,7 @@ def _mint(authorization: str) -> JsonResponse:
                                        "Authorization: Bearer ftk_..."}}, status=401)
     token, expires_at = mint_token(key)
     return JsonResponse({"token": token, "expires_at": expires_at.isoformat(),
-                         "subprotocols": ["fasttalk", f"fasttalk.auth.{token}"]})
+                         "subprotocols": token_subprotocols(token)})
 
 
 @csrf_exempt  # an API for backends, authenticated by its key, not a browser form
@@ -89,7 +90,7 @@ def demo(request: HttpRequest) -> HttpResponse:
 def demo_token(request: HttpRequest) -> JsonResponse:
     """POST /demo/token (same origin, CSRF-checked): the subprotocols the demo page offers."""
     if not settings.AUTH_REQUIRED:
-        return JsonResponse({"subprotocols": ["fasttalk"], "expires_at": None})
+        return JsonResponse({"subprotocols": [SUBPROTOCOL], "expires_at": None})
     if not _demo_allowed(request):
         return JsonResponse({"error": {"code": "unauthorized", "message": "sign in as a staff user"}}, status=403)
     key = _demo_key()
@@ -97,7 +98,7 @@ def demo_token(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": {"code": "demo_disabled", "message": f"the API key {DEMO_KEY_NAME!r} is "
                                        "revoked; delete it in the admin to re-enable the demo"}}, status=403)
     token, expires_at = mint_token(key)
-    response = JsonResponse({"subprotocols": ["fasttalk", f"fasttalk.auth.{token}"],
+    response = JsonResponse({"subprotocols": token_subprotocols(token),
                              "expires_at": expires_at.isoformat()})
     response["Cache-Control"] = "no-store"
     return response

@@ -294,7 +294,7 @@ async def _open_once(url: str, config: SessionConfig, api_key: str | None, token
                      open_timeout: float, origin: str | None
                      ) -> tuple[ClientConnection, messages.SessionStarted]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    subprotocols = ["fasttalk", f"fasttalk.auth.{token}"] if token else None
+    subprotocols = messages.token_subprotocols(token) if token else None
     try:
         connection = await connect(url, additional_headers=headers, subprotocols=subprotocols,
                                    open_timeout=open_timeout, max_size=2 ** 22, origin=origin)
