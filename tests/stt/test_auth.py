@@ -119,6 +119,18 @@ class TestHandshake:
         await communicator.disconnect()
 
 
+async def session_beyond_its_rate():
+    """A started session of a key allowed 5 messages a second, sent 20 audio frames at once."""
+    _, raw = await database_sync_to_async(new_key)(max_messages_per_second=5)
+    communicator, connected, _ = await handshake([bearer(raw)])
+    assert connected
+    await communicator.send_to(text_data=json.dumps({"type": "start_session"}))
+    assert json.loads(await communicator.receive_from(timeout=10))["type"] == "session_started"
+    for frame in frames(silence(1.0), 512)[:20]:
+        await communicator.send_to(bytes_data=frame)
+    return communicator
+
+
 class TestLimits:
     async def test_a_key_beyond_its_concurrent_sessions_is_closed_with_1013(self):
         _, raw = await database_sync_to_async(new_key)(max_concurrent_sessions=1)
@@ -132,13 +144,7 @@ class TestLimits:
         await first.disconnect()
 
     async def test_messages_beyond_the_rate_are_dropped_and_reported_once_a_second(self, jfk_audio):
-        _, raw = await database_sync_to_async(new_key)(max_messages_per_second=5)
-        communicator, connected, _ = await handshake([bearer(raw)])
-        assert connected
-        await communicator.send_to(text_data=json.dumps({"type": "start_session"}))
-        assert json.loads(await communicator.receive_from(timeout=10))["type"] == "session_started"
-        for frame in frames(silence(1.0), 512)[:20]:
-            await communicator.send_to(bytes_data=frame)
+        communicator = await session_beyond_its_rate()
         message = json.loads(await communicator.receive_from(timeout=10))
         assert message["type"] == "error" and message["error"]["code"] == "rate_limited"
         assert message["error"]["recoverable"] is True
@@ -146,13 +152,7 @@ class TestLimits:
         await communicator.disconnect()
 
     async def test_end_session_is_honoured_even_beyond_the_rate(self, jfk_audio):
-        _, raw = await database_sync_to_async(new_key)(max_messages_per_second=5)
-        communicator, connected, _ = await handshake([bearer(raw)])
-        assert connected
-        await communicator.send_to(text_data=json.dumps({"type": "start_session"}))
-        assert json.loads(await communicator.receive_from(timeout=10))["type"] == "session_started"
-        for frame in frames(silence(1.0), 512)[:20]:
-            await communicator.send_to(bytes_data=frame)
+        communicator = await session_beyond_its_rate()
         await communicator.send_to(text_data=json.dumps({"type": "end_session"}))
         kinds = []
         while not kinds or kinds[-1] != "session_ended":
