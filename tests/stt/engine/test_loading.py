@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from stt.engine import DecodeOptions, SpeechEngine, get_engine, pick_device, resolve_model
-from stt.engine.loading import create_model, pick_compute_type
+from stt.engine.loading import ModelLoader, create_model, pick_compute_type
 from stt.errors import SttError
 from tests.conftest import silence
 
@@ -55,3 +55,59 @@ class TestLoading:
         assert info.model == "tiny.en"
         assert len(engine.scheduler.threads) == engine.workers == 1, "loaded once, one set of workers"
         engine.close()
+
+
+class TestDevice:
+    def test_a_named_device_is_used_as_is_and_auto_is_cuda_only_when_one_is_seen(self):
+        import ctranslate2
+
+        assert (pick_device("cpu"), pick_device("cuda")) == ("cpu", "cuda")
+        assert pick_device("auto") == ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
+
+    def test_auto_compute_type_is_half_precision_on_cuda_and_int8_on_the_cpu(self):
+        assert pick_compute_type("auto", "cuda") == "float16"
+        assert pick_compute_type("auto", "cpu") == "int8"
+        assert pick_compute_type("float32", "cuda") == "float32"
+
+
+class RecordingFactory:
+    """Builds real models and notes what it was asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, path, device, compute_type, cpu_threads, workers):
+        self.calls.append((path, device, compute_type, cpu_threads, workers))
+        return create_model(path, "cpu", "int8", cpu_threads, workers)
+
+
+class TestModelFactory:
+    async def test_the_engine_builds_its_model_with_the_factory_it_is_given(self):
+        factory = RecordingFactory()
+        engine = SpeechEngine("tiny.en", device="cpu", cpu_threads=2, model_factory=factory)
+        try:
+            info = await engine.ready()
+            assert factory.calls == [(resolve_model("tiny.en"), "cpu", "int8", 2, 1)]
+            assert (info.model_path, info.device, info.compute_type) == (resolve_model("tiny.en"), "cpu", "int8")
+        finally:
+            engine.close()
+
+    def test_the_cpu_copy_is_loaded_once_when_first_needed(self):
+        factory = RecordingFactory()
+        loaded = []
+        loader = ModelLoader("tiny.en", "cuda", "auto", 2, 1, factory, loaded.append)
+        info = loader.start().result(timeout=120)
+        assert (info.device, info.compute_type) == ("cuda", "float16")
+        assert loaded == [loader.loaded] and len(factory.calls) == 1
+        copy = loader.loaded.cpu_copy()
+        assert loader.loaded.cpu_copy() is copy
+        assert factory.calls[1:] == [(resolve_model("tiny.en"), "cpu", "int8", 2, 1)]
+
+    def test_a_failed_load_is_retried_on_the_next_start(self, tmp_path):
+        loader = ModelLoader(str(tmp_path / "later"), "cpu", "int8", 2, 1, create_model, lambda loaded: None)
+        with pytest.raises(RuntimeError, match="does not exist"):
+            loader.start().result(timeout=10)
+        assert loader.loaded is None and "does not exist" in str(loader.error)
+        (tmp_path / "later").symlink_to(resolve_model("tiny.en"))
+        assert loader.start().result(timeout=120).model_path == str((tmp_path / "later").resolve())
+        assert loader.error is None

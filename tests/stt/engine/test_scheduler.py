@@ -2,11 +2,17 @@
 the result cache, and every answer reaching the transcription breaker."""
 
 import asyncio
+import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from stt.engine import DecodeOptions, SpeechEngine, Superseded
+from stt.engine import DecodeOptions, EngineStats, SpeechEngine, Superseded
+from stt.engine.breaker import CircuitBreaker
+from stt.engine.decoding import Decoded
+from stt.engine.jobs import BatchLimit
+from stt.engine.scheduler import Scheduler
 from stt.errors import SttError
 from tests.conftest import silence
 from tests.stt.engine.helpers import unique
@@ -224,3 +230,81 @@ class TestBreakerVerdicts:
         joined = await fragile_engine.transcribe(audio.copy(), DecodeOptions.final("en", True))  # the probe
         assert joined.text == (await running).text
         assert fragile_engine.transcription_breaker.state.value == "closed"
+
+
+class ScriptedDecoder:
+    """A stand-in for the model (the scheduler is under test here, not decoding): it
+    records the batches it is given, holds them while `gate` is closed, and raises
+    while `error` is set."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.error: str | None = None
+
+    def __call__(self, jobs: list) -> list[Decoded]:
+        self.gate.wait(10)
+        self.batches.append(len(jobs))
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        return [Decoded(f"{job.audio.size} samples", (), (), "en", 1.0, False) for job in jobs]
+
+
+@pytest.fixture
+def scripted():
+    decoder = ScriptedDecoder()
+    limit = BatchLimit()
+    limit.set_full(4)
+    scheduler = Scheduler(decoder, CircuitBreaker("transcription", 3, 60), EngineStats(), limit,
+                          cache_size=16, min_window=10.0, timeout=lambda: 10.0)
+    scheduler.start(1)
+    yield SimpleNamespace(decoder=decoder, scheduler=scheduler)
+    decoder.gate.set()
+    scheduler.close(5)
+
+
+def noise(seconds: float) -> np.ndarray:
+    return (np.random.default_rng().standard_normal(int(seconds * 16000)) * 0.05).astype(np.float32)
+
+
+class TestWithoutTheModel:
+    async def test_a_failed_batch_counts_once_against_the_breaker_however_many_jobs_it_held(self, scripted):
+        scheduler, decoder = scripted.scheduler, scripted.decoder
+        decoder.gate.clear()
+        decoder.error = "forced failure"
+        requests = [asyncio.create_task(scheduler.request(noise(1), DecodeOptions.partial("en"), "s0"))]
+        await asyncio.sleep(0.05)  # taken alone; the four below wait and will share a batch
+        requests += [asyncio.create_task(scheduler.request(noise(1), DecodeOptions.partial("en"), f"s{i}"))
+                     for i in range(1, 5)]
+        await asyncio.sleep(0.01)
+        decoder.gate.set()
+        results = await asyncio.gather(*requests, return_exceptions=True)
+        assert all(isinstance(r, SttError) and r.code == "transcription_failed" for r in results)
+        assert decoder.batches == [1, 4]
+        assert scheduler.breaker.state.value == "closed", "two verdicts of failure, under the threshold of 3"
+        assert scheduler.stats.failures == 2
+
+    async def test_silence_and_cached_audio_are_answered_without_the_model(self, scripted):
+        scheduler, decoder = scripted.scheduler, scripted.decoder
+        audio = noise(1)
+        await scheduler.request(audio, DecodeOptions.final("en", True))
+        assert decoder.batches == [1]
+        again = await scheduler.request(audio.copy(), DecodeOptions.final("en", True))
+        quiet = await scheduler.request(silence(1), DecodeOptions.final("en", True))
+        assert again.cached and quiet.text == "" and decoder.batches == [1]
+        assert scheduler.stats.cache_hits == 1
+
+    async def test_a_prefetch_is_skipped_when_finals_already_fill_a_batch(self, scripted):
+        scheduler, decoder = scripted.scheduler, scripted.decoder
+        decoder.gate.clear()
+        busy = asyncio.create_task(scheduler.request(noise(1), DecodeOptions.final("en", True)))
+        await asyncio.sleep(0.05)
+        finals = [asyncio.create_task(scheduler.request(noise(1), DecodeOptions.final("en", True)))
+                  for _ in range(4)]
+        await asyncio.sleep(0.01)
+        scheduler.prefetch(noise(1), DecodeOptions.final("en", True))
+        assert scheduler.queue_depth == 4
+        decoder.gate.set()
+        await asyncio.gather(busy, *finals)
+        assert decoder.batches == [1, 4]
