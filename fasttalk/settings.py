@@ -387,7 +387,7 @@ STT_TRANSCRIPTION_TIMEOUT = env_float("STT_TRANSCRIPTION_TIMEOUT", 30.0)
 # Retries of a failed final, with exponential backoff from the base delay.
 STT_FINAL_RETRIES = env_int("STT_FINAL_RETRIES", 2)
 STT_RETRY_BASE_DELAY = env_float("STT_RETRY_BASE_DELAY", 1.0)
-# Shortest encoder window: shorter audio is padded with silence up to it (see engine.py).
+# Shortest encoder window: shorter audio is padded with silence up to it (see stt/engine/decoding.py).
 STT_MIN_WINDOW_SECONDS = env_float("STT_MIN_WINDOW_SECONDS", 10.0)
 # Jobs decoded together; 0 = 4 on CPU, 16 on CUDA.
 STT_MAX_BATCH = env_int("STT_MAX_BATCH", 0)

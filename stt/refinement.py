@@ -75,11 +75,11 @@ class Refiner:
             if self._model is None:
                 from faster_whisper import WhisperModel
 
-                from stt.engine import _pick_device, resolve_model
+                from stt.engine import pick_device, resolve_model
 
                 started = time.perf_counter()
                 path = resolve_model(self.model_reference)
-                device = _pick_device(self.device)
+                device = pick_device(self.device)
                 compute_type = self.compute_type
                 if compute_type == "auto":
                     compute_type = "float16" if device == "cuda" else "int8"

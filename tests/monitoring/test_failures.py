@@ -13,6 +13,7 @@ from monitoring import metrics
 from stt.engine import DecodeOptions, SpeechEngine, replace_engine
 from stt.session import SttSession
 from tests.conftest import frames
+from tests.faulty_models import ModelFaults
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -20,12 +21,17 @@ pytestmark = pytest.mark.django_db(transaction=True)
 class RaisingEngine(SpeechEngine):
     """The real engine and model, whose inference raises while `broken` is set."""
 
-    broken = True
+    def __init__(self, *args, **kwargs) -> None:
+        self.faults = ModelFaults(error="forced inference failure")
+        super().__init__(*args, model_factory=self.faults, **kwargs)
 
-    def _decode(self, jobs, model=None):
-        if self.broken:
-            raise RuntimeError("forced inference failure")
-        return super()._decode(jobs, model)
+    @property
+    def broken(self) -> bool:
+        return self.faults.error is not None
+
+    @broken.setter
+    def broken(self, broken: bool) -> None:
+        self.faults.error = "forced inference failure" if broken else None
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The circuit breaker: closed -> open -> half-open -> closed."""
 
-from stt.breaker import BreakerState, CircuitBreaker
+from stt.engine.breaker import BreakerState, CircuitBreaker
 
 
 class Clock:

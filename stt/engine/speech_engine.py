@@ -1,0 +1,192 @@
+"""The speech engine: one model, its scheduler and its breakers, behind a small API.
+
+  await engine.ready()                  load the model (once, in a thread)
+  await engine.transcribe(audio, opts)  queue an inference, get a Transcript
+  engine.prefetch(audio, opts)          start an inference whose result may be asked for soon
+  engine.cancel_stream(key)             drop a stream's queued work (barge-in)
+
+It takes its settings as constructor arguments; stt/engine/holder.py builds the
+process's engine from Django settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import numpy as np
+
+from monitoring import metrics
+from stt.engine.breaker import CircuitBreaker
+from stt.engine.decoding import DEFAULT_MIN_WINDOW, Decoded, decode_batch
+from stt.engine.gpu import GpuGuard
+from stt.engine.jobs import BatchLimit, Job
+from stt.engine.loading import LoadedModel, ModelFactory, ModelLoader, create_model
+from stt.engine.scheduler import Scheduler
+from stt.engine.types import AudioSource, DecodeOptions, EngineInfo, EngineStats, Transcript
+from stt.errors import SttError
+
+logger = logging.getLogger(__name__)
+
+
+class SpeechEngine:
+    """A faster-whisper model behind a priority queue, a batcher and worker threads."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        compute_type: str = "auto",
+        cpu_threads: int = 0,
+        workers: int = 1,
+        max_batch: int = 0,
+        cache_size: int = 256,
+        transcription_failure_threshold: int = 5,
+        transcription_reset_seconds: float = 120.0,
+        gpu_failure_threshold: int = 3,
+        gpu_reset_seconds: float = 300.0,
+        min_window_seconds: float = DEFAULT_MIN_WINDOW,
+        transcription_timeout: float | Callable[[], float] = 30.0,
+        model_factory: ModelFactory = create_model,
+    ) -> None:
+        """`transcription_timeout` is seconds, or a callable read at each request (the
+        process engine follows STT_TRANSCRIPTION_TIMEOUT as it changes). `model_factory`
+        builds the faster-whisper model for a path, device and compute type."""
+        self.model_reference = model
+        self.cpu_threads = cpu_threads or os.cpu_count() or 1
+        self.workers = max(1, workers)
+        self.requested_max_batch = max_batch
+        self.transcription_breaker = CircuitBreaker(
+            "transcription", transcription_failure_threshold, transcription_reset_seconds,
+            on_change=_breaker_changed,
+        )
+        self.gpu_breaker = CircuitBreaker("gpu", gpu_failure_threshold, gpu_reset_seconds,
+                                          on_change=_breaker_changed)
+        for breaker in (self.transcription_breaker, self.gpu_breaker):
+            metrics.set_breaker_state(breaker.name, breaker.state.value)
+        self.stats = EngineStats()
+        self._min_window = min_window_seconds
+        self._batch_limit = BatchLimit()
+        self._loaded: LoadedModel | None = None
+        self._gpu_guard: GpuGuard | None = None
+        self._loader = ModelLoader(model, device, compute_type, self.cpu_threads, self.workers,
+                                   model_factory, self._start_serving)
+        timeout = transcription_timeout if callable(transcription_timeout) else (lambda: transcription_timeout)
+        self.scheduler = Scheduler(self._decode, self.transcription_breaker, self.stats, self._batch_limit,
+                                   cache_size, min_window_seconds, timeout)
+
+    def set_failure_thresholds(self, transcription: int, gpu: int) -> None:
+        """Breaker thresholds from the runtime configuration (they change at run time)."""
+        self.transcription_breaker.failure_threshold = max(1, transcription)
+        self.gpu_breaker.failure_threshold = max(1, gpu)
+
+    # --- loading -----------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo | None:
+        return self._loaded.info if self._loaded is not None else None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def load_error(self) -> BaseException | None:
+        return self._loader.error
+
+    def start_loading(self) -> Future:
+        """Begin loading in a background thread (idempotent); a failed load is retried."""
+        return self._loader.start()
+
+    async def ready(self, timeout: float | None = None) -> EngineInfo:
+        """The loaded model's info, loading it first if needed; SttError if it cannot load."""
+        return await self._loader.ready(timeout)
+
+    def tokenizer(self, language: str | None) -> Any:
+        """The model's tokenizer set up for `language` (English for English-only models)."""
+        assert self._loaded is not None
+        return self._loaded.tokenizer(language)
+
+    def _start_serving(self, loaded: LoadedModel) -> None:
+        self._loaded = loaded
+        on_gpu = loaded.info.device == "cuda"
+        # A GPU batches far more before it saturates than two CPU cores do.
+        self._batch_limit.set_full(self.requested_max_batch or (16 if on_gpu else 4))
+        if on_gpu:
+            self._gpu_guard = GpuGuard(self._decode_on_gpu, self._decode_on_cpu, self.gpu_breaker,
+                                       self._batch_limit, self.stats)
+        self.scheduler.start(self.workers)
+
+    # --- requests ------------------------------------------------------------------
+
+    @property
+    def max_batch(self) -> int:
+        return self._batch_limit.current
+
+    @property
+    def queue_depth(self) -> int:
+        return self.scheduler.queue_depth
+
+    @property
+    def in_flight(self) -> int:
+        return self.scheduler.in_flight
+
+    async def transcribe(self, source: AudioSource, options: DecodeOptions, stream_key: Any = None,
+                         health_probe: bool = False) -> Transcript:
+        """Transcribe 16 kHz mono float32 audio (or a callable giving the latest audio,
+        read when a worker takes the job). Raises SttError; raises Superseded when the
+        job was replaced by a newer partial of the stream or withdrawn (cancel_stream).
+        A health probe bypasses the transcription breaker's admission (it must not
+        take the half-open probe slot from a client)."""
+        if self.scheduler.closed:
+            raise SttError("model_unavailable", "the speech engine is shut down")
+        await self.ready()
+        return await self.scheduler.request(source, options, stream_key, health_probe)
+
+    def prefetch(self, audio: np.ndarray, options: DecodeOptions, stream_key: Any = None) -> None:
+        """Start decoding audio whose result will probably be asked for soon (a final
+        while the silence that confirms it is still running out); see Scheduler.prefetch."""
+        if self._loaded is None:
+            return
+        self.scheduler.prefetch(audio, options, stream_key)
+
+    def cancel_stream(self, stream_key: Any) -> int:
+        """Drop the stream's queued partials and speculative finals; returns how many."""
+        return self.scheduler.cancel_stream(stream_key)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers and release the model.
+
+        Waits for inferences in progress, so that the model is never destroyed under a
+        running inference (CTranslate2 aborts the process if it is).
+        """
+        if self.scheduler.close(timeout) and self._loaded is not None:
+            self._loaded.release()  # else leave it to the process exit
+
+    # --- decoding ------------------------------------------------------------------
+
+    def _decode(self, jobs: list[Job]) -> list[Decoded]:
+        if self._gpu_guard is not None:
+            return self._gpu_guard.decode(jobs)
+        assert self._loaded is not None
+        return self._decode_with(self._loaded.model, jobs, encoder_to_cpu=False)
+
+    def _decode_on_gpu(self, jobs: list[Job]) -> list[Decoded]:
+        assert self._loaded is not None
+        return self._decode_with(self._loaded.model, jobs, encoder_to_cpu=self.workers > 1)
+
+    def _decode_on_cpu(self, jobs: list[Job]) -> list[Decoded]:
+        assert self._loaded is not None
+        return self._decode_with(self._loaded.cpu_copy(), jobs, encoder_to_cpu=False)
+
+    def _decode_with(self, model: Any, jobs: list[Job], encoder_to_cpu: bool) -> list[Decoded]:
+        assert self._loaded is not None
+        return decode_batch(model, self._loaded.tokenizer(jobs[0].options.language), jobs,
+                            self._loaded.info.multilingual, self._min_window, encoder_to_cpu)
+
+
+def _breaker_changed(name: str, state: str) -> None:
+    metrics.set_breaker_state(name, state)
+    logger.warning("circuit breaker %s is now %s", name, state)

@@ -1,0 +1,115 @@
+"""What the engine takes and gives: decode options, transcripts, its info and counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Callable, Union
+
+import numpy as np
+from django.conf import settings
+
+SAMPLE_RATE = 16000
+
+# 16 kHz mono float32 audio, or a callable giving the latest audio (read when a
+# worker takes the job).
+AudioSource = Union[np.ndarray, Callable[[], np.ndarray]]
+
+
+class JobKind(IntEnum):
+    """Also the scheduling priority: lower runs first."""
+
+    FINAL = 0
+    SPECULATIVE = 1
+    PARTIAL = 2
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    kind: JobKind
+    beam_size: int
+    word_timestamps: bool
+    language: str | None
+    # Token ids the decoder is forced to start with (a partial's committed words).
+    prefix: tuple[int, ...] = ()
+
+    @classmethod
+    def partial(cls, language: str | None, prefix: tuple[int, ...] = (),
+                beam_size: int | None = None) -> "DecodeOptions":
+        return cls(JobKind.PARTIAL, beam_size or settings.STT_PARTIAL_BEAM_SIZE, False, language, prefix)
+
+    @classmethod
+    def final(cls, language: str | None, word_timestamps: bool, beam_size: int | None = None) -> "DecodeOptions":
+        return cls(JobKind.FINAL, beam_size or settings.STT_FINAL_BEAM_SIZE, word_timestamps, language)
+
+    @property
+    def cache_key(self) -> tuple:
+        """What makes two results interchangeable (a speculative final serves the final)."""
+        return (self.beam_size, self.word_timestamps, self.language, self.prefix)
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float  # seconds from the start of the audio passed in
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One word of the decoded text with the tokens that spell it."""
+
+    text: str  # with its leading space, as the tokenizer writes it
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str  # the whole text, forced prefix included
+    words: tuple[Word, ...]
+    # The words after the forced prefix (all words when prefix_forced is False).
+    pieces: tuple[Piece, ...]
+    language: str | None
+    confidence: float
+    audio_seconds: float
+    queue_seconds: float
+    inference_seconds: float
+    batch_size: int = 1
+    cached: bool = False
+    prefix_forced: bool = False
+    window_seconds: int | None = None  # encoder window; None for the stock long-form path
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model: str
+    model_path: str
+    device: str
+    compute_type: str
+    multilingual: bool
+    load_seconds: float
+
+    def supports_language(self, language: str | None) -> bool:
+        return self.multilingual or language in (None, "en")
+
+
+@dataclass
+class EngineStats:
+    inferences: int = 0
+    batches: int = 0
+    cache_hits: int = 0
+    superseded: int = 0
+    fallbacks: int = 0
+    failures: int = 0
+    out_of_memory: int = 0  # CUDA out-of-memory errors met (each halves the batch)
+    gpu_failures: int = 0  # GPU inferences that failed otherwise (the CPU redid them)
+    cpu_fallbacks: int = 0  # jobs decoded on the CPU because the GPU failed
+    timeouts: int = 0
+    audio_seconds: float = 0.0
+    inference_seconds: float = 0.0
+    last_inference_at: float | None = None  # time.monotonic() of the last successful decode
+
+
+class Superseded(Exception):
+    """A queued partial was replaced by a newer one of the same stream."""

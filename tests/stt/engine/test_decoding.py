@@ -1,0 +1,164 @@
+"""stt/engine/decoding.py: short windows, token caps and loop trimming, as pure functions
+of (model, tokenizer, jobs), run here without the scheduler or its threads."""
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from stt.engine import DecodeOptions, JobKind, resolve_model
+from stt.engine.decoding import (
+    MAX_COMPRESSION_RATIO,
+    bucket,
+    compression_ratio,
+    decode_batch,
+    is_doubled,
+    is_silent,
+    merge_punctuation,
+    token_cap,
+    trim_repetition,
+    window_seconds,
+    word_pieces,
+)
+from stt.engine.loading import create_model
+from stt.engine.types import SAMPLE_RATE
+from stt.evaluation import word_error_rate
+from tests.conftest import JFK_TEXT, silence
+
+
+class TestShortWindows:
+    def test_the_window_is_at_least_ten_seconds_in_two_second_buckets(self):
+        assert window_seconds(0.5) == 10
+        assert window_seconds(7.9) == 10
+        assert window_seconds(8.1) == 12
+        assert window_seconds(19.0) == 22
+        assert window_seconds(27.0) == 30
+
+    def test_a_decoding_loop_is_cut_after_its_first_round(self):
+        loop = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]
+        assert trim_repetition(loop, hit_cap=True) == [1, 2, 3, 4]
+        assert trim_repetition([9, 1, 2, 1, 2, 1, 2], hit_cap=False) == [9, 1, 2]
+
+    def test_real_repetition_in_speech_is_kept(self):
+        # "thank you thank you", ended normally: two rounds only, and no cap was hit.
+        assert trim_repetition([5, 6, 5, 6], hit_cap=False) == [5, 6, 5, 6]
+        assert trim_repetition([1, 2, 3, 4, 5], hit_cap=True) == [1, 2, 3, 4, 5]
+
+    def test_a_whole_output_said_twice_is_suspect_but_a_short_repeat_is_not(self):
+        assert is_doubled([843, 523, 616, 5891, 3399, 13] * 2)  # "And so my fellow Americans." twice
+        assert not is_doubled([5, 6, 5, 6])  # "thank you thank you"
+        assert not is_doubled([1, 2, 3, 4, 1, 2, 3, 5])
+        assert not is_doubled([])
+
+
+    def test_audio_longer_than_one_window_has_no_bucket(self):
+        assert bucket(np.zeros(28 * SAMPLE_RATE, dtype=np.float32)) == 30
+        assert bucket(np.zeros(28 * SAMPLE_RATE + 16, dtype=np.float32)) is None
+
+    def test_the_shortest_window_is_a_parameter(self):
+        assert window_seconds(0.5, min_window=4) == 4
+        assert bucket(np.zeros(SAMPLE_RATE, dtype=np.float32), min_window=4) == 4
+
+    def test_the_token_cap_grows_with_the_audio(self):
+        assert token_cap(np.zeros(0, dtype=np.float32)) == 8
+        assert token_cap(np.zeros(SAMPLE_RATE, dtype=np.float32)) == 14
+        assert token_cap(np.zeros(10 * SAMPLE_RATE, dtype=np.float32)) == 68
+
+
+class TestTextChecks:
+    def test_digital_silence_is_recognised_but_faint_speech_is_not(self, jfk_audio):
+        assert is_silent(np.zeros(0, dtype=np.float32))
+        assert is_silent(silence(1))
+        assert is_silent(np.full(SAMPLE_RATE, 1e-4, dtype=np.float32))
+        assert not is_silent(jfk_audio[:SAMPLE_RATE * 2] * np.float32(0.05))
+
+    def test_a_looping_text_compresses_far_better_than_speech(self):
+        assert compression_ratio("thank you " * 20) > MAX_COMPRESSION_RATIO
+        assert compression_ratio("And so my fellow Americans, ask not what your country can do for you.") \
+            < MAX_COMPRESSION_RATIO
+
+    def test_punctuation_joins_its_word(self):
+        alignment = [
+            {"word": " Hello", "tokens": [1], "start": 0.0, "end": 0.4, "probability": 0.9},
+            {"word": ",", "tokens": [2], "start": 0.4, "end": 0.4, "probability": 0.8},
+            {"word": " world", "tokens": [3], "start": 0.5, "end": 0.9, "probability": 0.9},
+        ]
+        assert [w["word"] for w in merge_punctuation(alignment)] == [" Hello,", " world"]
+        assert alignment[1]["word"] == ",", "the alignment passed in is left as it was"
+        assert merge_punctuation([]) == []
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The bundled tiny.en model and its tokenizer, loaded here, without an engine."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    model = create_model(resolve_model("tiny.en"), "cpu", "int8", 2, 1)
+    return SimpleNamespace(model=model, tokenizer=Tokenizer(model.hf_tokenizer, False))
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray
+    options: DecodeOptions
+    kind: JobKind | None = None
+
+    def __post_init__(self):
+        self.kind = self.options.kind if self.kind is None else self.kind
+
+
+def decode(tiny, *clips: Clip) -> list:
+    return decode_batch(tiny.model, tiny.tokenizer, list(clips), multilingual=False)
+
+
+class TestDecodeBatch:
+    def test_a_final_is_the_known_sentence_with_word_times(self, tiny, jfk_audio):
+        (result,) = decode(tiny, Clip(jfk_audio, DecodeOptions.final("en", True)))
+        assert word_error_rate(JFK_TEXT, result.text) == 0.0
+        assert len(result.words) == len(JFK_TEXT.split()) and result.language == "en"
+        assert all(0 <= w.start <= w.end <= 11.1 for w in result.words)
+        assert not result.redone and not result.prefix_forced
+        assert "".join(p.text for p in result.pieces).strip() == result.text
+
+    def test_clips_of_one_bucket_are_decoded_together_each_to_its_own_text(self, tiny, jfk_audio):
+        clips = [Clip(jfk_audio[:48000], DecodeOptions.partial("en")),
+                 Clip(jfk_audio[56000:112000], DecodeOptions.partial("en"))]
+        first, second = decode(tiny, *clips)
+        assert "fellow americans" in first.text.lower() and first.words == ()
+        assert "ask not" in second.text.lower() and "americans" not in second.text.lower()
+
+    def test_a_forced_prefix_is_kept_and_the_pieces_are_what_follows_it(self, tiny, jfk_audio):
+        prefix = tuple(tiny.tokenizer.encode(" And so my"))
+        (result,) = decode(tiny, Clip(jfk_audio[:40000], DecodeOptions.partial("en", prefix)))
+        assert result.prefix_forced and result.text.startswith("And so my")
+        assert result.pieces[0].text.strip().lower() == "fellow"
+
+    def test_a_doubled_final_is_redone_the_long_way_but_a_partial_is_not(self, tiny, jfk_audio):
+        # 2.6 s of "And so my fellow Americans": tiny.en's short-window decode says it twice.
+        clip = jfk_audio[int(0.152 * 16000):int(2.768 * 16000)]
+        (final,) = decode(tiny, Clip(clip, DecodeOptions.final("en", True)))
+        assert final.redone and word_error_rate("And so my fellow Americans.", final.text) <= 0.2
+        (partial,) = decode(tiny, Clip(clip, DecodeOptions.partial("en")))
+        assert not partial.redone
+        (speculative,) = decode(tiny, Clip(clip, DecodeOptions.final("en", True), kind=JobKind.SPECULATIVE))
+        assert speculative.redone, "a speculative final is checked like the final it stands for"
+
+    def test_noise_is_not_speech(self, tiny):
+        noise = (np.random.default_rng(0).standard_normal(32000) * 0.05).astype(np.float32)
+        for options in (DecodeOptions.partial("en"), DecodeOptions.final("en", True)):
+            (result,) = decode(tiny, Clip(noise, options))
+            assert (result.text, result.words, result.pieces, result.confidence) == ("", (), (), 0.0)
+
+    def test_audio_longer_than_one_window_takes_the_stock_path(self, tiny, jfk_audio):
+        long = np.concatenate([jfk_audio, jfk_audio, jfk_audio])  # 33 s
+        assert bucket(long) is None
+        (result,) = decode(tiny, Clip(long, DecodeOptions.partial("en")))
+        assert result.text.lower().count("ask not") == 3 and not result.redone
+
+    def test_word_pieces_spell_the_tokens_word_by_word(self, tiny):
+        tokens = tiny.tokenizer.encode(" And so my fellow Americans")
+        pieces = word_pieces(tiny.tokenizer, tokens)
+        assert [p.text for p in pieces] == [" And", " so", " my", " fellow", " Americans"]
+        assert [t for p in pieces for t in p.tokens] == tokens
+        assert word_pieces(tiny.tokenizer, []) == ()

@@ -1,0 +1,71 @@
+"""stt/engine/speech_engine.py: one real model per process, inference off the event loop."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from stt.engine import DecodeOptions
+from stt.evaluation import word_error_rate
+from tests.conftest import JFK_TEXT, silence
+from tests.stt.engine.helpers import unique
+
+
+class TestTranscription:
+    async def test_a_final_of_real_speech_is_the_known_sentence_with_word_times(self, engine, jfk_audio):
+        transcript = await engine.transcribe(jfk_audio, DecodeOptions.final("en", word_timestamps=True))
+        assert word_error_rate(JFK_TEXT, transcript.text) == 0.0
+        assert transcript.language == "en"
+        assert 0.5 < transcript.confidence <= 1.0
+        assert len(transcript.words) == len(JFK_TEXT.split())
+        starts = [w.start for w in transcript.words]
+        assert starts == sorted(starts)
+        assert all(0 <= w.start <= w.end <= 11.1 for w in transcript.words)
+        assert all(0 < w.probability <= 1 for w in transcript.words)
+        assert transcript.audio_seconds == pytest.approx(11.0, abs=0.01)
+
+    async def test_a_partial_is_fast_settings_and_has_no_words(self, engine, jfk_audio):
+        transcript = await engine.transcribe(jfk_audio[:48000], DecodeOptions.partial("en"))
+        assert "fellow americans" in transcript.text.lower()
+        assert transcript.words == ()
+
+    async def test_digital_silence_gives_no_text(self, engine):
+        transcript = await engine.transcribe(silence(2), DecodeOptions.final("en", True))
+        assert transcript.text == "" and transcript.words == ()
+
+    @pytest.mark.parametrize("kind", ["white", "quiet white", "mains hum", "clicks"])
+    async def test_noise_gives_no_text(self, engine, kind):
+        rng = np.random.default_rng(0)
+        noise = {
+            "white": rng.standard_normal(32000) * 0.05,
+            "quiet white": rng.standard_normal(32000) * 0.005,
+            "mains hum": 0.1 * np.sin(2 * np.pi * 50 * np.arange(32000) / 16000),
+            "clicks": (rng.random(32000) > 0.999) * 0.5,
+        }[kind].astype(np.float32)
+        for options in (DecodeOptions.partial("en"), DecodeOptions.final("en", True)):
+            assert (await engine.transcribe(noise, options)).text == ""
+
+    async def test_the_event_loop_keeps_running_during_inference(self, engine, jfk_audio):
+        gaps: list[float] = []
+
+        async def ticker():
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.create_task(ticker())
+        await engine.transcribe(unique(jfk_audio), DecodeOptions.final("en", True))
+        ticking.cancel()
+        assert len(gaps) > 10
+        assert max(gaps) < 0.1, f"event loop stalled for {max(gaps):.3f} s"
+
+
+async def test_a_final_that_comes_out_doubled_is_redone_the_long_way(engine, jfk_audio):
+    # 2.6 s of "And so my fellow Americans": tiny.en's short-window decode says it twice.
+    clip = jfk_audio[int(0.152 * 16000):int(2.768 * 16000)]
+    result = await engine.transcribe(clip, DecodeOptions.final("en", word_timestamps=True))
+    assert word_error_rate("And so my fellow Americans.", result.text) <= 0.2, result.text
