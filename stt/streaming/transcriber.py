@@ -4,6 +4,11 @@ A StreamingTranscriber feeds one session's audio to its Segmenter and turns what
 segmenter decides into partial and final requests to the engine, reporting the
 results to a StreamListener. It knows nothing of WebSockets or message shapes.
 
+The segmenter's work for a frame (VAD above all) runs in a worker thread of a small
+pool shared by the process's streams: the event loop, which serves every session,
+only schedules it. A stream's frames are segmented one at a time, in order; its
+control calls (flush, interrupt, reconfigure) wait for a frame in progress.
+
 Partials and finals run on two independent paths, so a final never waits behind its
 own stream's partial. Partials are stabilized by LocalAgreement: words that two
 consecutive hypotheses agree on are committed, forced as the decoder's prefix from
@@ -14,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 import weakref
 from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +48,20 @@ from stt.streaming.types import (
 
 logger = logging.getLogger(__name__)
 
+_shared_pool: ThreadPoolExecutor | None = None
+_shared_pool_lock = threading.Lock()
+
+
+def segmenter_pool() -> ThreadPoolExecutor:
+    """The process's pool for segmenter work, made on first use. A few threads are
+    enough: a frame's VAD takes milliseconds, and ONNX Runtime releases the GIL."""
+    global _shared_pool
+    with _shared_pool_lock:
+        if _shared_pool is None:
+            _shared_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                              thread_name_prefix="stt-segmenter")
+        return _shared_pool
+
 
 @dataclass
 class _Progress:
@@ -62,13 +84,20 @@ class _PendingFinal:
 class StreamingTranscriber:
     """One session's audio -> utterances -> partials and finals."""
 
-    def __init__(self, params: StreamParams, engine: SpeechEngine, listener: StreamListener) -> None:
+    def __init__(self, params: StreamParams, engine: SpeechEngine, listener: StreamListener,
+                 executor: Executor | None = None) -> None:
+        """`executor` runs the segmenter's work for each frame (default: segmenter_pool())."""
         self.params = params
         self.engine = engine
         self.listener = listener
         self.stats = StreamStats()
         self._key = object()  # this stream, for the engine's scheduler
+        self._executor = executor if executor is not None else segmenter_pool()
         self._segmenter = Segmenter(params, self.stats)
+        # Held by whoever uses the segmenter: a frame's worker, or a control call on the loop.
+        self._segmenter_lock = threading.Lock()
+        self._frame: asyncio.Future | None = None  # the frame being segmented and acted on
+        self._accepting = True
         # Partials so far of each utterance; an entry goes with its utterance.
         self._progress: weakref.WeakKeyDictionary[Utterance, _Progress] = weakref.WeakKeyDictionary()
         self._finals: deque[_PendingFinal] = deque()
@@ -99,11 +128,25 @@ class StreamingTranscriber:
     # --- audio in ----------------------------------------------------------------------
 
     async def push_audio(self, samples: np.ndarray) -> None:
-        """Take one frame of audio."""
-        if self._stopping:
+        """Take one frame of audio: segmented in a worker thread, then acted on here.
+
+        The frame is processed to the end even if the caller is cancelled meanwhile,
+        and after the frame pushed before it."""
+        if self._stopping or not self._accepting:
             return
-        events = self._segmenter.push(samples)
+        self._frame = frame = asyncio.ensure_future(self._process_frame(samples, self._frame))
+        await asyncio.shield(frame)
+
+    async def _process_frame(self, samples: np.ndarray, previous: asyncio.Future | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # its error, if any, was its own caller's
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(self._executor, self._segment, samples)
         await self._dispatch(events)
+
+    def _segment(self, samples: np.ndarray) -> list[SegmentEvent]:
+        with self._segmenter_lock:
+            return self._segmenter.push(samples)
 
     async def _dispatch(self, events: list[SegmentEvent]) -> None:
         """Act on what the segmenter decided for a frame, in its order."""
@@ -144,14 +187,16 @@ class StreamingTranscriber:
 
     def reconfigure(self, params: StreamParams) -> None:
         """Apply new parameters from the next frame on; an open utterance stays open."""
-        self._segmenter.reconfigure(params)
+        with self._segmenter_lock:
+            self._segmenter.reconfigure(params)
         self.params = params
 
     def finalize_now(self, reason: str = FinalReason.FLUSH) -> "asyncio.Future[FinalResult | None]":
         """Close the open utterance now; the future resolves once its final is delivered
         (finals go out in order, so every earlier final is out too), or at once with None
         when no utterance was open."""
-        closed = self._segmenter.close(reason)
+        with self._segmenter_lock:
+            closed = self._segmenter.close(reason)
         if closed is not None:
             return self._queue_final(closed).delivered
         done: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -169,7 +214,8 @@ class StreamingTranscriber:
         """
         dropped_jobs = self.engine.cancel_stream(self._key)
         processing_stopped = bool(dropped_jobs) or self._partial_running or self._partial_for is not None
-        utterance = self._segmenter.interrupt()
+        with self._segmenter_lock:
+            utterance = self._segmenter.interrupt()
         self._partial_for = None
         return InterruptOutcome(
             discarded_utterance_id=utterance.utterance_id if utterance else None,
@@ -178,7 +224,12 @@ class StreamingTranscriber:
         )
 
     async def close(self, reason: str) -> None:
-        """Finalize what is pending, deliver it, and stop taking audio."""
+        """Stop taking audio, finalize what is pending (a frame in progress included),
+        and deliver it."""
+        self._accepting = False
+        frame = self._frame
+        if frame is not None and not frame.done() and frame is not asyncio.current_task():
+            await asyncio.wait([frame])
         if not self._stopping:
             self.finalize_now(reason)
             self._stopping = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from stt.streaming import (
     StreamingTranscriber,
     StreamParams,
 )
+from stt.vad import SileroVad
 from tests.conftest import JFK_TEXT, SAMPLE_RATE, silence
 
 FIRST = "Please turn on the kitchen lights."
@@ -270,3 +272,35 @@ class TestWithoutVad:
             await transcriber.push_audio(jfk_audio[start:start + 1024])
         await transcriber.close(FinalReason.SESSION_END)
         assert word_error_rate(JFK_TEXT, recorder.final_text) <= 0.2
+
+
+class TestOffTheEventLoop:
+    """The segmenter's work for a frame (VAD above all) runs in a worker thread: the
+    event loop, which serves every session of the process, only schedules it."""
+
+    async def test_voice_activity_detection_runs_off_the_event_loop(self, engine, jfk_audio, monkeypatch):
+        threads: list[int] = []
+        real_process = SileroVad.process
+
+        def process_noting_the_thread(vad: SileroVad, samples: np.ndarray) -> list[float]:
+            threads.append(threading.get_ident())
+            return real_process(vad, samples)
+
+        monkeypatch.setattr(SileroVad, "process", process_noting_the_thread)
+        _, recorder = await stream(engine, np.concatenate([jfk_audio, silence(1)]), frame=16384,
+                                   enable_partial_transcription=False)
+        assert word_error_rate(JFK_TEXT, recorder.final_text) == 0.0
+        assert threads, "the real VAD ran"
+        assert threading.get_ident() not in threads, "no frame's VAD ran on the event loop's thread"
+
+    async def test_close_while_a_frame_is_in_flight_finalizes_that_frame_too(self, engine, jfk_audio):
+        recorder = Recorder()
+        params = StreamParams.from_config(validate_config({"final_chunk_duration": 2.0}))
+        transcriber = StreamingTranscriber(params, engine, recorder)
+        pushing = asyncio.create_task(transcriber.push_audio(jfk_audio[:3 * SAMPLE_RATE]))
+        await asyncio.sleep(0)
+        await transcriber.close(FinalReason.SESSION_END)
+        await pushing
+        assert [f.reason for f in recorder.finals] == [FinalReason.SESSION_END]
+        assert "fellow americans" in recorder.final_text.lower()
+        assert transcriber.stats.samples_received == 3 * SAMPLE_RATE
