@@ -1,25 +1,23 @@
-"""The utterance lifecycle on real speech, with the real VAD and model."""
+"""StreamingTranscriber: the utterance lifecycle on real speech, with the real VAD and model."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 
 from stt.evaluation import word_error_rate
 from stt.protocol import validate_config
-from stt.engine import Piece
 from stt.streaming import (
-    AudioBuffer,
     FinalReason,
     FinalResult,
     PartialResult,
     SpeechStart,
     StreamingTranscriber,
     StreamParams,
-    _agree,
-    _Utterance,
 )
+from stt.vad import SileroVad
 from tests.conftest import JFK_TEXT, SAMPLE_RATE, silence
 
 FIRST = "Please turn on the kitchen lights."
@@ -240,7 +238,7 @@ class TestFlushInterruptAndLimits:
         assert all(f.end_sample - f.start_sample <= 20 * SAMPLE_RATE for f in finals)
         assert sum(f.reason == FinalReason.MAX_DURATION for f in finals) >= 14
         assert word_error_rate(" ".join([JFK_TEXT] * rounds), recorder.final_text) <= 0.1
-        assert transcriber._buffer._data.size <= 2 * 22 * SAMPLE_RATE, "the audio buffer does not grow with the session"
+        assert transcriber._segmenter.buffer._data.size <= 2 * 22 * SAMPLE_RATE, "the audio buffer does not grow with the session"
 
 
 class TestWithoutVad:
@@ -276,70 +274,33 @@ class TestWithoutVad:
         assert word_error_rate(JFK_TEXT, recorder.final_text) <= 0.2
 
 
-class TestLocalAgreement:
-    """The commit rule on its own: words two consecutive hypotheses agree on."""
+class TestOffTheEventLoop:
+    """The segmenter's work for a frame (VAD above all) runs in a worker thread: the
+    event loop, which serves every session of the process, only schedules it."""
 
-    @staticmethod
-    def pieces(*words: str) -> tuple[Piece, ...]:
-        return tuple(Piece(f" {w}", (i,)) for i, w in enumerate(words))
+    async def test_voice_activity_detection_runs_off_the_event_loop(self, engine, jfk_audio, monkeypatch):
+        threads: list[int] = []
+        real_process = SileroVad.process
 
-    def test_words_agreed_by_two_hypotheses_are_committed(self):
-        utterance = _Utterance("u", 0, 0)
-        assert _agree(utterance, self.pieces("and", "so"), forced_prefix=False) == ("", "and so")
-        assert _agree(utterance, self.pieces("and", "so", "my"), forced_prefix=False) == ("and so", "my")
-        assert [p.text for p in utterance.committed] == [" and", " so"]
+        def process_noting_the_thread(vad: SileroVad, samples: np.ndarray) -> list[float]:
+            threads.append(threading.get_ident())
+            return real_process(vad, samples)
 
-    def test_with_a_forced_prefix_only_the_continuation_is_compared(self):
-        utterance = _Utterance("u", 0, 0)
-        _agree(utterance, self.pieces("and", "so"), forced_prefix=False)
-        _agree(utterance, self.pieces("and", "so", "my"), forced_prefix=False)
-        # The decoder was forced to start with "and so"; it returned the rest.
-        assert _agree(utterance, self.pieces("my", "fellow"), forced_prefix=True) == ("and so my", "fellow")
+        monkeypatch.setattr(SileroVad, "process", process_noting_the_thread)
+        _, recorder = await stream(engine, np.concatenate([jfk_audio, silence(1)]), frame=16384,
+                                   enable_partial_transcription=False)
+        assert word_error_rate(JFK_TEXT, recorder.final_text) == 0.0
+        assert threads, "the real VAD ran"
+        assert threading.get_ident() not in threads, "no frame's VAD ran on the event loop's thread"
 
-    def test_disagreement_commits_nothing_and_punctuation_does_not_count(self):
-        utterance = _Utterance("u", 0, 0)
-        _agree(utterance, self.pieces("ask", "knock"), forced_prefix=False)
-        assert _agree(utterance, self.pieces("ask!", "not"), forced_prefix=False) == ("ask!", "not")
-        assert _agree(utterance, self.pieces("ask", "what"), forced_prefix=False) == ("ask!", "what")
-
-    def test_committed_words_survive_a_hypothesis_that_strays(self):
-        utterance = _Utterance("u", 0, 0)
-        _agree(utterance, self.pieces("and", "so"), forced_prefix=False)
-        _agree(utterance, self.pieces("and", "so"), forced_prefix=False)
-        stable, _ = _agree(utterance, self.pieces("ends", "oh", "my"), forced_prefix=False)
-        assert stable == "and so"
-
-
-class TestAudioBuffer:
-    def test_slices_by_absolute_position(self):
-        buffer = AudioBuffer(capacity=16)
-        for value in range(4):
-            buffer.append(np.full(10, value, np.float32))
-        np.testing.assert_array_equal(buffer.slice(8, 22), [0, 0] + [1] * 10 + [2, 2])
-        assert (buffer.start, buffer.end) == (0, 40)
-
-    def test_discarded_audio_is_gone_and_positions_stay_absolute(self):
-        buffer = AudioBuffer(capacity=16)
-        for value in range(4):
-            buffer.append(np.full(10, value, np.float32))
-        buffer.discard_before(15)
-        assert buffer.start == 15
-        np.testing.assert_array_equal(buffer.slice(0, 22), [1] * 5 + [2] * 2)
-        assert buffer.slice(50, 60).size == 0
-
-    def test_memory_stays_bounded_when_old_audio_is_discarded(self):
-        buffer = AudioBuffer(capacity=1000)
-        for index in range(1000):
-            buffer.append(np.full(100, index % 7, np.float32))
-            buffer.discard_before(buffer.end - 500)
-        assert buffer.end == 100_000
-        assert buffer._data.size <= 2000
-        np.testing.assert_array_equal(buffer.slice(buffer.end - 100, buffer.end), np.full(100, 999 % 7))
-
-    def test_a_slice_taken_before_compaction_is_unaffected_by_it(self):
-        buffer = AudioBuffer(capacity=100)
-        buffer.append(np.arange(80, dtype=np.float32))
-        taken = buffer.slice(40, 80)
-        buffer.discard_before(70)
-        buffer.append(np.zeros(90, np.float32))
-        np.testing.assert_array_equal(taken, np.arange(40, 80, dtype=np.float32))
+    async def test_close_while_a_frame_is_in_flight_finalizes_that_frame_too(self, engine, jfk_audio):
+        recorder = Recorder()
+        params = StreamParams.from_config(validate_config({"final_chunk_duration": 2.0}))
+        transcriber = StreamingTranscriber(params, engine, recorder)
+        pushing = asyncio.create_task(transcriber.push_audio(jfk_audio[:3 * SAMPLE_RATE]))
+        await asyncio.sleep(0)
+        await transcriber.close(FinalReason.SESSION_END)
+        await pushing
+        assert [f.reason for f in recorder.finals] == [FinalReason.SESSION_END]
+        assert "fellow americans" in recorder.final_text.lower()
+        assert transcriber.stats.samples_received == 3 * SAMPLE_RATE

@@ -1,0 +1,81 @@
+"""LocalAgreement: partial hypotheses stabilized by committing what two agree on.
+
+Each new hypothesis of a growing utterance is compared with the previous one; the
+words both begin with are committed. Committed words are forced as the decoder's
+prefix from then on and never revised within the utterance.
+"""
+
+from __future__ import annotations
+
+from stt.engine import Piece
+from stt.evaluation import normalize_text
+
+# Committed words forced on the decoder are capped (Whisper's prompt limit is 223).
+MAX_PREFIX_TOKENS = 180
+
+
+class LocalAgreement:
+    """The committed and tentative words of one utterance's partials.
+
+    insert() takes a hypothesis, flush() commits what it shares with the previous
+    one and returns the newly committed words, complete() is the uncommitted rest.
+    """
+
+    def __init__(self) -> None:
+        self.committed: list[Piece] = []
+        self.tentative: list[Piece] = []  # the last hypothesis beyond `committed`
+        self._new: list[Piece] = []  # the inserted hypothesis beyond `committed`, not yet flushed
+
+    @property
+    def prefix_tokens(self) -> tuple[int, ...]:
+        """The committed words as tokens to force as the decoder's prefix; none when
+        they are too many for Whisper's prompt."""
+        tokens = tuple(t for piece in self.committed for t in piece.tokens)
+        return tokens if len(tokens) <= MAX_PREFIX_TOKENS else ()
+
+    def insert(self, pieces: tuple[Piece, ...], forced_prefix: bool) -> None:
+        """Take a hypothesis: only the continuation of the committed words when they
+        were forced as the decoder's prefix, else the whole of it (whose start must
+        then match them)."""
+        if forced_prefix:
+            self._new = list(pieces)
+            return
+        committed = len(self.committed)
+        # When the prefix was too long to force and the model strayed, the committed
+        # words stay; the rest of this hypothesis shows as it is.
+        self._new = list(pieces[committed:])
+
+    def flush(self) -> list[Piece]:
+        """Commit the words the inserted hypothesis begins with in agreement with the
+        previous one; returns them."""
+        agreed = 0
+        for previous, current in zip(self.tentative, self._new):
+            if _norm(previous.text) != _norm(current.text) or not _norm(current.text):
+                break
+            agreed += 1
+        newly_committed = self._new[:agreed]
+        self.committed.extend(newly_committed)
+        self.tentative, self._new = self._new[agreed:], []
+        return newly_committed
+
+    def complete(self) -> list[Piece]:
+        """The words of the last hypothesis not committed (yet)."""
+        return list(self.tentative)
+
+    @property
+    def stable_text(self) -> str:
+        return "".join(p.text for p in self.committed).strip()
+
+    @property
+    def unstable_text(self) -> str:
+        return "".join(p.text for p in self.tentative).strip()
+
+    def update(self, pieces: tuple[Piece, ...], forced_prefix: bool) -> tuple[str, str]:
+        """insert() then flush(); returns (stable text, unstable text)."""
+        self.insert(pieces, forced_prefix)
+        self.flush()
+        return self.stable_text, self.unstable_text
+
+
+def _norm(text: str) -> str:
+    return " ".join(normalize_text(text))

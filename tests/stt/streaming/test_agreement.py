@@ -1,0 +1,118 @@
+"""LocalAgreement on its own: words two consecutive hypotheses agree on are committed."""
+
+from __future__ import annotations
+
+import pytest
+
+from stt.engine import Piece
+from stt.streaming import LocalAgreement
+from stt.streaming.agreement import MAX_PREFIX_TOKENS
+
+
+def pieces(*words: str) -> tuple[Piece, ...]:
+    return tuple(Piece(f" {w}", (i,)) for i, w in enumerate(words))
+
+
+def hypothesis(text: str, forced: bool = False) -> tuple[tuple[Piece, ...], bool]:
+    """"and so my" -> its pieces; a leading "+" marks a continuation of a forced prefix."""
+    if text.startswith("+"):
+        return pieces(*text[1:].split()), True
+    return pieces(*text.split()), forced
+
+
+# Each row: the hypotheses in order, then (stable, unstable) after the last one.
+AGREEMENT_TABLE = [
+    pytest.param(["and so"], ("", "and so"), id="one hypothesis commits nothing"),
+    pytest.param(["and so", "and so my"], ("and so", "my"), id="the shared beginning is committed"),
+    pytest.param(["and so", "and so my", "and so my fellow"], ("and so my", "fellow"),
+                 id="commits grow one agreement at a time"),
+    pytest.param(["ask knock", "ask not"], ("ask", "not"), id="commits stop at the first disagreement"),
+    pytest.param(["knock ask", "ask knock"], ("", "ask knock"), id="a different first word commits nothing"),
+    pytest.param(["ask knock", "ask! not", "ask what"], ("ask!", "what"),
+                 id="punctuation and case do not count"),
+    pytest.param(["And so", "and, so"], ("and, so", ""),
+                 id="agreed words take the spelling of the hypothesis that confirmed them"),
+    pytest.param(["and so", "and so my", "+my fellow"], ("and so my", "fellow"),
+                 id="with a forced prefix only the continuation is compared"),
+    pytest.param(["and so", "and so", "ends oh my"], ("and so", "my"),
+                 id="committed words survive a hypothesis that strays, which shows beyond them"),
+    pytest.param(["and so", "and so", ""], ("and so", ""), id="an empty hypothesis leaves the commits"),
+    pytest.param(["and so", "and so", "and so my", "and so my fellow"], ("and so my", "fellow"),
+                 id="words beyond the commits are compared with the last tentative ones"),
+    pytest.param(["a b c", "a x c"], ("a", "x c"), id="agreement after a disagreement does not count"),
+]
+
+
+@pytest.mark.parametrize("hypotheses, expected", AGREEMENT_TABLE)
+def test_committed_and_unstable_text_after_a_sequence_of_hypotheses(hypotheses, expected):
+    agreement = LocalAgreement()
+    for text in hypotheses:
+        agreement.update(*hypothesis(text))
+    assert (agreement.stable_text, agreement.unstable_text) == expected
+
+
+# Each row: hypotheses, then the words each flush() newly commits.
+FLUSH_TABLE = [
+    pytest.param(["one two", "one two three", "one two three four"], [[], ["one", "two"], ["three"]],
+                 id="each flush returns only what it committed"),
+    pytest.param(["one", "two", "two"], [[], [], ["two"]], id="nothing until two agree"),
+    pytest.param(["one two", "one two", "+three", "+three"], [[], ["one", "two"], [], ["three"]],
+                 id="forced continuations are committed the same way"),
+]
+
+
+@pytest.mark.parametrize("hypotheses, flushed", FLUSH_TABLE)
+def test_flush_returns_the_newly_committed_words(hypotheses, flushed):
+    agreement = LocalAgreement()
+    for text, expected in zip(hypotheses, flushed):
+        agreement.insert(*hypothesis(text))
+        assert [p.text.strip() for p in agreement.flush()] == expected
+
+
+def test_complete_is_the_uncommitted_rest_of_the_last_hypothesis():
+    agreement = LocalAgreement()
+    agreement.update(*hypothesis("and so"))
+    agreement.update(*hypothesis("and so my fellow"))
+    assert [p.text for p in agreement.complete()] == [" my", " fellow"]
+
+
+def test_words_agreed_by_two_hypotheses_are_committed():
+    agreement = LocalAgreement()
+    assert agreement.update(pieces("and", "so"), forced_prefix=False) == ("", "and so")
+    assert agreement.update(pieces("and", "so", "my"), forced_prefix=False) == ("and so", "my")
+    assert [p.text for p in agreement.committed] == [" and", " so"]
+
+
+def test_with_a_forced_prefix_only_the_continuation_is_compared():
+    agreement = LocalAgreement()
+    agreement.update(pieces("and", "so"), forced_prefix=False)
+    agreement.update(pieces("and", "so", "my"), forced_prefix=False)
+    # The decoder was forced to start with "and so"; it returned the rest.
+    assert agreement.update(pieces("my", "fellow"), forced_prefix=True) == ("and so my", "fellow")
+
+
+def test_disagreement_commits_nothing_and_punctuation_does_not_count():
+    agreement = LocalAgreement()
+    agreement.update(pieces("ask", "knock"), forced_prefix=False)
+    assert agreement.update(pieces("ask!", "not"), forced_prefix=False) == ("ask!", "not")
+    assert agreement.update(pieces("ask", "what"), forced_prefix=False) == ("ask!", "what")
+
+
+def test_committed_words_survive_a_hypothesis_that_strays():
+    agreement = LocalAgreement()
+    agreement.update(pieces("and", "so"), forced_prefix=False)
+    agreement.update(pieces("and", "so"), forced_prefix=False)
+    stable, _ = agreement.update(pieces("ends", "oh", "my"), forced_prefix=False)
+    assert stable == "and so"
+
+
+def test_the_committed_words_are_the_decoder_prefix_until_they_are_too_many():
+    agreement = LocalAgreement()
+    agreement.update(pieces("and", "so"), forced_prefix=False)
+    agreement.update(pieces("and", "so", "my"), forced_prefix=False)
+    assert agreement.prefix_tokens == (0, 1)
+    many = tuple(Piece(" w", tuple(range(10))) for _ in range(MAX_PREFIX_TOKENS // 10 + 1))
+    agreement.update(many, forced_prefix=True)
+    agreement.update(many, forced_prefix=True)
+    assert len(agreement.committed) > MAX_PREFIX_TOKENS // 10
+    assert agreement.prefix_tokens == (), "too long for Whisper's prompt: nothing is forced"
