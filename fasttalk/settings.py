@@ -132,7 +132,8 @@ DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 # query of a request (or of the history thread) gets a fresh connection instead of an error.
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-    # Fail fast when the database is unreachable: finals wait in the history backlog.
+    # Connecting only: fail fast when the database is unreachable (finals wait in the
+    # history backlog). A write's own limit is PERSISTENCE_WRITE_TIMEOUT.
     DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 3)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -151,11 +152,15 @@ MEDIA_ROOT = env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media"))
 STORE_AUDIO = env_bool("STORE_AUDIO", True)
 # Days audio, transcripts and error events are kept (manage.py purge_history); 0 = forever.
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30)
-# A write slower than this counts as failed and waits in the backlog for a retry.
+# A write slower than this counts as failed and waits in the backlog for a retry; its
+# final is sent meanwhile (stored moments later, once the write lands).
 PERSISTENCE_WRITE_TIMEOUT = env_float("PERSISTENCE_WRITE_TIMEOUT", 2.0)
 PERSISTENCE_RETRY_SECONDS = env_float("PERSISTENCE_RETRY_SECONDS", 2.0)
 # Writes held while the database is down; beyond it they go to the journal (and are logged).
 PERSISTENCE_BACKLOG_LIMIT = env_int("PERSISTENCE_BACKLOG_LIMIT", 10000)
+# Memory those writes may hold, in bytes: rows, and finals' audio until it is spilled to
+# storage (at once, unless the disk lags); beyond it writes go to the journal.
+PERSISTENCE_BACKLOG_BYTES = env_int("PERSISTENCE_BACKLOG_BYTES", 32 * 1024 * 1024)
 # History writes the database refused, or that were still waiting at exit, as JSON
 # lines; manage.py replay_history_journal writes them later.
 HISTORY_JOURNAL = env_str("HISTORY_JOURNAL", str(BASE_DIR / "var" / "history-journal.jsonl"))

@@ -252,21 +252,21 @@ def audio_player(utterance: Utterance) -> str:
 @admin.register(Utterance)
 class UtteranceAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "short_text", "session_link", "user", "language", "confidence",
-                    "final_latency_ms", "duration_s")
+                    "final_latency_ms", "duration_s", "status")
     list_filter = (("created_at", admin.DateFieldListFilter), SessionIdFilter, UserFilter, ConversationFilter,
-                   "language", FinalLatencyFilter, ConfidenceFilter, "reason")
+                   "language", FinalLatencyFilter, ConfidenceFilter, "reason", "status")
     search_fields = ("text",)
     date_hierarchy = "created_at"
     list_select_related = ("session",)
     actions = (export_utterances_csv, refine_utterances)
     fieldsets = (
-        (None, {"fields": ("text", "player", "word_timings")}),
+        (None, {"fields": ("text", "status", "error", "player", "word_timings")}),
         ("Refinement", {"fields": ("refinement_view",)}),
         ("Timing", {"fields": ("session_link", "start_ms", "end_ms", "audio_duration_ms", "reason",
                                "partial_count", "first_partial_latency_ms", "final_latency_ms", "created_at")}),
         ("Decode", {"fields": ("utterance_id", "language", "confidence", "model", "decode", "audio")}),
     )
-    readonly_fields = ("text", "player", "word_timings", "refinement_view", "session_link", "start_ms", "end_ms", "audio_duration_ms",
+    readonly_fields = ("text", "status", "error", "player", "word_timings", "refinement_view", "session_link", "start_ms", "end_ms", "audio_duration_ms",
                        "reason", "partial_count", "first_partial_latency_ms", "final_latency_ms", "created_at",
                        "utterance_id", "language", "confidence", "model", "decode", "audio")
 

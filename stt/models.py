@@ -53,7 +53,12 @@ def utterance_audio_path(instance: "Utterance", filename: str) -> str:
 
 
 class Utterance(models.Model):
-    """A final transcript with its words, timing, the decode that made it, and its audio."""
+    """A final transcript with its words, timing, the decode that made it, and its audio;
+    or, failed, the audio of a final that could not be transcribed (no text)."""
+
+    class Status(models.TextChoices):
+        FINAL = "final"
+        FAILED = "failed"  # every attempt failed: the client got an error, not a final
 
     utterance_id = models.UUIDField(unique=True)
     session = models.ForeignKey(SessionRecord, on_delete=models.CASCADE, related_name="utterance_set")
@@ -72,6 +77,8 @@ class Utterance(models.Model):
     decode = models.JSONField(default=dict, help_text="Decode settings used for the final.")
     audio = models.FileField(upload_to=utterance_audio_path, blank=True, max_length=255)
     created_at = models.DateTimeField(db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.FINAL, db_index=True)
+    error = models.TextField(blank=True, help_text="Why the final failed (code: message).")
 
     class Meta:
         ordering = ["-created_at"]

@@ -153,26 +153,20 @@ _refiners: dict[str, Refiner] = {}
 _refiner_lock = threading.Lock()
 
 
-def get_refiner(model: str | None = None) -> Refiner:
+def get_refiner(model: str | None = None, in_server_process: bool = False) -> Refiner:
     """This process's refiner for `model` (default REFINE_MODEL): one model load per
-    process and model, on first use."""
+    process and model, on first use. `in_server_process`: tasks run eagerly (no
+    broker), so refinements share the streaming server's CPU."""
     reference = model or settings.REFINE_MODEL
     with _refiner_lock:
         if reference not in _refiners:
             threads = settings.REFINE_CPU_THREADS
-            if not threads and _runs_in_server_process():
+            if not threads and in_server_process:
                 threads = 1  # embedded mode: leave the other cores to live streaming
             _refiners[reference] = Refiner(reference, device=settings.REFINE_DEVICE,
                                            compute_type=settings.REFINE_COMPUTE_TYPE,
                                            cpu_threads=threads, beam_size=settings.REFINE_BEAM_SIZE)
         return _refiners[reference]
-
-
-def _runs_in_server_process() -> bool:
-    """Tasks run eagerly (no broker): refinements share the streaming server's CPU."""
-    from fasttalk.celery import app
-
-    return bool(app.conf.task_always_eager)
 
 
 def load_utterance_audio(utterance: Any) -> np.ndarray:

@@ -36,7 +36,8 @@ def build_report(start: datetime, end: datetime, kind: str = "manual") -> Any:
     if end <= start:
         raise ValueError("the report's end must be after its start")
     began = time.perf_counter()
-    utterances = Utterance.objects.filter(created_at__gte=start, created_at__lt=end)
+    # Finals sent; a failed final (kept for its audio) has no transcript or latency to count.
+    utterances = Utterance.objects.filter(created_at__gte=start, created_at__lt=end, status=Utterance.Status.FINAL)
     # Only the columns needed (one JSON key, not the whole decode document).
     rows = list(utterances.values_list("created_at", "audio_duration_ms", "first_partial_latency_ms",
                                        "final_latency_ms", "decode__inference_ms"))

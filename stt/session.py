@@ -26,7 +26,8 @@ from stt.errors import SttError
 from stt.languages import normalize_language
 from monitoring import metrics
 from stt.auth import Principal, rate_limiter
-from stt.persistence import FinalFacts, SessionFacts, error_write, final_write, history, session_write
+from stt.persistence import (FinalFacts, SessionFacts, error_write, failed_final_write, final_write, history,
+                             session_write)
 from stt.protocol import SessionConfig, envelope, utc_timestamp
 from stt.runtime_config import RuntimeValues, store as runtime_store
 from stt.streaming import (
@@ -585,6 +586,8 @@ class SttSession:
         assert self.config is not None
         if result.transcript is None:
             assert result.error is not None
+            if self.record is not None:  # kept with its audio (refinement, admin), before the error is sent
+                await history.write(failed_final_write(self.record, result, settings.STORE_AUDIO))
             await self.report(result.error)
             return
         inference_ms = (result.decode or {}).get("inference_ms")

@@ -30,9 +30,7 @@ async def drain_sessions(grace_seconds: float | None = None) -> dict[str, int]:
     tasks = [asyncio.ensure_future(session.shutdown()) for session in sessions]
     done, pending = (await asyncio.wait(tasks, timeout=grace)) if tasks else (set(), set())
     remaining = max(1.0, grace - (time.monotonic() - started))
-    written = await history.drain(timeout=remaining)
-    if not written:
-        history.journal_backlog()  # what the database did not take goes to the journal
+    await history.drain_or_journal(timeout=remaining)  # what the database did not take: journaled
     outcome = {"sessions": len(sessions), "finished": len(done), "unfinished": len(pending)}
     logger.warning("shutdown: %s", outcome, extra={"event": "shutdown_done", **outcome})
     return outcome

@@ -40,11 +40,12 @@ _RETRY = {
 def refine_utterance(self: Any, utterance_id: str, model: str | None = None) -> dict[str, Any]:
     """Re-transcribe one stored final with the refinement model (idempotent)."""
     from stt.models import Refinement
-    from stt.refinement import run_refinement
+    from stt.refinement import get_refiner, run_refinement
 
     model = model or settings.REFINE_MODEL
+    refiner = get_refiner(model, in_server_process=bool(self.request.is_eager))
     try:
-        return run_refinement(utterance_id, model, task_id=self.request.id or "")
+        return run_refinement(utterance_id, model, task_id=self.request.id or "", refiner=refiner)
     except SoftTimeLimitExceeded:
         # Only this delivery's run: another may have taken the refinement over since.
         Refinement.objects.filter(utterance__utterance_id=utterance_id, model=model, task_id=self.request.id or "",

@@ -19,7 +19,7 @@ from django.db import OperationalError
 
 from fasttalk.asgi import application
 from stt.models import ErrorEvent, ErrorStatistic, SessionRecord, Utterance
-from stt.persistence import APPLIERS, HistoryWriter, SessionFacts, Write, error_write, session_write
+from stt.persistence import APPLIERS, HistoryWriter, SessionFacts, Write, error_write, keep_in_journal, session_write
 from tests.conftest import frames, silence
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -176,11 +176,10 @@ def test_journaled_rows_are_written_by_the_replay_command(settings, tmp_path, ca
     from django.core.management import call_command
 
     settings.HISTORY_JOURNAL = str(tmp_path / "journal.jsonl")
-    writer = HistoryWriter()
     facts = SessionFacts(connection_id=str(uuid.uuid4()), session_id="journaled", user_id="u", conversation_id=None,
                          client_address=None, profile="", config={}, effective_config={}, model="tiny.en",
                          started_at=datetime.now(timezone.utc))
-    writer._journal(session_write(facts), "test")
+    keep_in_journal(session_write(facts), "test")
     call_command("replay_history_journal")
     assert "Wrote 1 journaled rows; 0 still fail" in capsys.readouterr().out
     assert SessionRecord.objects.get(session_id="journaled").user_id == "u"
