@@ -294,6 +294,10 @@ AUTH_TOKEN_TTL_SECONDS = env_int("AUTH_TOKEN_TTL_SECONDS", 300)
 # Defaults of the per-key limits (an API key may set its own), per server process.
 AUTH_MAX_SESSIONS_PER_KEY = env_int("AUTH_MAX_SESSIONS_PER_KEY", 20)
 AUTH_MAX_MESSAGES_PER_SECOND = env_int("AUTH_MAX_MESSAGES_PER_SECOND", 1000)
+# Seconds of audio taken per second of wall time, per live session of a key (per
+# connection in open mode): a client above it is slowed (backpressure), never dropped.
+# A little over real time, so a live stream never waits. 0: no budget.
+AUDIO_BUDGET_PER_SESSION = env_float("AUDIO_BUDGET_PER_SESSION", 1.25)
 # Origins browsers may connect from (exact scheme://host[:port], comma-separated), or *.
 # Clients that send no Origin (backends) are not affected.
 ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "*")

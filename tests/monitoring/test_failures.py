@@ -11,6 +11,7 @@ from django.test import AsyncClient
 
 from monitoring import metrics
 from stt.engine import DecodeOptions, SpeechEngine, replace_engine
+from stt.services import process_session_services
 from stt.session import SttSession
 from tests.conftest import frames
 
@@ -67,7 +68,7 @@ async def test_a_failing_model_opens_the_breaker_and_health_and_metrics_show_it(
     async def close(code: int, reason: str) -> None:
         pass
 
-    session = SttSession(send, close, engine=raising_engine, client="127.0.0.1:1")
+    session = SttSession(send, close, process_session_services(raising_engine), client="127.0.0.1:1")
     assert await session.open()
     await session.on_text(json.dumps({"type": "start_session", "session_config": {
         "language": "en", "enable_partial_transcription": False}}))

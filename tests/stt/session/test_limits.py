@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.conftest import silence
-from tests.stt.test_session import feed, open_session
+from tests.stt.session.support import feed, open_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
