@@ -325,6 +325,8 @@ SHUTDOWN_GRACE_SECONDS = env_float("SHUTDOWN_GRACE_SECONDS", 20.0)
 # /metrics; 0 turns it off. When several processes share a host, the first to bind
 # it serves the metrics of all of them (PROMETHEUS_MULTIPROC_DIR, see monitoring/metrics.py).
 MONITORING_PORT = env_int("MONITORING_PORT", 9091)
+# The URLconf of requests on that port (its patterns: monitoring/urls.py).
+MONITORING_PORT_URLCONF = "fasttalk.port_urls"
 # PROMETHEUS_MULTIPROC_DIR is read by prometheus_client itself, from the environment,
 # when it is imported (README); set but empty it would write into the working directory.
 if "PROMETHEUS_MULTIPROC_DIR" in os.environ and not os.environ["PROMETHEUS_MULTIPROC_DIR"]:

@@ -170,9 +170,9 @@ def get_refiner(model: str | None = None) -> Refiner:
 
 def _runs_in_server_process() -> bool:
     """Tasks run eagerly (no broker): refinements share the streaming server's CPU."""
-    from fasttalk.celery import app
+    from celery import current_app  # fasttalk's app (the project package sets it up; stt does not import it)
 
-    return bool(app.conf.task_always_eager)
+    return bool(current_app.conf.task_always_eager)
 
 
 def load_utterance_audio(utterance: Any) -> np.ndarray:

@@ -59,6 +59,7 @@ async def test_a_failing_model_opens_the_breaker_and_health_and_metrics_show_it(
                                                                                jfk_audio):
     settings.STT_FINAL_RETRIES = 0
     settings.TRANSCRIPTION_FAILURE_THRESHOLD = 2  # sessions apply it to the engine when they open
+    settings.AUDIO_BUDGET_PER_SESSION = 0  # audio pushed at full speed, its timing assumed below
     failed_before = sample("fasttalk_errors_total", category="processing", code="transcription_failed")
     sent: list[dict] = []
 
