@@ -12,7 +12,6 @@ from typing import Any, Callable, Protocol
 from monitoring.registry import SessionRegistry
 from stt.auth import RateLimiter
 from stt.engine import SpeechEngine
-from stt.persistence import Write
 from stt.runtime_config import RuntimeValues
 from stt.session.budget import AudioBudget
 
@@ -20,9 +19,9 @@ from stt.session.budget import AudioBudget
 class HistorySink(Protocol):
     """Where a session's records go (stt.persistence.HistoryWriter)."""
 
-    def write_later(self, item: Write) -> None: ...
+    def write_later(self, item: Any) -> None: ...  # a stt.persistence.Write, queued
 
-    async def write(self, item: Write) -> Any: ...
+    async def write(self, item: Any) -> Any: ...  # written (or journaled) before it returns
 
 
 class RuntimeSource(Protocol):
