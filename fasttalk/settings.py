@@ -299,6 +299,10 @@ AUTH_TOKEN_TTL_SECONDS = env_int("AUTH_TOKEN_TTL_SECONDS", 300)
 # Defaults of the per-key limits (an API key may set its own), per server process.
 AUTH_MAX_SESSIONS_PER_KEY = env_int("AUTH_MAX_SESSIONS_PER_KEY", 20)
 AUTH_MAX_MESSAGES_PER_SECOND = env_int("AUTH_MAX_MESSAGES_PER_SECOND", 1000)
+# Seconds of audio taken per second of wall time, per live session of a key (per
+# connection in open mode): a client above it is slowed (backpressure), never dropped.
+# A little over real time, so a live stream never waits. 0: no budget.
+AUDIO_BUDGET_PER_SESSION = env_float("AUDIO_BUDGET_PER_SESSION", 1.25)
 # Origins browsers may connect from (exact scheme://host[:port], comma-separated), or *.
 # Clients that send no Origin (backends) are not affected.
 ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "*")
@@ -326,6 +330,8 @@ SHUTDOWN_GRACE_SECONDS = env_float("SHUTDOWN_GRACE_SECONDS", 20.0)
 # /metrics; 0 turns it off. When several processes share a host, the first to bind
 # it serves the metrics of all of them (PROMETHEUS_MULTIPROC_DIR, see monitoring/metrics.py).
 MONITORING_PORT = env_int("MONITORING_PORT", 9091)
+# The URLconf of requests on that port (its patterns: monitoring/urls.py).
+MONITORING_PORT_URLCONF = "fasttalk.port_urls"
 # PROMETHEUS_MULTIPROC_DIR is read by prometheus_client itself, from the environment,
 # when it is imported (README); set but empty it would write into the working directory.
 if "PROMETHEUS_MULTIPROC_DIR" in os.environ and not os.environ["PROMETHEUS_MULTIPROC_DIR"]:

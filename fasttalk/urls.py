@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from fasttalk.sources import service_sources
+from monitoring.urls import service_patterns
 from stt.views import demo, demo_token, issue_token
 
 urlpatterns = [
@@ -8,5 +10,5 @@ urlpatterns = [
     path("auth/token", issue_token, name="issue-token"),
     path("demo/", demo, name="demo"),
     path("demo/token", demo_token, name="demo-token"),
-    path("", include("monitoring.urls")),
+    path("", include(service_patterns(service_sources()))),
 ]

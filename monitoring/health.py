@@ -1,4 +1,8 @@
-"""Health checks of the parts the service depends on."""
+"""Health checks of the parts the service depends on.
+
+The parts are handed in (monitoring.sources.ServiceSources, built by the project in
+fasttalk/sources.py): monitoring imports nothing from stt.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 
-from stt.engine import get_engine
-from stt.persistence import history
+from monitoring.sources import ServiceSources
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -27,10 +30,9 @@ PROBE_TIMEOUT_SECONDS = 5.0
 _last_probes: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
-async def model_answers(engine: Any) -> tuple[bool, str | None]:
-    """Whether the model decodes audio now: recent traffic says so, else a probe."""
-    from stt.engine import DecodeOptions
-
+async def model_answers(engine: Any, probe_options: Any) -> tuple[bool, str | None]:
+    """Whether the model decodes audio now: recent traffic says so, else a probe decoded
+    with `probe_options`."""
     now = time.monotonic()
     last = engine.stats.last_inference_at
     if last is not None and now - last < RECENT_INFERENCE_SECONDS:
@@ -43,7 +45,7 @@ async def model_answers(engine: Any) -> tuple[bool, str | None]:
         noise = (np.random.default_rng().standard_normal(8000) * 0.05).astype(np.float32)
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-                await engine.transcribe(noise, DecodeOptions.partial("en"), health_probe=True)
+                await engine.transcribe(noise, probe_options, health_probe=True)
             ok, error = True, None
         except Exception as exc:
             ok, error = False, _short(exc)
@@ -57,11 +59,11 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def check_model() -> dict[str, Any]:
-    engine = get_engine()
+async def check_model(sources: ServiceSources) -> dict[str, Any]:
+    engine = sources.engine()
     info = engine.info
     if info is not None:
-        answering, error = await model_answers(engine)
+        answering, error = await model_answers(engine, sources.probe_options)
         return {
             "status": "ok" if answering else "error",
             "answering": answering,
@@ -92,7 +94,7 @@ def _query_database() -> None:
         connection.close()  # a pool thread: leave no connection behind
 
 
-async def check_database() -> dict[str, Any]:
+async def check_database(history: Any) -> dict[str, Any]:
     """The database answers a query; and how many history writes wait for it."""
     started = time.perf_counter()
     backlog = {"history_backlog": history.backlog, "history_dropped": history.stats.dropped}
@@ -120,30 +122,25 @@ async def check_channel_layer() -> dict[str, Any]:
     return {"status": "ok", "backend": backend, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
-def _ping_broker() -> None:
-    from fasttalk.celery import app
-
+def _ping_broker(app: Any) -> None:
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_SECONDS)
 
 
-async def check_celery_broker() -> dict[str, Any]:
+async def check_celery_broker(app: Any) -> dict[str, Any]:
     """The broker re-transcriptions and reports are queued on answers (in the
     embedded mode there is none: tasks run in-process)."""
-    from fasttalk.celery import app
-
     if app.conf.task_always_eager:
         return {"status": "ok", "mode": "in-process"}
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(sync_to_async(_ping_broker, thread_sensitive=False)(), CHECK_TIMEOUT_SECONDS + 1)
+        await asyncio.wait_for(sync_to_async(_ping_broker, thread_sensitive=False)(app), CHECK_TIMEOUT_SECONDS + 1)
     except Exception as exc:
         return {"status": "error", "mode": "broker", "error": _short(exc)}
     return {"status": "ok", "mode": "broker", "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
-def check_breakers() -> dict[str, Any]:
-    engine = get_engine()
+def check_breakers(engine: Any) -> dict[str, Any]:
     parts = {}
     for breaker in (engine.transcription_breaker, engine.gpu_breaker):
         state = breaker.state.value
@@ -153,17 +150,17 @@ def check_breakers() -> dict[str, Any]:
     return {"status": "ok" if all(p["status"] == "ok" for p in parts.values()) else "error", **parts}
 
 
-async def overall_health() -> tuple[dict[str, Any], bool]:
+async def overall_health(sources: ServiceSources) -> tuple[dict[str, Any], bool]:
     """The health report and whether the service can serve transcription now.
 
     Serving needs the model and the channel layer, and the transcription breaker not
     open; a database or broker outage, or a GPU breaker open (the CPU stands in),
     degrades the service without stopping it.
     """
-    database, channel_layer, broker = await asyncio.gather(check_database(), check_channel_layer(),
-                                                           check_celery_broker())
-    checks = {"model": await check_model(), "database": database, "channel_layer": channel_layer,
-              "celery_broker": broker, "breakers": check_breakers()}
+    database, channel_layer, broker = await asyncio.gather(
+        check_database(sources.history), check_channel_layer(), check_celery_broker(sources.celery_app))
+    checks = {"model": await check_model(sources), "database": database, "channel_layer": channel_layer,
+              "celery_broker": broker, "breakers": check_breakers(sources.engine())}
     serving = (checks["model"]["status"] == "ok" and channel_layer["status"] == "ok"
                and checks["breakers"]["transcription"]["state"] != "open")
     if not serving:

@@ -92,3 +92,16 @@ def process_exited(pid: int) -> None:
 
 def set_breaker_state(name: str, state: str) -> None:
     breaker_state.labels(breaker=name).set(BREAKER_STATE_VALUES.get(state, 0))
+
+
+class SessionMetrics:
+    """What sessions count, onto the Prometheus metrics above (a session receives one)."""
+
+    def error_sent(self, category: str, code: str) -> None:
+        errors_total.labels(category=category, code=code).inc()
+
+    def session_started(self) -> None:
+        sessions_total.inc()
+
+    def session_ended(self, reason: str) -> None:
+        sessions_ended.labels(reason=reason).inc()

@@ -20,7 +20,7 @@ def is_monitoring_port(port: Any) -> bool:
 class MonitoringPortMiddleware(MiddlewareMixin):
     def process_request(self, request: HttpRequest) -> None:
         if is_monitoring_port(request.META.get("SERVER_PORT")):
-            request.urlconf = "monitoring.port_urls"
+            request.urlconf = settings.MONITORING_PORT_URLCONF
 
 
 class RefuseOnMonitoringPort:

@@ -118,7 +118,8 @@ class SessionRegistry:
             "total_connections": self.total_connections,
             "rejected_connections": self.rejected_connections,
             "connections_by_state": by_state,
-            "processing_stats": {s.session_id: s.stats_entry() for s in sessions},
+            # Keyed by the server's id: clients may pick the same session_id (the entry's label).
+            "processing_stats": {s.connection_id: s.stats_entry() for s in sessions},
             "performance_metrics": {
                 "avg_partial_latency_ms": _ms(_mean(partial)),
                 "avg_final_latency_ms": _ms(_mean(final)),

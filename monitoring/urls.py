@@ -1,9 +1,27 @@
-from django.urls import path
+"""The monitoring endpoints' URL patterns, for a service's parts (`sources`): the
+project's URLconfs (fasttalk/urls.py, fasttalk/port_urls.py) build them."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, path
 
 from monitoring import views
+from monitoring.sources import ServiceSources
 
-urlpatterns = [
-    path("", views.index, name="index"),
-    path("health", views.health, name="health"),
-    path("stats", views.stats, name="stats"),
-]
+
+def service_patterns(sources: ServiceSources) -> list[URLPattern]:
+    """/, /health and /stats on the service's port."""
+    given = {"sources": sources}
+    return [
+        path("", views.index, given, name="index"),
+        path("health", views.health, given, name="health"),
+        path("stats", views.stats, given, name="stats"),
+    ]
+
+
+def monitoring_port_patterns(sources: ServiceSources) -> list[URLPattern]:
+    """/health and /metrics: all the monitoring port serves (see monitoring/middleware.py)."""
+    return [
+        path("health", views.health, {"sources": sources}, name="monitoring-health"),
+        path("metrics", views.metrics, name="monitoring-metrics"),
+    ]

@@ -1,4 +1,8 @@
-"""HTTP endpoints: service information, health and statistics."""
+"""HTTP endpoints: service information, health and statistics.
+
+Each view gets the service's parts as its `sources` argument (the URLconf passes it;
+see monitoring/urls.py): monitoring imports nothing from stt.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,7 @@ from django.shortcuts import render
 from monitoring import metrics as prometheus_metrics
 from monitoring.health import check_model, overall_health
 from monitoring.registry import registry
-from stt import protocol
-from stt.engine import get_engine
-from stt.persistence import history
+from monitoring.sources import ServiceSources
 
 SERVICE_NAME = "Fasttalk STT"
 VERSION = "0.1.0"
@@ -31,16 +33,16 @@ def _endpoints(request: HttpRequest) -> dict[str, str]:
     }
 
 
-async def index(request: HttpRequest):
+async def index(request: HttpRequest, sources: ServiceSources):
     info = {
         "service": SERVICE_NAME,
         "version": VERSION,
-        "protocol_version": protocol.PROTOCOL_VERSION,
+        "protocol_version": sources.protocol_version,
         "description": "Real-time speech-to-text over WebSocket: partials while the user speaks, "
                        "a final when they stop, and voice-activity events for barge-in.",
         "endpoints": _endpoints(request),
-        "audio": {"encoding": "float32le", "sample_rate": protocol.SAMPLE_RATE, "channels": 1},
-        "model": await check_model(),
+        "audio": {"encoding": "float32le", "sample_rate": sources.sample_rate, "channels": 1},
+        "model": await check_model(sources),
         "max_connections": settings.WEBSOCKET_MAX_CONNECTIONS,
         "active_connections": registry.active_connections,
         "documentation": "docs/protocol.md",
@@ -50,14 +52,15 @@ async def index(request: HttpRequest):
     return JsonResponse(info)
 
 
-async def health(request: HttpRequest) -> JsonResponse:
-    report, serving = await overall_health()
+async def health(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
+    report, serving = await overall_health(sources)
     return JsonResponse(report, status=200 if serving else 503)
 
 
-async def stats(request: HttpRequest) -> JsonResponse:
+async def stats(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
     snapshot = registry.snapshot()
-    engine = get_engine()
+    engine = sources.engine()
+    history = sources.history
     snapshot["engine"] = {
         "model_loaded": engine.loaded,
         "queue_depth": engine.queue_depth,

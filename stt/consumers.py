@@ -12,6 +12,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from stt.auth import Decision, authorize_handshake
 
+from stt.services import process_session_services
 from stt.session import SttSession
 
 logger = logging.getLogger(__name__)
@@ -20,10 +21,10 @@ logger = logging.getLogger(__name__)
 BROADCAST_GROUP = "stt.sessions"
 
 
-def session_group(session_id: str) -> str:
-    """The channel-layer group of one session (group names allow [A-Za-z0-9._-])."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in session_id)
-    return f"stt.session.{safe}"[:99]
+def session_group(connection_id: str) -> str:
+    """The channel-layer group of one session, by the server's id of its connection (a
+    uuid: the client's session_id is only a label, and two clients may pick the same)."""
+    return f"stt.session.{connection_id}"
 
 
 class TranscribeConsumer(AsyncWebsocketConsumer):
@@ -44,11 +45,12 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
                            extra={"event": "auth_refused", "client": address, "reason": decision.reason})
             await self.close()
             return
-        self.session = SttSession(send=self._send_json, close=self._close, client=address,
+        self.session = SttSession(self._send_json, self._close, process_session_services(), client=address,
                                   principal=decision.principal)
         await self.accept(subprotocol=decision.subprotocol)
         if await self.session.open():
             await self._join(BROADCAST_GROUP)
+            await self._join(session_group(self.session.connection_id))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is None:
@@ -56,10 +58,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         if bytes_data is not None:
             await self.session.on_audio(bytes_data)
             return
-        was_started = self.session.started
         await self.session.on_text(text_data or "")
-        if self.session.started and not was_started:
-            await self._join(session_group(self.session.session_id))
 
     async def disconnect(self, code: int) -> None:
         if self.session is not None:

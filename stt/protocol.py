@@ -18,6 +18,7 @@ from django.conf import settings
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from stt import messages
+from stt.audio import samples_to_ms as ms
 from stt.errors import SttError
 from stt.languages import normalize_language
 
@@ -168,3 +169,82 @@ def envelope(message_type: str, metadata: dict[str, Any], **body: Any) -> dict[s
     message.update(body)
     message["metadata"] = {**metadata, "timestamp": utc_timestamp()}
     return message
+
+
+def error_message(metadata: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    return envelope("error", metadata, error=payload)
+
+
+def speech_start_message(metadata: dict[str, Any], event: Any, *, barge_in: bool,
+                         conversation_state: str) -> dict[str, Any]:
+    """voice_activity_detected for a stt.streaming.SpeechStart."""
+    return envelope("voice_activity_detected", metadata, data={
+        "confidence": event.confidence,
+        "duration_ms": ms(event.speech_samples),
+        "energy_level": event.energy_level,
+        "is_speech": True,
+        "utterance_id": event.utterance_id,
+        "audio_offset_ms": ms(event.offset_samples),
+        "barge_in": barge_in,
+        "conversation_state": conversation_state,
+    })
+
+
+def partial_message(metadata: dict[str, Any], result: Any, *, vad_on: bool) -> dict[str, Any]:
+    """transcription_partial for a stt.streaming.PartialResult."""
+    return envelope("transcription_partial", metadata, data={
+        "text": result.text,
+        "stable_text": result.stable_text,
+        "unstable_text": result.unstable_text,
+        "is_partial": True,
+        "utterance_id": result.utterance_id,
+        "sequence": result.sequence,
+        "processing_time_ms": round(result.processing_seconds * 1000),
+        "audio_duration_ms": ms(result.audio_samples),
+        "confidence": result.transcript.confidence,
+        "start_ms": ms(result.start_sample),
+        "metadata": {
+            "duration": round(result.audio_samples / SAMPLE_RATE, 3),
+            "reason": "speech_detected" if vad_on else "audio_received",
+        },
+    })
+
+
+def word_timings(words: Any) -> list[dict[str, Any]]:
+    """A transcript's words as the protocol (and the history) carry them."""
+    return [{"word": w.word, "start_ms": round(w.start * 1000), "end_ms": round(w.end * 1000),
+             "confidence": round(w.probability, 4)} for w in words]
+
+
+def final_messages(metadata: dict[str, Any], result: Any, words: list[dict[str, Any]], *,
+                   timestamps: bool, legacy: bool) -> list[dict[str, Any]]:
+    """transcription_final for a stt.streaming.FinalResult with a transcript, and the
+    legacy `transcription` beside it when the session asked for it (and there is text)."""
+    transcript = result.transcript
+    audio_samples = result.end_sample - result.start_sample
+    metadata_block = {"duration": round(audio_samples / SAMPLE_RATE, 3), "chunks_count": result.frames,
+                      "reason": result.reason, "partial_count": result.partial_count}
+    common = {"text": transcript.text, "utterance_id": result.utterance_id,
+              "processing_time_ms": round(result.processing_seconds * 1000),
+              "audio_duration_ms": ms(audio_samples), "timestamps": words if timestamps else None}
+    messages = [envelope("transcription_final", metadata, data={
+        **common, "is_partial": False, "confidence": transcript.confidence, "language": transcript.language,
+        "start_ms": ms(result.start_sample), "end_ms": ms(result.end_sample), "metadata": metadata_block,
+    })]
+    if legacy and transcript.text:
+        messages.append(envelope("transcription", metadata, data={**common, "metadata": metadata_block}))
+    return messages
+
+
+def session_started_message(metadata: dict[str, Any], session_id: str, config: SessionConfig, info: Any,
+                            runtime: dict[str, Any], max_frame_samples: int) -> dict[str, Any]:
+    """session_started: the effective config, the model (a stt.engine.EngineInfo), the audio format."""
+    return envelope("session_started", metadata, session_id=session_id, timestamp=utc_timestamp(), data={
+        "config": config.model_dump(),
+        "model": {"name": info.model, "device": info.device, "compute_type": info.compute_type,
+                  "multilingual": info.multilingual},
+        "audio": {"encoding": "float32le", "sample_rate": SAMPLE_RATE, "channels": 1,
+                  "max_frame_samples": max_frame_samples},
+        "runtime": runtime,
+        "protocol_version": PROTOCOL_VERSION,
+    })

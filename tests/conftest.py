@@ -109,9 +109,9 @@ async def background_work_settled():
     finals and history writes land, and the runtime-config listener of the test's
     event loop stops (the loop closes with the test)."""
     yield
-    from stt import session as session_module
+    from stt.session.state import unfinished_work
 
-    pending = [task for task in session_module._finishing if not task.done()]
+    pending = unfinished_work()
     if pending:
         await asyncio.wait(pending, timeout=30)
     await history.drain(timeout=15)

@@ -11,6 +11,7 @@ from django.test import AsyncClient
 
 from monitoring import metrics
 from stt.engine import DecodeOptions, SpeechEngine, replace_engine
+from stt.services import process_session_services
 from stt.session import SttSession
 from tests.conftest import frames
 from tests.faulty_models import ModelFaults
@@ -64,6 +65,7 @@ async def test_a_failing_model_opens_the_breaker_and_health_and_metrics_show_it(
                                                                                jfk_audio):
     settings.STT_FINAL_RETRIES = 0
     settings.TRANSCRIPTION_FAILURE_THRESHOLD = 2  # sessions apply it to the engine when they open
+    settings.AUDIO_BUDGET_PER_SESSION = 0  # audio pushed at full speed, its timing assumed below
     failed_before = sample("fasttalk_errors_total", category="processing", code="transcription_failed")
     sent: list[dict] = []
 
@@ -73,7 +75,7 @@ async def test_a_failing_model_opens_the_breaker_and_health_and_metrics_show_it(
     async def close(code: int, reason: str) -> None:
         pass
 
-    session = SttSession(send, close, engine=raising_engine, client="127.0.0.1:1")
+    session = SttSession(send, close, process_session_services(raising_engine), client="127.0.0.1:1")
     assert await session.open()
     await session.on_text(json.dumps({"type": "start_session", "session_config": {
         "language": "en", "enable_partial_transcription": False}}))

@@ -8,6 +8,7 @@ import pytest
 from django.test import AsyncClient
 
 from monitoring.registry import registry
+from stt.services import process_session_services
 from stt.session import SttSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,7 +66,7 @@ async def test_stats_has_every_field_of_the_design_document(engine):
     async def close(code: int, reason: str) -> None:
         pass
 
-    session = SttSession(send, close, engine=engine)
+    session = SttSession(send, close, process_session_services(engine))
     await session.open()
     await session.on_text(json.dumps({"type": "start_session", "session_config": {"session_id": "stats-1"}}))
     try:
@@ -74,7 +75,9 @@ async def test_stats_has_every_field_of_the_design_document(engine):
         await session.end("session_end", ended_reason="test")
     assert stats["active_connections"] >= 1 and stats["total_connections"] >= 1
     assert set(stats["connections_by_state"]) >= {"active", "processing", "buffering"}
-    entry = stats["processing_stats"]["stats-1"]
+    # Keyed by the server's id; the client's session_id is the entry's label.
+    entry = stats["processing_stats"][session.connection_id]
+    assert entry["session_id"] == "stats-1" and entry["connection_id"] == session.connection_id
     assert set(entry) >= {
         "total_chunks", "partial_transcriptions", "final_transcriptions", "total_processing_time",
         "average_partial_latency", "average_final_latency", "current_utterance_id",
@@ -84,4 +87,4 @@ async def test_stats_has_every_field_of_the_design_document(engine):
         "avg_partial_latency_ms", "avg_final_latency_ms", "p95_partial_latency_ms", "p95_final_latency_ms",
         "total_utterances_processed", "active_utterances",
     }
-    assert "stats-1" not in registry.snapshot()["processing_stats"], "ended sessions leave the live list"
+    assert session.connection_id not in registry.snapshot()["processing_stats"], "ended sessions leave the live list"

@@ -3,6 +3,7 @@ Origin, and the per-key limits."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 
@@ -159,6 +160,34 @@ class TestLimits:
             kinds.append(json.loads(await communicator.receive_from(timeout=10))["type"])
         assert kinds == ["error", "session_ended"]
         assert (await communicator.receive_output(timeout=10))["code"] == 1000
+
+    async def test_a_session_held_over_its_rate_is_never_closed_for_it(self, settings):
+        """Being limited is no session error (issue 14 #6): a key over its rate for longer
+        than MAX_SESSION_ERRORS seconds keeps its sessions."""
+        settings.MAX_SESSION_ERRORS = 1
+        communicator = await session_beyond_its_rate()
+        reports = [json.loads(await communicator.receive_from(timeout=10))]
+        await asyncio.sleep(1.1)
+        for frame in frames(silence(1.0), 512)[:20]:
+            await communicator.send_to(bytes_data=frame)
+        reports.append(json.loads(await communicator.receive_from(timeout=10)))
+        assert [m["error"]["code"] for m in reports] == ["rate_limited", "rate_limited"]
+        assert await communicator.receive_nothing(timeout=0.5), "no too_many_errors, no close"
+        await asyncio.sleep(1.1)  # the bucket refills; end_session is honoured with 1000
+        await communicator.send_to(text_data=json.dumps({"type": "end_session"}))
+        ended = json.loads(await communicator.receive_from(timeout=10))
+        assert ended["type"] == "session_ended" and ended["data"]["errors"] == 0
+        assert (await communicator.receive_output(timeout=10))["code"] == 1000
+
+    async def test_only_a_real_end_session_passes_beyond_the_rate(self):
+        """A message that merely mentions end_session is limited like any other (#6)."""
+        communicator = await session_beyond_its_rate()
+        await communicator.send_to(text_data=json.dumps({"type": "interrupt", "data": {"reason": "end_session"}}))
+        await communicator.send_to(text_data=json.dumps({"type": "end_session"}))
+        kinds = []
+        while not kinds or kinds[-1] != "session_ended":
+            kinds.append(json.loads(await communicator.receive_from(timeout=10))["type"])
+        assert kinds == ["error", "session_ended"], "the interrupt was dropped, not acknowledged"
 
 
 class TestTokenEndpoint:

@@ -89,8 +89,9 @@ async def test_an_operator_can_end_a_session_by_id_over_the_channel_layer(engine
     await start(communicator, session_id="operator-test-1", final_chunk_duration=2.0)
     await stream(communicator, jfk_audio[: int(2.5 * 16000)])
     await asyncio.sleep(0.2)
-    # As another process would: through Redis, knowing only the session id.
-    await send_control("end_session", session_id="operator-test-1")
+    # As another process would: through Redis, knowing only the server's id of the session.
+    [server_id] = await stats_entries("operator-test-1")
+    await send_control("end_session", connection_id=server_id)
     messages, code = await receive_until_closed(communicator)
     assert code == 1000
     assert "fellow americans" in of(messages, "transcription_final")[0]["data"]["text"].lower()
@@ -116,3 +117,36 @@ async def test_connections_beyond_the_limit_are_closed_with_1013(engine, setting
     assert error["error"]["code"] == "server_overloaded"
     assert (await second.receive_output())["code"] == 1013
     await first.disconnect()
+
+
+async def stats_entries(label: str) -> dict[str, dict]:
+    """The /stats entries of the sessions a client named `label`, by their server id."""
+    from django.test import AsyncClient
+
+    stats = (await AsyncClient().get("/stats")).json()["processing_stats"]
+    return {key: entry for key, entry in stats.items() if entry.get("session_id") == label}
+
+
+async def test_stats_keeps_sessions_apart_when_clients_pick_the_same_id(engine):
+    """/stats is keyed by the server's id; the client's id is a label (issue 14 #8)."""
+    first, second = await connect(), await connect()
+    await start(first, session_id="same-id")
+    await start(second, session_id="same-id")
+    entries = await stats_entries("same-id")
+    assert len(entries) == 2
+    assert all(entry["connection_id"] == key for key, entry in entries.items())
+    for communicator in (first, second):
+        await communicator.disconnect()
+
+
+async def test_control_reaches_only_the_session_it_names_even_when_ids_look_alike(engine, redis_channel_layer):
+    """Client ids that sanitise alike ("twin/1", "twin_1") no longer share a group (#8)."""
+    first, second = await connect(), await connect()
+    await start(first, session_id="twin/1")
+    await start(second, session_id="twin_1")
+    [server_id] = await stats_entries("twin/1")
+    await send_control("end_session", connection_id=server_id)
+    messages, code = await receive_until_closed(first)
+    assert code == 1000 and messages[-1]["type"] == "session_ended"
+    assert await second.receive_nothing(timeout=0.5), "the other session was not touched"
+    await second.disconnect()

@@ -15,6 +15,7 @@ from stt.errors import ERRORS
 from stt.messages import SERVER_MESSAGE_TYPES, parse_server_message
 from stt.persistence import history
 from stt.protocol import CLIENT_MESSAGE_TYPES
+from stt.services import process_session_services
 from stt.session import SttSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -85,6 +86,7 @@ async def settle_history() -> None:
 @pytest.fixture
 def many_errors_allowed(settings):
     settings.MAX_SESSION_ERRORS = 100000
+    settings.AUDIO_BUDGET_PER_SESSION = 0  # replies are under test here, not the pacing of audio
 
 
 FUZZ = hypothesis_settings(max_examples=1500, deadline=None, derandomize=True,
@@ -95,7 +97,7 @@ FUZZ = hypothesis_settings(max_examples=1500, deadline=None, derandomize=True,
 @given(first=texts, second=texts)
 async def test_any_control_messages_get_documented_replies(engine, many_errors_allowed, first, second):
     recorder = Recorder()
-    session = SttSession(recorder.send, recorder.close, engine=engine, client="fuzz")
+    session = SttSession(recorder.send, recorder.close, process_session_services(engine), client="fuzz")
     assert await session.open()
     await session.on_text(first)
     await session.on_text(second)
@@ -116,7 +118,7 @@ frame_bytes = st.one_of(
 @given(frames=st.lists(frame_bytes, min_size=1, max_size=6), between=texts)
 async def test_any_audio_frames_get_documented_replies(engine, many_errors_allowed, frames, between):
     recorder = Recorder()
-    session = SttSession(recorder.send, recorder.close, engine=engine, client="fuzz")
+    session = SttSession(recorder.send, recorder.close, process_session_services(engine), client="fuzz")
     assert await session.open()
     await session.on_text(json.dumps({"type": "start_session", "session_config": {"language": "en"}}))
     for index, frame in enumerate(frames):

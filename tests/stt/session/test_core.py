@@ -3,60 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import numpy as np
 import pytest
 
-from monitoring.registry import registry
 from stt.evaluation import word_error_rate
 from stt.session import SttSession
 from tests.conftest import JFK_TEXT, frames, silence
+from tests.stt.session.support import Transport, feed, open_session, send, session_services
 
 # Sessions write their history (PostgreSQL under bin/test) from the history thread.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Transport:
-    """Stands in for the WebSocket: records what the session sends and how it closes."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-        self.closed: tuple[int, str] | None = None
-
-    async def send(self, message: dict) -> None:
-        json.dumps(message)  # everything sent must be JSON-serializable
-        self.sent.append(message)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def of(self, kind: str) -> list[dict]:
-        return [m for m in self.sent if m["type"] == kind]
-
-    def types(self) -> list[str]:
-        return [m["type"] for m in self.sent]
-
-    def errors(self) -> list[dict]:
-        return [m["error"] for m in self.of("error")]
-
-
-async def open_session(engine, start: bool = True, **config) -> tuple[SttSession, Transport]:
-    transport = Transport()
-    session = SttSession(transport.send, transport.close, engine=engine, client="127.0.0.1:5000")
-    assert await session.open()
-    if start:
-        await session.on_text(json.dumps({"type": "start_session", "session_config": config}))
-    return session, transport
-
-
-async def feed(session: SttSession, audio: np.ndarray) -> None:
-    for frame in frames(audio):
-        await session.on_audio(frame)
-
-
-async def send(session: SttSession, message: dict) -> None:
-    await session.on_text(json.dumps(message))
 
 
 class TestStartingASession:
@@ -120,14 +77,17 @@ class TestStartingASession:
         assert transport.closed[0] == 1011
 
     async def test_connections_beyond_the_limit_are_refused_with_1013(self, engine, settings):
-        settings.WEBSOCKET_MAX_CONNECTIONS = registry.active_connections
+        services = session_services(engine)
+        first, _ = await open_session(engine, services=services)
+        settings.WEBSOCKET_MAX_CONNECTIONS = services.registry.active_connections
         transport = Transport()
-        session = SttSession(transport.send, transport.close, engine=engine)
+        session = SttSession(transport.send, transport.close, services)
         assert await session.open() is False
         assert transport.errors()[0]["code"] == "server_overloaded"
         assert transport.errors()[0]["retry_after"] > 0
         assert transport.closed[0] == 1013
-        assert session.connection_id not in {s.connection_id for s in registry.sessions()}
+        assert session.connection_id not in {s.connection_id for s in services.registry.sessions()}
+        await first.end("session_end", ended_reason="test")
 
 
 class TestTranscripts:

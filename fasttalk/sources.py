@@ -1,0 +1,19 @@
+"""The service's parts the monitoring endpoints report on (the project wires stt into
+monitoring; neither imports the other's way)."""
+
+from __future__ import annotations
+
+import functools
+
+from fasttalk.celery import app as celery_app
+from monitoring.sources import ServiceSources
+from stt import protocol
+from stt.engine import DecodeOptions, get_engine
+from stt.persistence import history
+
+
+@functools.cache
+def service_sources() -> ServiceSources:
+    return ServiceSources(engine=get_engine, history=history, celery_app=celery_app,
+                          probe_options=DecodeOptions.partial("en"),
+                          protocol_version=protocol.PROTOCOL_VERSION, sample_rate=protocol.SAMPLE_RATE)

@@ -1,0 +1,17 @@
+"""What the monitoring endpoints report on, handed in by the project (fasttalk/sources.py)
+so that monitoring never imports the service it watches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class ServiceSources:
+    engine: Callable[[], Any]  # the process's speech engine, looked up per request
+    history: Any  # the history writer: backlog and counters
+    celery_app: Any  # whose broker /health pings
+    probe_options: Any  # decode options of the health probe
+    protocol_version: str
+    sample_rate: int
