@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
@@ -11,6 +12,7 @@ from monitoring import metrics as prometheus_metrics
 from monitoring.health import check_model, overall_health
 from monitoring.registry import registry
 from stt import protocol
+from stt.auth import api_key_of_request
 from stt.engine import get_engine
 from stt.persistence import history
 
@@ -55,7 +57,33 @@ async def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse(report, status=200 if serving else 503)
 
 
+def _api_key_of_request(authorization: str) -> object:
+    """In a pool thread (not Django's one thread-sensitive thread): its connection is
+    checked before use and closed once too old."""
+    close_old_connections()
+    try:
+        return api_key_of_request(authorization)
+    finally:
+        close_old_connections()
+
+
+async def may_read_stats(request: HttpRequest) -> bool:
+    """With AUTH_REQUIRED, the live session list is for an API key (Authorization:
+    Bearer ftk_…) or a signed-in staff user; open mode shows it to anyone."""
+    if not settings.AUTH_REQUIRED:
+        return True
+    user = await request.auser()
+    if user.is_active and user.is_staff:
+        return True
+    authorization = request.headers.get("Authorization", "")
+    return bool(authorization) and await sync_to_async(_api_key_of_request, thread_sensitive=False)(
+        authorization) is not None
+
+
 async def stats(request: HttpRequest) -> JsonResponse:
+    if not await may_read_stats(request):
+        return JsonResponse({"error": {"code": "unauthorized", "message": "send an API key as Authorization: "
+                                       "Bearer ftk_..., or sign in to the admin as staff"}}, status=401)
     snapshot = registry.snapshot()
     engine = get_engine()
     snapshot["engine"] = {
