@@ -6,10 +6,11 @@ import atexit
 import logging
 import os
 import socket
-from typing import Any
+import sys
+from typing import Any, Callable, NoReturn
 
 import daphne.cli
-import daphne.server
+import daphne.server  # noqa: F401  (first: it installs the asyncio reactor Daphne runs on)
 from daphne.cli import CommandLineInterface
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -22,19 +23,39 @@ from monitoring.logs import AccessLog
 logger = logging.getLogger(__name__)
 
 
-def tolerate_monitoring_port_taken(listen_error: Any) -> Any:
-    """Daphne stops the server when an endpoint cannot listen. For the monitoring
-    port that is wrong: another process of the host may have bound it a moment ago
-    (the check below and the bind are not one step); this process serves on."""
+def port_in_use_line(host: str, port: int) -> str:
+    return f"error: cannot serve on {host}:{port}: the port is already in use"
 
-    def handle(server: Any, failure: Any) -> Any:
+
+def listen_error_handler(on_service_port_taken: Callable[[int | None], None]) -> Callable[[Any, Any], None]:
+    """What Daphne does when an endpoint cannot listen. The monitoring port may have been
+    bound by another process of the host a moment ago (the check below and the bind are
+    not one step): this process serves on without it. The service port: one line, and
+    the server stops (exit code 1)."""
+
+    def handle(server: Any, failure: Any) -> None:
         port = getattr(failure.value, "port", None)
         if settings.MONITORING_PORT and port == settings.MONITORING_PORT:
             logger.warning("monitoring port %s is taken; not serving it here", port)
-            return None
-        return listen_error(server, failure)
+            return
+        on_service_port_taken(port)
+        server.stop()
 
     return handle
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process now that the server has stopped and drained: exit handlers run
+    (metrics, engine, history journal), output is flushed, and the interpreter is left
+    without finalizing. Finalizing would kill the daemon threads of the model load, the
+    inference and the in-process refinement wherever they are, and one inside
+    CTranslate2's or onnxruntime's C++ code aborts the whole process ("terminate called
+    without an active exception", exit 134) or crashes it."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -59,7 +80,16 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         host = options["host"] or settings.WEBSOCKET_HOST
         port = options["port"] or settings.WEBSOCKET_PORT
-        daphne_protocol.install(tolerate_monitoring_port_taken(daphne.server.Server.listen_error))
+        if not port_is_free(host, port):
+            self.stderr.write(port_in_use_line(host, port))
+            sys.exit(1)  # nothing started yet: an ordinary exit
+        failed: list[int] = []
+
+        def service_port_taken(taken: int | None) -> None:
+            failed.append(1)
+            self.stderr.write(port_in_use_line(host, taken or port))
+
+        daphne_protocol.install(listen_error_handler(service_port_taken))
         daphne.cli.AccessLogGenerator = AccessLog  # access lines through logging, as JSON
         self.stdout.write(f"Fasttalk STT on http://{host}:{port}/  (WebSocket: /ws/transcribe)")
         extra_endpoints = []
@@ -82,7 +112,16 @@ class Command(BaseCommand):
 
         # Installed once the reactor runs, over Twisted's own handlers (which stop at once).
         reactor.callWhenRunning(install_sigterm_handler, lambda: reactor.callFromThread(reactor.stop))
-        CommandLineInterface().run([
+        try:
+            CommandLineInterface().run(self.daphne_arguments(host, port, extra_endpoints))
+        except Exception:
+            logger.exception("the server failed")
+            failed.append(1)
+        exit_process(1 if failed else 0)
+
+    @staticmethod
+    def daphne_arguments(host: str, port: int, extra_endpoints: list[str]) -> list[str]:
+        return [
             *extra_endpoints,
             "--bind", host,
             "--port", str(port),
@@ -93,4 +132,4 @@ class Command(BaseCommand):
             # Give sessions time to transcribe a departing client's last words.
             "--application-close-timeout", "30",
             settings.ASGI_APPLICATION.replace(".application", ":application"),
-        ])
+        ]
