@@ -12,6 +12,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from stt.engine import get_engine  # noqa: E402
+from stt.handshake import HandshakeMiddleware  # noqa: E402
 from stt.routing import websocket_urlpatterns  # noqa: E402
 
 from monitoring.middleware import RefuseOnMonitoringPort  # noqa: E402
@@ -21,8 +22,9 @@ application = ProtocolTypeRouter(
         # Static files (the admin's CSS and JS, the demo page's scripts) straight from the
         # apps: the service is one process with no web server in front of it by default.
         "http": ASGIStaticFilesHandler(django_application),
-        # The monitoring port serves /health and /metrics only: no sessions there.
-        "websocket": RefuseOnMonitoringPort(URLRouter(websocket_urlpatterns)),
+        # The monitoring port serves /health and /metrics only: no sessions there. Then
+        # Origin and credentials: the consumer gets an admitted connection only.
+        "websocket": RefuseOnMonitoringPort(HandshakeMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )
 

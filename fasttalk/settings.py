@@ -296,6 +296,9 @@ WEBSOCKET_MAX_MESSAGE_BYTES = env_int("WEBSOCKET_MAX_MESSAGE_BYTES", 1024 * 1024
 # false runs the service open, for development (bin/serve's default).
 AUTH_REQUIRED = env_bool("AUTH_REQUIRED", True)
 AUTH_TOKEN_TTL_SECONDS = env_int("AUTH_TOKEN_TTL_SECONDS", 300)
+# A handshake admitted with a credential is remembered this long (no database lookup for
+# the same credential meanwhile); a revoked key stops new connections within it. 0: off.
+AUTH_CACHE_SECONDS = env_float("AUTH_CACHE_SECONDS", 10.0)
 # Defaults of the per-key limits (an API key may set its own), per server process.
 AUTH_MAX_SESSIONS_PER_KEY = env_int("AUTH_MAX_SESSIONS_PER_KEY", 20)
 AUTH_MAX_MESSAGES_PER_SECOND = env_int("AUTH_MAX_MESSAGES_PER_SECOND", 1000)
@@ -303,9 +306,10 @@ AUTH_MAX_MESSAGES_PER_SECOND = env_int("AUTH_MAX_MESSAGES_PER_SECOND", 1000)
 # connection in open mode): a client above it is slowed (backpressure), never dropped.
 # A little over real time, so a live stream never waits. 0: no budget.
 AUDIO_BUDGET_PER_SESSION = env_float("AUDIO_BUDGET_PER_SESSION", 1.25)
-# Origins browsers may connect from (exact scheme://host[:port], comma-separated), or *.
-# Clients that send no Origin (backends) are not affected.
-ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "*")
+# Other origins browsers may connect from and read the public endpoints from (exact
+# scheme://host[:port], comma-separated), or *. Empty (the default): the service's own
+# origin only. Clients that send no Origin (backends) are not affected.
+ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "")
 
 # Keepalive: Daphne pings a WebSocket quiet for this long, and drops it when the pong
 # does not come within the timeout (a vanished client, a dead NAT mapping).

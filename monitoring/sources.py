@@ -15,3 +15,5 @@ class ServiceSources:
     probe_options: Any  # decode options of the health probe
     protocol_version: str
     sample_rate: int
+    # The API key an `Authorization` header names, or None (blocking: called in a pool thread).
+    api_key_of: Callable[[str], Any] = lambda authorization: None

@@ -57,7 +57,24 @@ async def health(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
     return JsonResponse(report, status=200 if serving else 503)
 
 
+async def may_read_stats(request: HttpRequest, sources: ServiceSources) -> bool:
+    """With AUTH_REQUIRED, the live session list is for an API key (Authorization:
+    Bearer ftk_…) or a signed-in staff user; open mode shows it to anyone."""
+    if not settings.AUTH_REQUIRED:
+        return True
+    user = await request.auser()
+    if user.is_active and user.is_staff:
+        return True
+    authorization = request.headers.get("Authorization", "")
+    # In a pool thread, not Django's one thread-sensitive thread (admin pages wait there).
+    return bool(authorization) and await sync_to_async(sources.api_key_of, thread_sensitive=False)(
+        authorization) is not None
+
+
 async def stats(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
+    if not await may_read_stats(request, sources):
+        return JsonResponse({"error": {"code": "unauthorized", "message": "send an API key as Authorization: "
+                                       "Bearer ftk_..., or sign in to the admin as staff"}}, status=401)
     snapshot = registry.snapshot()
     engine = sources.engine()
     history = sources.history

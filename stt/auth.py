@@ -8,7 +8,8 @@
   the subprotocols `fasttalk` and `fasttalk.auth.<token>`; the server answers with
   `fasttalk`. Tokens are HMAC-signed with SECRET_KEY and die with their key.
 - AUTH_REQUIRED=false runs the service open (development); Origin is checked in any
-  case against ALLOWED_ORIGINS.
+  case: the service's own origin, or one in ALLOWED_ORIGINS.
+- With AUTH_REQUIRED, /stats (the live session list) is for API keys and staff users.
 
 Credentials are never logged.
 """
@@ -116,15 +117,18 @@ def credential_from_scope(scope: dict) -> str | None:
     return None
 
 
-def origin_allowed(origin: str | None) -> bool:
+def origin_allowed(origin: str | None, host: str | None = None) -> bool:
     """Browsers send Origin; other clients usually do not (and are then let through to
-    authentication). ALLOWED_ORIGINS: exact origins, or "*"."""
+    authentication). Allowed: the request's own origin (its Host), and ALLOWED_ORIGINS:
+    exact origins, or "*"."""
     if not origin:
         return True
     allowed = settings.ALLOWED_ORIGINS
     if "*" in allowed:
         return True
     parts = urlsplit(origin)
+    if host and parts.netloc.lower() == host.strip().lower():
+        return True  # same origin
     normalized = f"{parts.scheme}://{parts.netloc}".lower()
     return normalized in {o.rstrip("/").lower() for o in allowed}
 
@@ -132,7 +136,7 @@ def origin_allowed(origin: str | None) -> bool:
 def authorize_handshake(scope: dict) -> Decision:
     """Whether a WebSocket handshake may be accepted, and as whom (sync: touches the DB)."""
     headers = _headers(scope)
-    if not origin_allowed(headers.get("origin")):
+    if not origin_allowed(headers.get("origin"), headers.get("host")):
         return Decision(None, f"origin {headers.get('origin')!r} is not in ALLOWED_ORIGINS")
     offered = scope.get("subprotocols") or []
     subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
@@ -144,10 +148,26 @@ def authorize_handshake(scope: dict) -> Decision:
     key = key_for(credential)
     if key is None:
         return Decision(None, "invalid, expired or revoked credential")
+    note_key_used(key)
+    return Decision(_principal(key), subprotocol=subprotocol)
+
+
+# last_used_at is for people (is this key still in use?): a minute's precision is plenty,
+# and writing it on every handshake would put a database write into each one.
+LAST_USED_PRECISION = timedelta(seconds=60)
+
+
+def note_key_used(key: Any) -> None:
+    """Sets the key's last_used_at, unless it was set within LAST_USED_PRECISION."""
+    from django.db.models import Q
+
     from stt.models import ApiKey
 
-    ApiKey.objects.filter(pk=key.pk).update(last_used_at=datetime.now(timezone.utc))
-    return Decision(_principal(key), subprotocol=subprotocol)
+    now = datetime.now(timezone.utc)
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_PRECISION:
+        return
+    ApiKey.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_PRECISION),
+                          pk=key.pk).update(last_used_at=now)
 
 
 class RateLimiter:
@@ -179,3 +199,10 @@ class RateLimiter:
 
 
 rate_limiter = RateLimiter()
+
+
+def api_key_of_request(authorization: str) -> Any:
+    """The active ApiKey an `Authorization: Bearer ftk_…` header names, or None (a
+    browser token is not an API key). Sync: touches the DB."""
+    credential = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    return key_for(credential) if credential.startswith(KEY_PREFIX) else None

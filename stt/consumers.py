@@ -7,11 +7,9 @@ import json
 import logging
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from stt.auth import Decision, authorize_handshake
-
+from stt.handshake import client_address
 from stt.services import process_session_services
 from stt.session import SttSession
 
@@ -33,28 +31,22 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.groups_joined = []
-        client = self.scope.get("client")
-        address = f"{client[0]}:{client[1]}" if client else None
-        try:
-            decision = await database_sync_to_async(authorize_handshake)(self.scope)
-        except Exception as exc:  # the key store is unreachable: refuse rather than let anyone in
-            decision = Decision(None, f"authentication unavailable ({type(exc).__name__})")
-        if decision.principal is None:
-            # Closing before accepting refuses the handshake (HTTP 403).
-            logger.warning("WebSocket refused: %s", decision.reason,
-                           extra={"event": "auth_refused", "client": address, "reason": decision.reason})
+        # Origin and credentials were checked by stt.handshake.HandshakeMiddleware; a
+        # scope without its principal never passed it, and is refused (HTTP 403).
+        principal = self.scope.get("principal")
+        if principal is None:
             await self.close()
             return
-        self.session = SttSession(self._send_json, self._close, process_session_services(), client=address,
-                                  principal=decision.principal)
-        await self.accept(subprotocol=decision.subprotocol)
+        self.session = SttSession(self._send_json, self._close, process_session_services(),
+                                  client=client_address(self.scope), principal=principal)
+        await self.accept(subprotocol=self.scope.get("subprotocol"))
         if await self.session.open():
             await self._join(BROADCAST_GROUP)
             await self._join(session_group(self.session.connection_id))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is None:
-            return  # refused at the handshake
+            return  # never admitted
         if bytes_data is not None:
             await self.session.on_audio(bytes_data)
             return

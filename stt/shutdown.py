@@ -1,6 +1,8 @@
 """Graceful shutdown of a server process (SIGTERM): stop admitting sessions, finish
 every active one (pending speech becomes finals, stored then sent; session_ended;
-close 1012), write the history backlog, then stop, all within SHUTDOWN_GRACE_SECONDS."""
+close 1012), write the history backlog, queue the refinements (in-process: finish the
+one in progress or leave it queued), then stop, all within SHUTDOWN_GRACE_SECONDS.
+The process then exits 0 (stt/management/commands/serve.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from django.conf import settings
 
 from monitoring.registry import registry
 from stt.persistence import history
+from stt.tasks import stop_refinement_dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,10 @@ async def drain_sessions(grace_seconds: float | None = None) -> dict[str, int]:
     done, pending = (await asyncio.wait(tasks, timeout=grace)) if tasks else (set(), set())
     remaining = max(1.0, grace - (time.monotonic() - started))
     await history.drain_or_journal(timeout=remaining)  # what the database did not take: journaled
-    outcome = {"sessions": len(sessions), "finished": len(done), "unfinished": len(pending)}
+    # Then the refinements of those finals: queued, or (in-process) finished or left queued.
+    remaining = max(0.5, grace - (time.monotonic() - started))
+    refinements = await asyncio.to_thread(stop_refinement_dispatch, remaining)
+    outcome = {"sessions": len(sessions), "finished": len(done), "unfinished": len(pending), **refinements}
     logger.warning("shutdown: %s", outcome, extra={"event": "shutdown_done", **outcome})
     return outcome
 

@@ -183,10 +183,61 @@ def _dispatch_forever() -> None:
     while True:
         utterance_id = _dispatch_queue.get()
         try:
-            queue_refinements([utterance_id])
+            if _dispatch_stopping.is_set():
+                leave_queued([utterance_id])  # shutting down: no new work
+            else:
+                _dispatch_in_hand[0] = utterance_id
+                queue_refinements([utterance_id])
         except Exception:  # the beat sweep queues it later
             logger.warning("could not queue the refinement of %s; the sweep will", utterance_id, exc_info=True)
         finally:
+            _dispatch_in_hand[0] = None
             if _dispatch_queue.empty():
                 connections.close_all()  # idle: hold no connection
             _dispatch_queue.task_done()
+
+
+# --- Shutdown ----------------------------------------------------------------------------
+
+_dispatch_stopping = threading.Event()
+_dispatch_in_hand: list[str | None] = [None]  # the utterance the dispatch thread works on
+
+
+def leave_queued(utterance_ids: Iterable[str], model: str | None = None) -> int:
+    """Record refinements as queued without running them (a worker's or the admin's to
+    pick up); a running one goes back to queued. Returns how many rows changed."""
+    from stt.models import Refinement, Utterance
+
+    model = model or settings.REFINE_MODEL
+    now = datetime.now(timezone.utc)
+    changed = 0
+    for utterance in Utterance.objects.filter(utterance_id__in=list(utterance_ids)):
+        _, created = Refinement.objects.get_or_create(
+            utterance=utterance, model=model, defaults={"status": Refinement.Status.QUEUED, "queued_at": now})
+        changed += created or Refinement.objects.filter(
+            utterance=utterance, model=model, status=Refinement.Status.RUNNING).update(
+            status=Refinement.Status.QUEUED, queued_at=now, task_id="", chunks_done=0)
+    return changed
+
+
+def stop_refinement_dispatch(timeout: float) -> dict[str, int]:
+    """At shutdown: the finals waiting for the dispatch thread are queued (to the broker)
+    within `timeout`; in the embedded mode (refined in-process) none is started any more,
+    they are left queued, and the one in progress may finish within `timeout`, else it is
+    put back to queued. Never is a refinement left marked running by this process."""
+    import time as clock
+
+    if refine_utterance.app.conf.task_always_eager:
+        _dispatch_stopping.set()
+    deadline = clock.monotonic() + timeout
+    while _dispatch_queue.unfinished_tasks and clock.monotonic() < deadline:
+        clock.sleep(0.05)
+    waiting: list[str] = []
+    while True:  # still waiting at the deadline: left queued here
+        try:
+            waiting.append(_dispatch_queue.get_nowait())
+        except queue.Empty:
+            break
+    in_hand = _dispatch_in_hand[0]
+    requeued = leave_queued([*waiting, *([in_hand] if in_hand else [])])
+    return {"left_queued": requeued, "interrupted": int(in_hand is not None)}

@@ -13,14 +13,13 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from stt.auth import KEY_PREFIX, generate_key, key_for, mint_token, origin_allowed
+from stt.auth import api_key_of_request, generate_key, mint_token, origin_allowed
 from stt.messages import SUBPROTOCOL, token_subprotocols
 
 
 def _mint(authorization: str) -> JsonResponse:
-    credential = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
     # Only an API key mints tokens: a token cannot extend its own life.
-    key = key_for(credential) if credential.startswith(KEY_PREFIX) else None
+    key = api_key_of_request(authorization)
     if key is None:
         return JsonResponse({"error": {"code": "unauthorized", "message": "send an active API key as "
                                        "Authorization: Bearer ftk_..."}}, status=401)
@@ -74,7 +73,7 @@ def demo(request: HttpRequest) -> HttpResponse:
     response = render(request, "stt/demo.html", {
         "auth_required": settings.AUTH_REQUIRED,
         "origin": origin,
-        "origin_allowed": origin_allowed(origin),
+        "origin_allowed": origin_allowed(origin, request.get_host()),
     })
     ws_origin = ("wss://" if request.is_secure() else "ws://") + request.get_host()
     # Everything the page loads comes from this service; nothing else may run or be fetched.

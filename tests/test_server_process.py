@@ -196,3 +196,49 @@ async def test_a_client_that_vanishes_is_dropped_by_the_keepalive(tmp_path_facto
         assert status == 200, "the server goes on"
     finally:
         server.stop()
+
+
+async def test_a_client_that_never_reads_is_dropped_past_the_outbound_cap(tmp_path_factory):
+    """Issue 14 #11: the outbound cap reads Twisted's count of unsent bytes; if that
+    figure read 0 under a stalled reader, the cap would be off and this client would be
+    buffered for without end. The client's receive window is made tiny before it
+    connects (else the kernel's buffers take the replies first) and it asks for replies
+    (`configure` is answered with the whole config) without ever reading one."""
+    import socket
+
+    folder = tmp_path_factory.mktemp("stalled")
+    env = {k: v for k, v in base_env().items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    limit = 256 * 1024
+    env.update(DATABASE_URL=f"sqlite:///{folder / 'db.sqlite3'}", MEDIA_ROOT=str(folder / "media"),
+               WEBSOCKET_MAX_OUTBOUND_BYTES=str(limit), AUTH_MAX_MESSAGES_PER_SECOND="1000000")
+    server = Server(env, folder)
+    marker = "dropping a client that stopped reading"
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        ws = await websockets.connect(server.ws, sock=sock, ping_interval=None)
+        await ws.send(json.dumps({"type": "start_session"}))
+        await asyncio.sleep(0.3)
+        ws.transport.pause_reading()  # from now on it reads nothing
+        request = json.dumps({"type": "configure", "config": {}})
+        deadline = time.monotonic() + 60
+        try:
+            while marker not in server.log.read_text() and time.monotonic() < deadline:
+                for _ in range(200):
+                    await ws.send(request)
+                await asyncio.sleep(0.1)
+        except websockets.ConnectionClosed:
+            pass
+        while marker not in server.log.read_text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        ws.transport.abort()
+        lines = [line for line in server.log.read_text().splitlines() if marker in line]
+        assert lines, "the unsent-byte figure never passed the cap: the cap is off"
+        unsent = int(lines[-1].split("(")[1].split()[0])
+        assert limit < unsent < limit + 65536, unsent
+        assert "outbound_cap_inactive" not in server.log.read_text()
+        assert get_json(f"{server.base}/health")[0] == 200, "the server goes on"
+    finally:
+        server.stop()

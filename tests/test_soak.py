@@ -79,6 +79,7 @@ def soaked(tmp_path_factory):
     env.pop("CELERY_BROKER_URL", None)  # the broker is the private Redis too
     server = Server(env, folder)
     key = server.create_api_key("soak")
+    server.stats_headers = {"Authorization": f"Bearer {key}"}  # /stats needs a key with AUTH_REQUIRED
     yield server, redis_server, database, key, folder
     server.stop()
     redis_server.stop()
@@ -164,7 +165,7 @@ async def settled(server: Server, timeout: float = 30) -> dict:
     """/stats once no connection is active any more (departed sessions finish in the background)."""
     deadline = time.monotonic() + timeout
     while True:
-        _, stats = get_json(f"{server.base}/stats")
+        _, stats = get_json(f"{server.base}/stats", getattr(server, "stats_headers", None))
         if stats["active_connections"] == 0 or time.monotonic() > deadline:
             return stats
         await asyncio.sleep(0.2)

@@ -50,3 +50,16 @@ class TestCors:
     def test_other_origins_and_the_admin_get_no_cors_headers(self, client):
         assert "Access-Control-Allow-Origin" not in client.get("/stats", HTTP_ORIGIN="https://evil.example.com")
         assert "Access-Control-Allow-Origin" not in client.get("/admin/login/", HTTP_ORIGIN="https://app.example.com")
+
+
+def test_by_default_no_other_origin_may_read_the_public_endpoints():
+    """Issue 14 #9: with the default ALLOWED_ORIGINS, any website could read /stats."""
+    env = {k: v for k, v in os.environ.items() if k != "ALLOWED_ORIGINS"}
+    probe = ("import django; django.setup(); from django.conf import settings; from django.test import Client; "
+             "settings.ALLOWED_HOSTS = ['*']; "
+             "r = Client().get('/stats', HTTP_ORIGIN='https://evil.example'); "
+             "print(settings.ALLOWED_ORIGINS, r.headers.get('Access-Control-Allow-Origin'))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                            env={**env, "DJANGO_SETTINGS_MODULE": "fasttalk.settings", "AUTH_REQUIRED": "0"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "[] None"

@@ -88,3 +88,63 @@ async def test_stats_has_every_field_of_the_design_document(engine):
         "total_utterances_processed", "active_utterances",
     }
     assert session.connection_id not in registry.snapshot()["processing_stats"], "ended sessions leave the live list"
+
+
+async def live_session(engine, session_id: str) -> SttSession:
+    async def send(message: dict) -> None:
+        pass
+
+    async def close(code: int, reason: str) -> None:
+        pass
+
+    session = SttSession(send, close, process_session_services(engine), client="10.1.2.3:4567")
+    await session.open()
+    await session.on_text(json.dumps({"type": "start_session", "session_config": {"session_id": session_id}}))
+    return session
+
+
+class TestStatsWithAuthentication:
+    """Issue 14 #9: with AUTH_REQUIRED, the live session list is for API keys and staff."""
+
+    @pytest.fixture(autouse=True)
+    def auth_on(self, settings):
+        settings.AUTH_REQUIRED = True
+
+    async def test_without_credentials_stats_are_refused(self, engine):
+        session = await live_session(engine, "secret-session")
+        try:
+            response = await AsyncClient().get("/stats")
+        finally:
+            await session.end("session_end", ended_reason="test")
+        assert response.status_code == 401 and b"secret-session" not in response.content
+
+    async def test_an_api_key_or_a_staff_login_reads_them_but_a_browser_token_does_not(self, engine):
+        from asgiref.sync import sync_to_async
+        from django.contrib.auth.models import User
+
+        from stt import auth
+        from stt.models import ApiKey
+
+        raw, prefix, digest = auth.generate_key()
+        key = await ApiKey.objects.acreate(name="ops", prefix=prefix, key_hash=digest)
+        token, _ = await sync_to_async(auth.mint_token)(key)
+        staff = await User.objects.acreate(username="ops", is_staff=True)
+        viewer = await User.objects.acreate(username="viewer", is_staff=False)
+        with_key = await AsyncClient().get("/stats", headers={"Authorization": f"Bearer {raw}"})
+        with_token = await AsyncClient().get("/stats", headers={"Authorization": f"Bearer {token}"})
+        staff_client, viewer_client = AsyncClient(), AsyncClient()
+        await staff_client.aforce_login(staff)
+        await viewer_client.aforce_login(viewer)
+        assert with_key.status_code == 200 and "active_connections" in with_key.json()
+        assert (await staff_client.get("/stats")).status_code == 200
+        assert with_token.status_code == 401
+        assert (await viewer_client.get("/stats")).status_code == 401
+
+    async def test_health_stays_public_and_names_no_session_or_client(self, engine):
+        session = await live_session(engine, "secret-session")
+        try:
+            response = await AsyncClient().get("/health")
+        finally:
+            await session.end("session_end", ended_reason="test")
+        assert response.status_code in (200, 503)
+        assert b"secret-session" not in response.content and b"10.1.2.3" not in response.content

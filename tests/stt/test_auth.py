@@ -82,6 +82,24 @@ class TestCredentials:
     def test_origins(self, origin, allowed):
         assert auth.origin_allowed(origin) is allowed
 
+    def test_the_services_own_origin_is_allowed_and_by_default_no_other(self, settings):
+        settings.ALLOWED_ORIGINS = []
+        assert auth.origin_allowed("https://stt.example.com", host="STT.example.com")
+        assert auth.origin_allowed("http://127.0.0.1:8000", host="127.0.0.1:8000")
+        assert not auth.origin_allowed("https://evil.example", host="stt.example.com")
+        assert not auth.origin_allowed("https://evil.example")
+
+    def test_last_used_is_written_at_most_once_a_minute(self):
+        key, _ = new_key()
+        auth.note_key_used(key)
+        first = ApiKey.objects.get(pk=key.pk).last_used_at
+        assert first is not None
+        auth.note_key_used(ApiKey.objects.get(pk=key.pk))
+        assert ApiKey.objects.get(pk=key.pk).last_used_at == first
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=first - timedelta(minutes=2))
+        auth.note_key_used(ApiKey.objects.get(pk=key.pk))
+        assert ApiKey.objects.get(pk=key.pk).last_used_at > first
+
 
 class TestHandshake:
     async def test_without_a_credential_the_handshake_is_refused(self):

@@ -1,0 +1,171 @@
+"""Everything the service changes in Daphne, in one place: what it reads of Daphne's and
+Twisted's internals is listed here and checked by tests/stt/test_daphne_protocol.py
+(and, for the unsent-byte figure, when the server starts), so an upgrade that changes
+them fails a test instead of silently switching a safeguard off. Twisted is pinned in
+requirements/base.txt for the same reason.
+
+- Close codes: the application's close code and reason reach the client (Daphne drops
+  the reason; autobahn lets applications send only 1000 and 3000-4999).
+- Protocol violations (oversized message, invalid UTF-8) are answered with a close frame.
+- Inbound backpressure: past WEBSOCKET_MAX_INBOUND_QUEUE waiting messages the socket is
+  not read until the session caught up.
+- Outbound cap: past WEBSOCKET_MAX_OUTBOUND_BYTES unsent bytes the client is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any, Callable
+
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# Close codes a server may send (RFC 6455 and IANA): autobahn lets applications send
+# only 1000 and 3000-4999, which would turn our 1008/1011/1012/1013 into a dropped
+# connection (1006) with no code at all.
+SERVER_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+# The private fields of twisted.internet.abstract.FileDescriptor that hold what a
+# transport has not written to its socket yet (Twisted has no public figure for it).
+TRANSPORT_BUFFER_FIELDS = ("dataBuffer", "offset", "_tempDataLen")
+
+
+class UnsentBytesUnknown(RuntimeError):
+    """The transport does not expose the fields the outbound cap reads."""
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes written to a Twisted TCP transport that the peer has not taken yet. A
+    wrapping transport (TLS) is looked through. Raises UnsentBytesUnknown rather than
+    answering 0: a 0 would switch the outbound cap off without a word."""
+    while transport is not None:
+        if all(hasattr(transport, name) for name in TRANSPORT_BUFFER_FIELDS):
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        transport = getattr(transport, "transport", None)
+    raise UnsentBytesUnknown(f"no {'/'.join(TRANSPORT_BUFFER_FIELDS)} on the transport "
+                             "(Twisted changed? see requirements/base.txt)")
+
+
+def verify_unsent_bytes_figure() -> None:
+    """At start-up: write to a real Twisted server-side TCP transport (on a socket
+    pair, never flushed) and check the figure counts it; raises UnsentBytesUnknown if not."""
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+
+    class HeldWrites:
+        """Stands in for the reactor: nothing is read, the writes stay in the buffer."""
+        def addReader(self, _: Any) -> None: ...
+        def removeReader(self, _: Any) -> None: ...
+        def addWriter(self, _: Any) -> None: ...
+        def removeWriter(self, _: Any) -> None: ...
+
+    ours, theirs = socket.socketpair()
+    try:
+        transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), None, 0, HeldWrites())
+        transport.write(b"x" * 1000)
+        transport.writeSequence([b"y" * 500])
+        figure = unsent_bytes(transport)
+    finally:
+        ours.close()
+        theirs.close()
+    if figure != 1500:
+        raise UnsentBytesUnknown(f"a transport holding 1500 unsent bytes reports {figure}")
+
+
+class ClosingWebSocketProtocol(WebSocketProtocol):
+    # How often a paused connection checks whether its session caught up.
+    RESUME_CHECK_SECONDS = 0.02
+    _reading_paused = False
+    _dropped_slow_reader = False
+    _figure_missing_logged = False
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        super().onMessage(payload, isBinary)
+        # Daphne queues every message for the application without bound: a client that
+        # sends faster than its session processes (a file pushed at full speed) would
+        # grow this process's memory with its backlog. Past WEBSOCKET_MAX_INBOUND_QUEUE
+        # messages, stop reading the socket until the session has taken half of them:
+        # TCP then slows the sender to the server's pace, and nothing is dropped.
+        limit = settings.WEBSOCKET_MAX_INBOUND_QUEUE
+        queue = getattr(self, "application_queue", None)
+        if limit and queue is not None and queue.qsize() >= limit and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+            self._resume_when_drained()
+
+    def _resume_when_drained(self) -> None:
+        from twisted.internet import reactor  # here: importing it early would install the wrong reactor
+
+        if self.application_queue.qsize() > settings.WEBSOCKET_MAX_INBOUND_QUEUE // 2 \
+                and self.transport.connected:
+            reactor.callLater(self.RESUME_CHECK_SECONDS, self._resume_when_drained)
+            return
+        self._reading_paused = False
+        if self.transport.connected:
+            self.transport.resumeProducing()
+
+    def serverSend(self, content: Any, binary: bool = False) -> None:
+        # A client that stops reading would make this buffer grow without end: past
+        # WEBSOCKET_MAX_OUTBOUND_BYTES the connection is dropped (its session finishes
+        # for the record as after any disconnect).
+        limit = settings.WEBSOCKET_MAX_OUTBOUND_BYTES
+        unsent = self._unsent() if limit else 0
+        if unsent > limit:
+            if not self._dropped_slow_reader:
+                self._dropped_slow_reader = True
+                logger.warning("dropping a client that stopped reading (%d bytes unsent)", unsent,
+                               extra={"event": "slow_reader_dropped", "client": str(self.client_addr)})
+                self.dropConnection(abort=True)
+            return
+        super().serverSend(content, binary)
+
+    def _unsent(self) -> int:
+        try:
+            return unsent_bytes(self.transport)
+        except UnsentBytesUnknown as exc:
+            if not self._figure_missing_logged:  # once per connection, loudly
+                self._figure_missing_logged = True
+                logger.error("outbound cap inactive for this connection: %s", exc,
+                             extra={"event": "outbound_cap_inactive"})
+            return 0
+
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        # Daphne drops the close reason the application gives; clients should see it.
+        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+            self.serverClose(code=message.get("code"), reason=message.get("reason") or "")
+            return
+        super().handle_reply(message)
+
+    def serverClose(self, code: int | None = None, reason: str = "") -> None:
+        code = 1000 if code is None else code
+        # A close frame's reason is at most 123 bytes of UTF-8.
+        reason_bytes = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8") or None
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code, reasonUtf8=reason_bytes, isReply=False)
+        else:
+            self.sendClose(code=code, reason=reason_bytes.decode("utf-8") if reason_bytes else None)
+
+
+class ClosingWebSocketFactory(WebSocketFactory):
+    """Daphne's factory, but a protocol violation (an oversized message, invalid UTF-8)
+    is answered with a close frame carrying its code (1009, 1007) instead of a silent
+    TCP drop, so clients can tell what went wrong."""
+
+    protocol = ClosingWebSocketProtocol
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("failByDrop", False)
+        super().setProtocolOptions(*args, **kwargs)
+
+
+def install(listen_error: Callable[[Any, Any], Any]) -> None:
+    """Put the adaptations into Daphne's server (before it starts): our factory, and
+    `listen_error(server, failure)` as what happens when an endpoint cannot listen."""
+    import daphne.server
+
+    verify_unsent_bytes_figure()
+    daphne.server.WebSocketFactory = ClosingWebSocketFactory
+    daphne.server.Server.listen_error = listen_error

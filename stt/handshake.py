@@ -1,0 +1,122 @@
+"""The WebSocket handshake's checks as ASGI middleware around the router (as Channels'
+OriginValidator and AuthMiddlewareStack are): Origin and credentials are decided here,
+before any consumer exists, and the consumer only speaks the protocol.
+
+An admitted connection's scope carries `principal` (stt.auth.Principal: whom it acts
+for) and `subprotocol` (the one to answer with, or None). A refused one is closed before
+it is accepted, which Daphne answers with HTTP 403; the log says why ("auth_refused"),
+never with the credential.
+
+The key lookup (and its last-used UPDATE) runs in a worker thread of its own rather
+than on Django's single thread-sensitive thread, so handshakes never queue behind one
+another or behind other sync work there; and an admission is remembered for
+AUTH_CACHE_SECONDS, so a backend that reconnects (or opens many sessions) does not
+query the database each time. Revoking a key therefore stops new connections within
+AUTH_CACHE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+
+from stt.auth import Decision, authorize_handshake, credential_from_scope
+
+logger = logging.getLogger(__name__)
+
+Authorize = Callable[[dict], Decision]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+def _authorize_in_worker_thread(authorize: Authorize, scope: dict) -> Decision:
+    """`authorize(scope)`, run in a pool thread: its database connection is that
+    thread's, checked before use and closed once too old (CONN_MAX_AGE)."""
+    close_old_connections()
+    try:
+        return authorize(scope)
+    except Exception as exc:  # the key store is unreachable: refuse rather than let anyone in
+        return Decision(None, f"authentication unavailable ({type(exc).__name__})")
+    finally:
+        close_old_connections()
+
+
+class RecentAdmissions:
+    """Handshakes admitted with a credential in the last `ttl_seconds`, by everything
+    the decision depended on (the credential's digest, Origin, Host, the subprotocols
+    offered). Refusals are never remembered. Used on the event loop only."""
+
+    MAX_ENTRIES = 10000
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self._entries: dict[tuple, tuple[float, Decision]] = {}
+
+    @staticmethod
+    def _key(scope: dict) -> tuple | None:
+        credential = credential_from_scope(scope)
+        if credential is None:
+            return None
+        headers = {name.lower(): value for name, value in scope.get("headers", []) if name.lower() in
+                   (b"origin", b"host")}
+        return (hashlib.sha256(credential.encode()).digest(), headers.get(b"origin"), headers.get(b"host"),
+                tuple(scope.get("subprotocols") or ()))
+
+    def get(self, scope: dict) -> Decision | None:
+        key = self._key(scope)
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None or self.clock() - entry[0] > self.ttl_seconds:
+            return None
+        return entry[1]
+
+    def remember(self, scope: dict, decision: Decision) -> None:
+        key = self._key(scope)
+        if key is None or decision.principal is None or self.ttl_seconds <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()  # a crude bound; entries are cheap to make again
+        self._entries[key] = (self.clock(), decision)
+
+
+def client_address(scope: dict) -> str | None:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None
+
+
+class HandshakeMiddleware:
+    """Admits a WebSocket connection (scope["principal"], scope["subprotocol"]) or
+    refuses its handshake; other scopes pass through untouched."""
+
+    def __init__(self, application: Any, authorize: Authorize = authorize_handshake,
+                 admissions: RecentAdmissions | None = None) -> None:
+        from django.conf import settings
+
+        self.application = application
+        self.authorize = authorize
+        self.admissions = admissions or RecentAdmissions(settings.AUTH_CACHE_SECONDS)
+
+    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "websocket":
+            await self.application(scope, receive, send)
+            return
+        decision = self.admissions.get(scope)
+        if decision is None:
+            decision = await sync_to_async(_authorize_in_worker_thread, thread_sensitive=False)(
+                self.authorize, scope)
+            self.admissions.remember(scope, decision)
+        if decision.principal is None:
+            address = client_address(scope)
+            logger.warning("WebSocket refused: %s", decision.reason,
+                           extra={"event": "auth_refused", "client": address, "reason": decision.reason})
+            await receive()  # websocket.connect
+            # Closing before accepting refuses the handshake (HTTP 403).
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        admitted = {**scope, "principal": decision.principal, "subprotocol": decision.subprotocol}
+        await self.application(admitted, receive, send)

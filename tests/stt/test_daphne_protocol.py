@@ -1,0 +1,115 @@
+"""What stt/daphne_protocol.py relies on in Daphne, autobahn and Twisted: each test
+fails if an upgrade changes an internal the adaptations read or override, so the close
+codes, the inbound backpressure and the outbound cap cannot stop working silently."""
+
+from __future__ import annotations
+
+import inspect
+import socket
+
+import pytest
+from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+from daphne import server as daphne_server
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+
+from stt.daphne_protocol import (
+    ClosingWebSocketFactory, ClosingWebSocketProtocol, UnsentBytesUnknown, unsent_bytes,
+    verify_unsent_bytes_figure,
+)
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+class NoReactor:
+    """The transport registers with a reactor; none runs here, so what is written stays
+    in the transport's buffer, as for a peer that stopped reading."""
+
+    def addReader(self, _): ...
+    def removeReader(self, _): ...
+    def addWriter(self, _): ...
+    def removeWriter(self, _): ...
+
+
+@pytest.fixture
+def server_transport():
+    """A real Twisted server-side TCP transport (the kind Daphne's connections have)."""
+    ours, theirs = socket.socketpair()
+    yield tcp.Server(ours, Protocol(), ("127.0.0.1", 50000), None, 1, NoReactor())
+    ours.close()
+    theirs.close()
+
+
+class TestOutboundCapFigure:
+    def test_bytes_written_but_not_sent_are_counted_on_a_real_twisted_transport(self, server_transport):
+        assert unsent_bytes(server_transport) == 0
+        server_transport.write(b"a" * 70000)
+        server_transport.writeSequence([b"b" * 100, b"c" * 20])
+        assert unsent_bytes(server_transport) == 70120
+
+    def test_bytes_the_socket_took_leave_the_figure(self, server_transport):
+        server_transport.write(b"a" * 1000)
+        server_transport.doWrite()  # what the reactor does when the socket is writable
+        assert unsent_bytes(server_transport) == 0
+
+    def test_a_transport_without_the_fields_is_reported_not_counted_as_nothing(self):
+        """Issue 14 #11: a 0 here would switch the outbound cap off without a word."""
+        with pytest.raises(UnsentBytesUnknown):
+            unsent_bytes(object())
+
+    def test_a_wrapping_transport_is_looked_through(self, server_transport):
+        class Wrapper:
+            transport = server_transport
+
+        server_transport.write(b"x" * 10)
+        assert unsent_bytes(Wrapper()) == 10
+
+    def test_the_start_up_check_passes_on_the_installed_twisted(self):
+        verify_unsent_bytes_figure()
+
+
+class TestDaphneInternals:
+    def test_the_server_builds_its_websocket_factory_from_the_module_global_we_replace(self):
+        assert "WebSocketFactory(" in inspect.getsource(daphne_server.Server.run)
+        assert daphne_server.WebSocketFactory is WebSocketFactory or \
+            daphne_server.WebSocketFactory is ClosingWebSocketFactory
+
+    def test_listen_errors_go_through_the_method_we_replace(self):
+        assert "self.listen_error" in inspect.getsource(daphne_server.Server.run)
+        assert parameters(daphne_server.Server.listen_error) == ["self", "failure"]
+
+    def test_the_overridden_methods_keep_their_signatures(self):
+        assert parameters(WebSocketProtocol.serverSend) == ["self", "content", "binary"]
+        assert parameters(WebSocketProtocol.serverClose) == ["self", "code"]
+        assert parameters(WebSocketProtocol.handle_reply) == ["self", "message"]
+        assert parameters(WebSocketProtocol.onMessage) == ["self", "payload", "isBinary"]
+
+    def test_daphne_still_drops_the_close_reason_and_rejects_before_accepting(self):
+        """What handle_reply works around: Daphne's close passes the code only."""
+        source = inspect.getsource(WebSocketProtocol.handle_reply)
+        assert "self.serverReject()" in source and "STATE_CONNECTING" in source
+        assert "serverClose(code=" in source
+
+    def test_the_inbound_queue_is_the_application_queue_daphne_fills(self):
+        source = inspect.getsource(WebSocketProtocol)
+        assert "self.application_queue = application_queue" in source
+        assert "self.application_queue.put_nowait(" in inspect.getsource(WebSocketProtocol.onMessage)
+
+    def test_autobahn_offers_what_the_close_and_drop_paths_call(self):
+        assert parameters(AutobahnProtocol.sendCloseFrame) == ["self", "code", "reasonUtf8", "isReply"]
+        assert parameters(AutobahnProtocol.sendClose) == ["self", "code", "reason"]
+        assert parameters(AutobahnProtocol.dropConnection) == ["self", "abort"]
+        assert hasattr(AutobahnProtocol, "STATE_CONNECTING")
+        assert "failByDrop" in parameters(WebSocketFactory.setProtocolOptions)
+
+    def test_twisted_tcp_transports_pause_and_resume_reading(self, server_transport):
+        server_transport.pauseProducing()
+        server_transport.resumeProducing()
+        assert server_transport.connected
+
+    def test_our_protocol_is_the_factorys(self):
+        assert ClosingWebSocketFactory.protocol is ClosingWebSocketProtocol
+        assert issubclass(ClosingWebSocketProtocol, WebSocketProtocol)
