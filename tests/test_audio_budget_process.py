@@ -63,9 +63,10 @@ async def test_a_full_speed_client_is_held_near_its_budget_and_all_its_audio_tra
     audio_seconds = len(audio) / 16000
     elapsed, messages = await asyncio.wait_for(push_at_full_speed(server.ws, audio), 120)
     least = (audio_seconds - BUDGET * BURST_SECONDS) / BUDGET
-    # Near its budget: not let through faster; not held much slower either (the last
-    # final is decoded after the last frame, on a machine that may be busy).
-    assert least * 0.95 <= elapsed <= least * 1.5, f"{audio_seconds:.1f} s of audio took {elapsed:.1f} s"
+    # Near its budget: not let through faster; not held much slower either, if short of
+    # what charging its audio twice would give (2x): the finals are decoded while it
+    # streams and the last one after its last frame, on a machine that may be busy.
+    assert least * 0.95 <= elapsed <= least * 1.75, f"{audio_seconds:.1f} s of audio took {elapsed:.1f} s"
     assert not [m for m in messages if m["type"] == "error"], "slowed, never refused"
     summary = messages[-1]["data"]
     assert summary["audio_received_s"] == pytest.approx(audio_seconds, abs=0.07) and summary["errors"] == 0
