@@ -9,6 +9,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from stt.daphne_protocol import DispatchWithoutDatabaseCleanup
 from stt.handshake import client_address
 from stt.services import process_session_services
 from stt.session import SttSession
@@ -25,7 +26,7 @@ def session_group(connection_id: str) -> str:
     return f"stt.session.{connection_id}"
 
 
-class TranscribeConsumer(AsyncWebsocketConsumer):
+class TranscribeConsumer(DispatchWithoutDatabaseCleanup, AsyncWebsocketConsumer):
     session: SttSession | None = None
     groups_joined: list[str]
 

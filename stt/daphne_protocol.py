@@ -1,5 +1,5 @@
-"""Everything the service changes in Daphne, in one place: what it reads of Daphne's and
-Twisted's internals is listed here and checked by tests/stt/test_daphne_protocol.py
+"""Everything the service changes in Daphne (and in Channels' consumer dispatch), in one
+place: what it reads of Daphne's, Channels' and Twisted's internals is listed here and checked by tests/stt/test_daphne_protocol.py
 (and, for the unsent-byte figure, when the server starts), so an upgrade that changes
 them fails a test instead of silently switching a safeguard off. Twisted is pinned in
 requirements/base.txt for the same reason.
@@ -10,6 +10,9 @@ requirements/base.txt for the same reason.
 - Inbound backpressure: past WEBSOCKET_MAX_INBOUND_QUEUE waiting messages the socket is
   not read until the session caught up.
 - Outbound cap: past WEBSOCKET_MAX_OUTBOUND_BYTES unsent bytes the client is dropped.
+- Dispatch without the database clean-up: Channels runs close_old_connections() on
+  Django's one thread-sensitive thread before every message; every audio frame of every
+  stream would queue there behind admin pages and exports.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import socket
 from typing import Any, Callable
 
+from channels.consumer import get_handler_name
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
 
@@ -169,3 +173,15 @@ def install(listen_error: Callable[[Any, Any], Any]) -> None:
     verify_unsent_bytes_figure()
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
     daphne.server.Server.listen_error = listen_error
+
+
+class DispatchWithoutDatabaseCleanup:
+    """A mixin for an async consumer that uses no database connection of its own (the
+    session's writes go through the history writer's thread): its messages go straight
+    to their handlers, as Channels' AsyncConsumer.dispatch does minus the clean-up hop."""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)

@@ -150,3 +150,27 @@ async def test_control_reaches_only_the_session_it_names_even_when_ids_look_alik
     assert code == 1000 and messages[-1]["type"] == "session_ended"
     assert await second.receive_nothing(timeout=0.5), "the other session was not touched"
     await second.disconnect()
+
+
+async def test_messages_do_not_wait_for_djangos_thread_sensitive_thread():
+    """Channels closes old database connections on Django's one thread-sensitive thread
+    before each message; a slow admin page or export holds that thread, and every audio
+    frame of every stream would wait behind it. The consumer skips that hop."""
+    import time
+
+    from asgiref.sync import sync_to_async
+
+    communicator = await connect()
+    try:
+        await start(communicator)
+        busy = asyncio.ensure_future(sync_to_async(time.sleep)(3.0))  # what a slow admin page does
+        await asyncio.sleep(0.1)
+        sent_at = time.monotonic()
+        await communicator.send_to(text_data="{not json")
+        reply = await communicator.receive_json_from(timeout=10)
+        waited = time.monotonic() - sent_at
+        await busy
+    finally:
+        await communicator.disconnect()
+    assert reply["type"] == "error"
+    assert waited < 1.0, f"the reply waited {waited:.2f} s for the thread-sensitive thread"

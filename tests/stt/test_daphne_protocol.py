@@ -113,3 +113,32 @@ class TestDaphneInternals:
     def test_our_protocol_is_the_factorys(self):
         assert ClosingWebSocketFactory.protocol is ClosingWebSocketProtocol
         assert issubclass(ClosingWebSocketProtocol, WebSocketProtocol)
+
+
+class TestDispatch:
+    """DispatchWithoutDatabaseCleanup replaces Channels' AsyncConsumer.dispatch, which
+    does exactly two things: a connection clean-up hop and the handler call."""
+
+    def test_channels_dispatch_is_still_the_cleanup_hop_and_the_handler_call(self):
+        from channels.consumer import AsyncConsumer
+
+        source = inspect.getsource(AsyncConsumer.dispatch)
+        assert "aclose_old_connections()" in source and "get_handler_name(message)" in source
+        assert parameters(AsyncConsumer.dispatch) == ["self", "message"]
+
+    async def test_a_message_reaches_its_handler_and_an_unknown_one_is_refused(self):
+        from channels.generic.websocket import AsyncWebsocketConsumer
+
+        from stt.daphne_protocol import DispatchWithoutDatabaseCleanup
+
+        seen = []
+
+        class Consumer(DispatchWithoutDatabaseCleanup, AsyncWebsocketConsumer):
+            async def stt_control(self, event):
+                seen.append(event)
+
+        consumer = Consumer()
+        await consumer.dispatch({"type": "stt.control", "action": "x"})
+        assert seen == [{"type": "stt.control", "action": "x"}]
+        with pytest.raises(ValueError):
+            await consumer.dispatch({"type": "no.such"})
