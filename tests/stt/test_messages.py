@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 import websockets
 
-from stt.messages import CLIENT_MESSAGE_TYPES, SERVER_MESSAGE_TYPES, json_schema
+from stt.messages import CLIENT_MESSAGE_TYPES, SERVER_MESSAGE_TYPES
+from stt.schema import json_schema
 from tests.conftest import frames, silence
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "protocol.schema.json"
@@ -30,7 +31,7 @@ def validator(schema: dict, direction: str) -> jsonschema.Draft202012Validator:
 
 def test_the_committed_schema_is_the_one_the_models_generate(schema):
     assert schema == json.loads(json.dumps(json_schema())), \
-        "regenerate: python -m stt.messages > docs/protocol.schema.json"
+        "regenerate: python -m stt.schema > docs/protocol.schema.json"
 
 
 def test_the_schema_names_every_message_of_docs_protocol_md(schema):
