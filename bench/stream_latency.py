@@ -84,6 +84,7 @@ class StreamResult:
     vad_latencies: list[float] = field(default_factory=list)
     word_lags: list[float] = field(default_factory=list)
     lag_behind_real_time: float = 0.0
+    finished: bool = True  # session_ended arrived within the wait
 
 
 def load_recordings(audio_dir: Path, synthetic: bool) -> list[Recording]:
@@ -132,7 +133,9 @@ def energy_onset_ms(audio: np.ndarray, near_ms: float) -> float:
     return float(near_ms)
 
 
-async def stream_one(url: str, recording: Recording, variant: int) -> StreamResult:
+async def stream_one(url: str, recording: Recording, variant: int, wait_s: float | None = None) -> StreamResult:
+    """Stream one recording; after end_session, wait for the session's end, at most
+    `wait_s` seconds when given (then `finished` is False and the rest is what came)."""
     result = StreamResult(recording)
     # Each stream gets its own tiny gain change: real audio never repeats byte for byte,
     # and the server's result cache must not make a repeated file look fast.
@@ -186,7 +189,12 @@ async def stream_one(url: str, recording: Recording, variant: int) -> StreamResu
             else:
                 result.lag_behind_real_time = max(result.lag_behind_real_time, -delay)
         await ws.send(json.dumps({"type": "end_session"}))
-        await asyncio.wait_for(reading, 120)
+        if wait_s is None:
+            await asyncio.wait_for(reading, 120)
+        else:
+            done, _ = await asyncio.wait([reading], timeout=wait_s)
+            result.finished = bool(done)
+            reading.cancel()
     result.text = " ".join(finals)
     return result
 

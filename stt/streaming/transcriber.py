@@ -149,15 +149,23 @@ class StreamingTranscriber:
             return self._segmenter.push(samples)
 
     async def _dispatch(self, events: list[SegmentEvent]) -> None:
-        """Act on what the segmenter decided for a frame, in its order."""
+        """Act on what the segmenter decided for a frame, in its order. A listener's
+        fault is raised after the rest: the segmenter has moved on, and a final it
+        closed must not be lost."""
+        fault: Exception | None = None
         for event in events:
             if isinstance(event, SpeechStart):
-                await self.listener.on_speech_start(event)
+                try:
+                    await self.listener.on_speech_start(event)
+                except Exception as exc:
+                    fault = fault or exc
             elif isinstance(event, SpeculativeFinal):
                 self.engine.prefetch(event.audio, self._final_options(), self._key)
             elif isinstance(event, UtteranceClosed):
                 self._queue_final(event)
         self._maybe_request_partial()
+        if fault is not None:
+            raise fault
 
     def _queue_final(self, closed: UtteranceClosed) -> _PendingFinal:
         if self._partial_for is closed.utterance:

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import numpy as np
+import pytest
 
 from stt.evaluation import word_error_rate
 from stt.protocol import validate_config
@@ -304,3 +305,18 @@ class TestOffTheEventLoop:
         assert [f.reason for f in recorder.finals] == [FinalReason.SESSION_END]
         assert "fellow americans" in recorder.final_text.lower()
         assert transcriber.stats.samples_received == 3 * SAMPLE_RATE
+
+    async def test_a_listener_fault_at_speech_start_loses_no_final_of_that_frame(self, engine, jfk_audio):
+        class FailingAtOnset(Recorder):
+            async def on_speech_start(self, event: SpeechStart) -> None:
+                raise RuntimeError("listener fault")
+
+        recorder = FailingAtOnset()
+        params = StreamParams.from_config(validate_config({"enable_partial_transcription": False}))
+        transcriber = StreamingTranscriber(params, engine, recorder)
+        with pytest.raises(RuntimeError, match="listener fault"):
+            # One frame holding the first phrase and the silence after it: onset and close.
+            await transcriber.push_audio(np.concatenate([jfk_audio[:int(2.5 * SAMPLE_RATE)], silence(1)]))
+        await transcriber.close(FinalReason.SESSION_END)
+        assert [f.reason for f in recorder.finals] == [FinalReason.SILENCE]
+        assert "fellow americans" in recorder.final_text.lower()
