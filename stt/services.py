@@ -14,6 +14,7 @@ from stt.persistence import history
 from stt.runtime_config import store as runtime_store
 from stt.session import SessionServices
 from stt.session.budget import AudioBudget
+from stt.streaming.transcriber import segmenter_pool
 
 
 @functools.cache
@@ -26,4 +27,5 @@ def process_session_services(engine: SpeechEngine | None = None) -> SessionServi
     looked up on each call so that a replaced engine (tests) is the one sessions get."""
     return SessionServices(engine=engine or get_engine(), history=history, registry=registry,
                            rate_limiter=rate_limiter, audio_budget=_audio_budget(),
-                           runtime=runtime_store, metrics=SessionMetrics())
+                           runtime=runtime_store, metrics=SessionMetrics(),
+                           segmenter_executor=segmenter_pool())

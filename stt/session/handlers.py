@@ -69,7 +69,8 @@ class ControlHandlers(SessionState):
         self.config, self.raw_config, self.runtime = config, raw, runtime
         if config.session_id:
             self._session_id = config.session_id
-        self.stream = StreamingTranscriber(self._stream_params(), self.engine, self)
+        self.stream = StreamingTranscriber(self._stream_params(), self.engine, self,
+                                           executor=self.services.segmenter_executor)
         self.started_at = self._clock()
         self.record = SessionFacts(
             connection_id=self.connection_id, session_id=self._session_id, user_id=config.user_id,

@@ -6,6 +6,7 @@ a test builds its own from real parts and small fakes."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -49,4 +50,7 @@ class SessionServices:
     audio_budget: AudioBudget
     runtime: RuntimeSource
     metrics: MetricsSink
+    # Where a stream's segmenter (VAD, utterance decisions) runs, off the event loop;
+    # None: the process's shared pool (stt.streaming.transcriber.segmenter_pool).
+    segmenter_executor: Executor | None = None
     clock: Callable[[], float] = field(default=time.monotonic)
