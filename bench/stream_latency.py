@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -54,6 +53,8 @@ SAMPLE_RATE = 16000
 FRAME = 512  # 32 ms, the low end of the design document's 512-2048
 SILENCE_AFTER = 1.0  # seconds of silence streamed after each recording
 END_SILENCE = 0.5  # the server's default final_chunk_duration
+JFK_TEXT = ("And so my fellow Americans, ask not what your country can do for you, "
+            "ask what you can do for your country.")
 SYNTHETIC = [
     "Please turn on the kitchen lights and set the temperature to twenty degrees.",
     "What is the weather going to be like tomorrow morning in Boston?",
@@ -88,16 +89,23 @@ class StreamResult:
 
 
 def load_recordings(audio_dir: Path, synthetic: bool) -> list[Recording]:
-    """The recordings listed with a reference text in the audio folder's README table,
-    and synthetic sentences from espeak-ng."""
+    """The recordings of the audio folder that have a reference text (NAME.txt beside
+    NAME.wav; jfk.flac's is the well-known sentence), and synthetic sentences from
+    espeak-ng. A recording without a reference (the long talk) is not scored here."""
     from faster_whisper.audio import decode_audio
 
     recordings = []
-    readme = (audio_dir / "README.md").read_text()
-    for name, reference in re.findall(r"^\| `([^`]+)` \|[^|]*\| (.+?) \|\s*$", readme, re.M):
-        path = audio_dir / name
-        if path.is_file():
-            recordings.append(Recording(name, decode_audio(str(path), SAMPLE_RATE), reference.strip(), False))
+    for path in sorted(audio_dir.iterdir()):
+        reference_file = path.with_suffix(".txt")
+        if path.suffix not in (".wav", ".flac"):
+            continue
+        if reference_file.is_file():
+            reference = reference_file.read_text().strip()
+        elif path.name == "jfk.flac":
+            reference = JFK_TEXT
+        else:
+            continue
+        recordings.append(Recording(path.name, decode_audio(str(path), SAMPLE_RATE), reference, False))
     if synthetic and shutil.which("espeak-ng"):
         with tempfile.TemporaryDirectory() as folder:
             for index, sentence in enumerate(SYNTHETIC):
