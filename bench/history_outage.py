@@ -7,12 +7,13 @@ is every final in the history once the database is back?
 A private PostgreSQL cluster (tests/servers.py) and a real server process (manage.py
 serve). Eight streams, each one of the real recordings of ../shared/audio on a loop
 with a second of silence after it, at real-time pace (finals only, no partials: they
-would only cost CPU). After --warmup-seconds the
-cluster stops (fast shutdown), for --outage-seconds; the streams go on for
---after-seconds once it is back, then end. Prints the server's RSS (VmRSS) just before
+would only cost CPU). After --warmup-seconds, once every stream has had a final (the
+server warm), the cluster stops (fast shutdown) for --outage-seconds; the streams go
+on for --after-seconds once it is back, then end. Prints the server's RSS (VmRSS) just before
 the outage, its peak until every final is stored, and after; finals the clients
 received against finals in the database. Exits 1 if RSS grew by more than --max-growth-mb
-or a final is missing.
+or a final is missing. --control runs the same with the database left up, to tell the
+server's own growth under the machine's load from the outage's.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def recordings() -> list[tuple[str, np.ndarray]]:
     return [(path.name, decode_audio(str(path), SAMPLE_RATE)) for path in paths]
 
 
-async def stream(url: str, name: str, audio: np.ndarray, until: float, finals: list[str]) -> None:
-    """Loop `audio` (and a second of silence) at real-time pace until the clock says `until`."""
+async def stream(url: str, name: str, audio: np.ndarray, clock: dict[str, float], finals: list[str],
+                 end_wait: float) -> None:
+    """Loop `audio` (and a second of silence) at real-time pace until clock["until"]."""
     piece = np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]).astype("<f4")
     async with websockets.connect(url, max_size=None) as ws:
         await ws.send(json.dumps({"type": "start_session",
@@ -63,17 +65,20 @@ async def stream(url: str, name: str, audio: np.ndarray, until: float, finals: l
 
         reading = asyncio.create_task(reader())
         started, sent = time.monotonic(), 0
-        while time.monotonic() < until:
+        while time.monotonic() < clock["until"]:
             for index in range(0, piece.size, FRAME):
                 await ws.send(piece[index:index + FRAME].tobytes())
                 sent += min(FRAME, piece.size - index)
                 delay = started + sent / SAMPLE_RATE - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                if time.monotonic() >= until:
+                if time.monotonic() >= clock["until"]:
                     break
         await ws.send(json.dumps({"type": "end_session"}))
-        await asyncio.wait_for(reading, 180)
+        try:  # a server far behind (a loaded machine) may take long to finish the last finals
+            await asyncio.wait_for(reading, end_wait)
+        except TimeoutError:
+            print(f"{name}: the session did not end within {end_wait:g} s; counting the finals received")
 
 
 class Sampler:
@@ -81,21 +86,21 @@ class Sampler:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.samples: list[tuple[float, float, int]] = []
+        self.samples: list[tuple[float, float, int, int]] = []
         self.running = True
 
     async def run(self) -> None:
         while self.running:
-            backlog = -1
+            backlog = held = -1
             try:
                 status, stats = await asyncio.to_thread(get_json, f"{self.server.base}/stats")
-                backlog = stats["history"]["backlog"]
+                backlog, held = stats["history"]["backlog"], stats["history"].get("backlog_bytes", -1)
             except Exception:
                 pass
-            self.samples.append((time.monotonic(), rss_mb(self.server.process.pid), backlog))
+            self.samples.append((time.monotonic(), rss_mb(self.server.process.pid), backlog, held))
             await asyncio.sleep(0.5)
 
-    def between(self, start: float, end: float) -> list[tuple[float, float, int]]:
+    def between(self, start: float, end: float) -> list[tuple[float, float, int, int]]:
         return [sample for sample in self.samples if start <= sample[0] <= end]
 
 
@@ -108,20 +113,27 @@ async def run(cluster: PostgresServer, server: Server, args: argparse.Namespace)
     sampler = Sampler(server)
     sampling = asyncio.create_task(sampler.run())
     begin = time.monotonic()
-    down_at = begin + args.warmup_seconds
-    up_at = down_at + args.outage_seconds
-    until = up_at + args.after_seconds
+    clock = {"until": float("inf")}
     finals: dict[str, list[str]] = {name: [] for name, _ in sources}
-    streams = asyncio.gather(*(stream(server.ws, name, audio, until, finals[name]) for name, audio in sources))
-    await asyncio.sleep(max(0.0, down_at - time.monotonic()))
+    streams = asyncio.gather(*(stream(server.ws, name, audio, clock, finals[name], args.end_wait_seconds)
+                               for name, audio in sources))
+    # Warm: --warmup-seconds, and every stream has had a final (the server's steady state).
+    await asyncio.sleep(args.warmup_seconds)
+    while not all(finals.values()) and time.monotonic() < begin + args.warmup_seconds + 120:
+        await asyncio.sleep(0.5)
+    down_at = time.monotonic()
+    up_at = down_at + args.outage_seconds
+    clock["until"] = up_at + args.after_seconds
     sent_before = sum(map(len, finals.values()))
     rss_before = rss_mb(server.process.pid)
-    await asyncio.to_thread(cluster.stop)
-    print(f"PostgreSQL stopped after {down_at - begin:.0f} s; {sent_before} finals so far; RSS {rss_before:.1f} MB",
+    if not args.control:
+        await asyncio.to_thread(cluster.stop)
+    print(f"PostgreSQL {'left running (control)' if args.control else 'stopped'} after {down_at - begin:.0f} s; {sent_before} finals so far; RSS {rss_before:.1f} MB",
           flush=True)
     await asyncio.sleep(max(0.0, up_at - time.monotonic()))
     sent_during = sum(map(len, finals.values())) - sent_before
-    await asyncio.to_thread(cluster.start)
+    if not args.control:
+        await asyncio.to_thread(cluster.start)
     print(f"PostgreSQL started again after {args.outage_seconds:g} s down; {sent_during} finals meanwhile",
           flush=True)
     await streams
@@ -139,6 +151,7 @@ async def run(cluster: PostgresServer, server: Server, args: argparse.Namespace)
     return {"sent": len(sent), "sent_during": sent_during, "stored": len(sent & stored),
             "rss_before": rss_before, "rss_peak": max(s[1] for s in window),
             "rss_after": rss_mb(server.process.pid), "backlog_peak": max(s[2] for s in window),
+            "backlog_bytes_peak": max(s[3] for s in window),
             "stored_after_s": stored_at - up_at, "streams": [name for name, _ in sources]}
 
 
@@ -148,7 +161,11 @@ def main() -> None:
     parser.add_argument("--warmup-seconds", type=float, default=20.0)
     parser.add_argument("--after-seconds", type=float, default=15.0)
     parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--end-wait-seconds", type=float, default=600.0,
+                        help="how long a session may take to end after end_session")
     parser.add_argument("--max-growth-mb", type=float, default=100.0)
+    parser.add_argument("--control", action="store_true",
+                        help="the same run with no outage: the server's own growth under this load")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="fasttalk-outage-"))
     cluster = PostgresServer()
@@ -170,7 +187,8 @@ def main() -> None:
     print(f"RSS before the outage {result['rss_before']:.1f} MB, peak {result['rss_peak']:.1f} MB "
           f"(+{growth:.1f} MB), after {result['rss_after']:.1f} MB")
     print(f"finals sent {result['sent']} ({result['sent_during']} during the outage), stored {result['stored']}; "
-          f"journaled {journaled}; backlog peak {result['backlog_peak']}; all stored "
+          f"journaled {journaled}; backlog peak {result['backlog_peak']} writes, "
+          f"{result['backlog_bytes_peak'] / 1e6:.2f} MB held; all stored "
           f"{result['stored_after_s']:.1f} s after the database came back")
     failed = growth > args.max_growth_mb or result["stored"] != result["sent"]
     print("FAIL" if failed else "OK")

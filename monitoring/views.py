@@ -95,9 +95,11 @@ async def stats(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
     snapshot["history"] = {
         "written": history.stats.written,
         "backlog": history.backlog,
+        "backlog_bytes": history.backlog_bytes,
         "buffered_total": history.stats.buffered,
         "dropped": history.stats.dropped,
         "failures": history.stats.failures,
+        "audio_lost": history.stats.audio_lost,
     }
     return JsonResponse(snapshot)
 
