@@ -43,7 +43,6 @@ class TranscribeConsumer(DispatchWithoutDatabaseCleanup, AsyncWebsocketConsumer)
         await self.accept(subprotocol=self.scope.get("subprotocol"))
         if await self.session.open():
             await self._join(BROADCAST_GROUP)
-            await self._join(session_group(self.session.connection_id))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is None:
@@ -51,7 +50,12 @@ class TranscribeConsumer(DispatchWithoutDatabaseCleanup, AsyncWebsocketConsumer)
         if bytes_data is not None:
             await self.session.on_audio(bytes_data)
             return
+        was_started = self.session.started
         await self.session.on_text(text_data or "")
+        if self.session.started and not was_started:
+            # Joined once there is a session to control (a Redis round trip the many
+            # connections that never start one are spared).
+            await self._join(session_group(self.session.connection_id))
 
     async def disconnect(self, code: int) -> None:
         if self.session is not None:

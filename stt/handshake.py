@@ -34,14 +34,19 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
 
+def _authorize_or_refuse(authorize: Authorize, scope: dict) -> Decision:
+    try:
+        return authorize(scope)
+    except Exception as exc:  # the key store is unreachable: refuse rather than let anyone in
+        return Decision(None, f"authentication unavailable ({type(exc).__name__})")
+
+
 def _authorize_in_worker_thread(authorize: Authorize, scope: dict) -> Decision:
     """`authorize(scope)`, run in a pool thread: its database connection is that
     thread's, checked before use and closed once too old (CONN_MAX_AGE)."""
     close_old_connections()
     try:
-        return authorize(scope)
-    except Exception as exc:  # the key store is unreachable: refuse rather than let anyone in
-        return Decision(None, f"authentication unavailable ({type(exc).__name__})")
+        return _authorize_or_refuse(authorize, scope)
     finally:
         close_old_connections()
 
@@ -105,11 +110,7 @@ class HandshakeMiddleware:
         if scope.get("type") != "websocket":
             await self.application(scope, receive, send)
             return
-        decision = self.admissions.get(scope)
-        if decision is None:
-            decision = await sync_to_async(_authorize_in_worker_thread, thread_sensitive=False)(
-                self.authorize, scope)
-            self.admissions.remember(scope, decision)
+        decision = await self._decide(scope)
         if decision.principal is None:
             address = client_address(scope)
             logger.warning("WebSocket refused: %s", decision.reason,
@@ -120,3 +121,15 @@ class HandshakeMiddleware:
             return
         admitted = {**scope, "principal": decision.principal, "subprotocol": decision.subprotocol}
         await self.application(admitted, receive, send)
+
+    async def _decide(self, scope: dict) -> Decision:
+        if credential_from_scope(scope) is None:
+            # Nothing to look up (open mode, or a refusal): decided here, without a
+            # thread hop, which a burst of connections would otherwise queue for.
+            return _authorize_or_refuse(self.authorize, scope)
+        decision = self.admissions.get(scope)
+        if decision is None:
+            decision = await sync_to_async(_authorize_in_worker_thread, thread_sensitive=False)(
+                self.authorize, scope)
+            self.admissions.remember(scope, decision)
+        return decision
