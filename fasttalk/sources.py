@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import functools
 
-from django.db import close_old_connections
-
 from fasttalk.celery import app as celery_app
 from monitoring.sources import ServiceSources
 from stt import protocol
-from stt.auth import api_key_of_request
+from stt.auth import api_key_of_request, on_checked_connection
 from stt.engine import DecodeOptions, get_engine
 from stt.persistence import history
-
-
-def api_key_of(authorization: str) -> object:
-    """The key an Authorization header names, looked up from a pool thread: its
-    database connection is checked before use and closed once too old."""
-    close_old_connections()
-    try:
-        return api_key_of_request(authorization)
-    finally:
-        close_old_connections()
 
 
 @functools.cache
@@ -30,4 +18,4 @@ def service_sources() -> ServiceSources:
     return ServiceSources(engine=get_engine, history=history, celery_app=celery_app,
                           probe_options=DecodeOptions.partial("en"),
                           protocol_version=protocol.PROTOCOL_VERSION, sample_rate=protocol.SAMPLE_RATE,
-                          api_key_of=api_key_of)
+                          api_key_of=functools.partial(on_checked_connection, api_key_of_request))

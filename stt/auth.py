@@ -23,11 +23,12 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core import signing
+from django.db import close_old_connections
 
 from stt.messages import AUTH_SUBPROTOCOL_PREFIX, SUBPROTOCOL
 
@@ -206,3 +207,17 @@ def api_key_of_request(authorization: str) -> Any:
     browser token is not an API key). Sync: touches the DB."""
     credential = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
     return key_for(credential) if credential.startswith(KEY_PREFIX) else None
+
+
+T = TypeVar("T")
+
+
+def on_checked_connection(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in a pool thread (not Django's one thread-sensitive thread, where
+    admin pages run): the thread's database connection is checked before use and closed
+    once too old (CONN_MAX_AGE), as Django does around a request."""
+    close_old_connections()
+    try:
+        return function(*args)
+    finally:
+        close_old_connections()

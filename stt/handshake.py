@@ -23,9 +23,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
-
-from stt.auth import Decision, authorize_handshake, credential_from_scope
+from stt.auth import Decision, authorize_handshake, credential_from_scope, on_checked_connection
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +37,6 @@ def _authorize_or_refuse(authorize: Authorize, scope: dict) -> Decision:
         return authorize(scope)
     except Exception as exc:  # the key store is unreachable: refuse rather than let anyone in
         return Decision(None, f"authentication unavailable ({type(exc).__name__})")
-
-
-def _authorize_in_worker_thread(authorize: Authorize, scope: dict) -> Decision:
-    """`authorize(scope)`, run in a pool thread: its database connection is that
-    thread's, checked before use and closed once too old (CONN_MAX_AGE)."""
-    close_old_connections()
-    try:
-        return _authorize_or_refuse(authorize, scope)
-    finally:
-        close_old_connections()
 
 
 class RecentAdmissions:
@@ -129,7 +117,7 @@ class HandshakeMiddleware:
             return _authorize_or_refuse(self.authorize, scope)
         decision = self.admissions.get(scope)
         if decision is None:
-            decision = await sync_to_async(_authorize_in_worker_thread, thread_sensitive=False)(
-                self.authorize, scope)
+            decision = await sync_to_async(on_checked_connection, thread_sensitive=False)(
+                _authorize_or_refuse, self.authorize, scope)
             self.admissions.remember(scope, decision)
         return decision
