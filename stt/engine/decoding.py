@@ -38,6 +38,9 @@ TOKENS_SLACK = 8
 NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
 MAX_COMPRESSION_RATIO = 2.4
+# Whisper's decoder holds 448 tokens; at most half of them are context, as in training.
+MAX_TOKENS = 448
+MAX_CONTEXT_TOKENS = MAX_TOKENS // 2 - 1
 
 
 class Decodable(Protocol):
@@ -177,6 +180,14 @@ def decode_batch(model: Any, tokenizer: Any, jobs: Sequence[Decodable], multilin
     return outputs
 
 
+def context_tokens(tokenizer: Any, prompt: str) -> list[int]:
+    """The decoder's "previous text" section for `prompt`: its last MAX_CONTEXT_TOKENS
+    tokens after <|startofprev|>, as Whisper was trained; empty without a prompt."""
+    if not prompt.strip():
+        return []
+    return [tokenizer.sot_prev] + tokenizer.encode(" " + prompt.strip())[-MAX_CONTEXT_TOKENS:]
+
+
 def _encode(model: Any, jobs: Sequence[Decodable], window: int, to_cpu: bool) -> Any:
     import ctranslate2
 
@@ -187,12 +198,13 @@ def _encode(model: Any, jobs: Sequence[Decodable], window: int, to_cpu: bool) ->
 def _generate(model: Any, tokenizer: Any, jobs: Sequence[Decodable], encoded: Any) -> list[_Draft | None]:
     """Greedy or beam decoding of the whole batch, each job capped in tokens; None for a
     final that loops or says it all twice (to be redone the long way)."""
-    base_prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+    base_prompt = (context_tokens(tokenizer, jobs[0].options.prompt)
+                   + list(tokenizer.sot_sequence) + [tokenizer.no_timestamps])
     prompts = [base_prompt + list(job.options.prefix) for job in jobs]
     caps = [token_cap(job.audio) for job in jobs]
     generated = model.model.generate(
         encoded, prompts, beam_size=jobs[0].options.beam_size,
-        max_length=max(len(p) + c for p, c in zip(prompts, caps)),
+        max_length=min(MAX_TOKENS, max(len(p) + c for p, c in zip(prompts, caps))),
         return_scores=True, return_no_speech_prob=True,
         suppress_blank=True, suppress_tokens=[-1],
     )
@@ -255,6 +267,7 @@ def decode_stock(model: Any, tokenizer: Any, job: Decodable, multilingual: bool)
         beam_size=options.beam_size,
         word_timestamps=options.word_timestamps,
         condition_on_previous_text=False,
+        initial_prompt=options.prompt.strip() or None,
         vad_filter=False,
     )
     segments = list(segments)

@@ -271,7 +271,7 @@ class Scheduler:
                 break
             if (job.kind is JobKind.PARTIAL) != (first.kind is JobKind.PARTIAL):
                 continue
-            if job.options.cache_key[:3] != first.options.cache_key[:3]:
+            if job.options.batch_key != first.options.batch_key:
                 continue
             fresh = job.audio is None
             self._materialize(job)

@@ -32,20 +32,33 @@ class DecodeOptions:
     language: str | None
     # Token ids the decoder is forced to start with (a partial's committed words).
     prefix: tuple[int, ...] = ()
+    # Text the decoder reads as what came before the audio (Whisper's <|startofprev|>
+    # section): a prompt, keyterms, the previous utterance. It steers spelling and style
+    # and is never part of the result.
+    prompt: str = ""
 
     @classmethod
     def partial(cls, language: str | None, prefix: tuple[int, ...] = (),
-                beam_size: int | None = None) -> "DecodeOptions":
-        return cls(JobKind.PARTIAL, beam_size or settings.STT_PARTIAL_BEAM_SIZE, False, language, prefix)
+                beam_size: int | None = None, prompt: str = "") -> "DecodeOptions":
+        return cls(JobKind.PARTIAL, beam_size or settings.STT_PARTIAL_BEAM_SIZE, False, language, prefix,
+                   prompt)
 
     @classmethod
-    def final(cls, language: str | None, word_timestamps: bool, beam_size: int | None = None) -> "DecodeOptions":
-        return cls(JobKind.FINAL, beam_size or settings.STT_FINAL_BEAM_SIZE, word_timestamps, language)
+    def final(cls, language: str | None, word_timestamps: bool, beam_size: int | None = None,
+              prompt: str = "") -> "DecodeOptions":
+        return cls(JobKind.FINAL, beam_size or settings.STT_FINAL_BEAM_SIZE, word_timestamps, language,
+                   prompt=prompt)
+
+    @property
+    def batch_key(self) -> tuple:
+        """What jobs must share to run in one inference (the decoder needs every prompt's
+        start-of-transcript at the same position, so one prompt per batch)."""
+        return (self.beam_size, self.word_timestamps, self.language, self.prompt)
 
     @property
     def cache_key(self) -> tuple:
         """What makes two results interchangeable (a speculative final serves the final)."""
-        return (self.beam_size, self.word_timestamps, self.language, self.prefix)
+        return self.batch_key + (self.prefix,)
 
 
 @dataclass(frozen=True)

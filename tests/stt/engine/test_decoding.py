@@ -1,7 +1,7 @@
 """stt/engine/decoding.py: short windows, token caps and loop trimming, as pure functions
 of (model, tokenizer, jobs), run here without the scheduler or its threads."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,8 +10,10 @@ import pytest
 from stt.engine import DecodeOptions, JobKind, resolve_model
 from stt.engine.decoding import (
     MAX_COMPRESSION_RATIO,
+    MAX_CONTEXT_TOKENS,
     bucket,
     compression_ratio,
+    context_tokens,
     decode_batch,
     is_doubled,
     is_silent,
@@ -155,6 +157,27 @@ class TestDecodeBatch:
         assert bucket(long) is None
         (result,) = decode(tiny, Clip(long, DecodeOptions.partial("en")))
         assert result.text.lower().count("ask not") == 3 and not result.redone
+
+    def test_a_prompt_steers_the_spelling_of_a_name_and_is_not_part_of_the_result(self, tiny, speak):
+        audio = speak("Please send the invoice to Siobhan Nakamura today.")
+        for options in (DecodeOptions.final("en", True), DecodeOptions.partial("en")):
+            (plain,) = decode(tiny, Clip(audio, options))
+            assert "Siobhan" not in plain.text  # tiny.en hears "Shivon"
+            (steered,) = decode(tiny, Clip(audio, replace(options, prompt="Siobhan Nakamura")))
+            assert "Siobhan Nakamura" in steered.text and steered.text.startswith("Please")
+
+    def test_the_stock_path_reads_the_prompt_too(self, tiny, speak):
+        audio = np.concatenate([silence(28), speak("Please send the invoice to Siobhan Nakamura today.")])
+        assert bucket(audio) is None
+        (plain,) = decode(tiny, Clip(audio, DecodeOptions.final("en", True)))
+        options = DecodeOptions.final("en", True, prompt="Siobhan Nakamura")
+        (steered,) = decode(tiny, Clip(audio, options))
+        assert "Siobhan" not in plain.text and "Siobhan" in steered.text
+
+    def test_the_context_is_the_prompts_last_tokens_after_start_of_previous(self, tiny):
+        assert context_tokens(tiny.tokenizer, "  ") == []
+        tokens = context_tokens(tiny.tokenizer, "word " * 400)
+        assert tokens[0] == tiny.tokenizer.sot_prev and len(tokens) == 1 + MAX_CONTEXT_TOKENS
 
     def test_word_pieces_spell_the_tokens_word_by_word(self, tiny):
         tokens = tiny.tokenizer.encode(" And so my fellow Americans")

@@ -8,3 +8,11 @@ def test_decode_options_follow_the_design_document():
     assert DecodeOptions.partial("en") == DecodeOptions(JobKind.PARTIAL, 1, False, "en")
     assert DecodeOptions.final("en", True) == DecodeOptions(JobKind.FINAL, 5, True, "en")
 
+
+
+def test_jobs_with_different_prompts_neither_batch_nor_share_results():
+    plain, prompted = DecodeOptions.final("en", True), DecodeOptions.final("en", True, prompt="Siobhan")
+    assert plain.batch_key != prompted.batch_key and plain.cache_key != prompted.cache_key
+    with_prefix = DecodeOptions.partial("en", prefix=(1, 2))
+    assert with_prefix.batch_key == DecodeOptions.partial("en").batch_key  # prefixes batch together
+    assert with_prefix.cache_key != DecodeOptions.partial("en").cache_key
