@@ -194,9 +194,9 @@ else:
 # The broker and result store: REDIS_URL unless set apart. Without one, tasks run
 # in-process (eagerly, on a background thread for refinements), so the embedded mode
 # needs no worker.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://localhost/")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL or "cache+memory://")
-CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL == "memory://")
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL.startswith("memory://"))
 CELERY_TASK_EAGER_PROPAGATES = True
 # The queue this service's tasks travel on (keeps them apart on a shared Redis).
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "fasttalk")
@@ -416,17 +416,20 @@ STT_PRELOAD_MODEL = env_bool("STT_PRELOAD_MODEL", True)
 # --- Logging -----------------------------------------------------------------------
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
-# json: one JSON object per line (monitoring/logs.py), for log aggregation; plain: text.
-LOG_FORMAT = env_str("LOG_FORMAT", "json")
+# auto: readable lines on a terminal, one JSON object per line otherwise (a pipe or a
+# file is read by log aggregation); json; text (plain). See monitoring/logs.py.
+LOG_FORMAT = env_str("LOG_FORMAT", "auto")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
-        "json": {"()": "monitoring.logs.JsonFormatter"},
+        "console": {"()": "monitoring.logs.console_formatter", "log_format": LOG_FORMAT},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler",
-                             "formatter": "plain" if LOG_FORMAT == "plain" else "json"}},
+    "filters": {
+        "expected_unavailable": {"()": "monitoring.logs.ExpectedUnavailableFilter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console",
+                             "filters": ["expected_unavailable"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "daphne": {"level": "WARNING"},

@@ -1,16 +1,21 @@
-"""Structured logs: one JSON object per line, for log aggregation.
+"""Logs: one JSON object per line for log aggregation, or readable lines on a terminal.
 
 Fields: time, level, logger, message, and whatever the call passed in `extra`
 (session_id, utterance_id, connection_id, event, code, category, ...). Values under
 secret-looking keys are replaced, and audio is never passed to a logger.
+
+LOG_FORMAT: `auto` (readable text on a terminal, JSON otherwise), `json`, or `text`.
+Expected answers (a /health 503 while the model loads or the process drains) are not
+errors: `ExpectedUnavailableFilter` keeps Django from logging them as such.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else came from `extra`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -33,12 +38,64 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = _redact(key, value)
+        entry.update(_extras(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: _redact(key, value) for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_")}
+
+
+class TextFormatter(logging.Formatter):
+    """One readable line: time, level, logger, message, then the extras as key=value
+    (ids, event, code); levels in colour on a terminal."""
+
+    COLOURS = {"WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[1;31m", "DEBUG": "\033[2m"}
+    # Extras already said by the message or of no use to a reader.
+    QUIET = {"request", "status_code", "client", "method", "path", "status"}
+
+    def __init__(self, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        level = f"{record.levelname:<7}"
+        if self.colour and record.levelname in self.COLOURS:
+            level = f"{self.COLOURS[record.levelname]}{level}\033[0m"
+        details = " ".join(f"{key}={value}" for key, value in _extras(record).items()
+                           if key not in self.QUIET and value not in (None, ""))
+        line = f"{moment} {level} {record.name}: {record.getMessage()}" + (f"  [{details}]" if details else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def console_formatter(log_format: str = "auto", stream: TextIO | None = None) -> logging.Formatter:
+    """The formatter for LOG_FORMAT: `json`, `text` (`plain`), or `auto` (text when the
+    log stream is a terminal, JSON otherwise: a pipe or a file is read by machines)."""
+    stream = stream if stream is not None else sys.stderr
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    if log_format in ("text", "plain") or (log_format == "auto" and terminal):
+        return TextFormatter(colour=terminal)
+    return JsonFormatter()
+
+
+class ExpectedUnavailableFilter(logging.Filter):
+    """Drops Django's "Service Unavailable" error for the health endpoints: a 503 there
+    is the answer (loading, draining, full), not a fault; the access log still has it."""
+
+    def __init__(self, paths: tuple[str, ...] = ("/health",)) -> None:
+        super().__init__()
+        self.paths = paths
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        path = getattr(request, "path", "")
+        return not (getattr(record, "status_code", None) == 503 and path in self.paths)
 
 
 class AccessLog:

@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -15,7 +17,7 @@ import websockets
 
 from stt.evaluation import word_error_rate
 from tests.conftest import JFK_TEXT, frames, silence
-from tests.servers import ScratchDatabase, Server, base_env, get_json
+from tests.servers import ROOT, ScratchDatabase, Server, base_env, get_json
 
 FRAME = 1024  # 64 ms
 
@@ -156,6 +158,28 @@ async def test_the_embedded_defaults_serve_a_session(embedded_server, speak):
             refined = database.execute("SELECT status, text FROM stt_refinement WHERE status = 'done'").fetchall()
     assert len(refined) == len(finals), "every final was re-transcribed"
     assert "hello world" in " ".join(text for _, text in refined).lower()
+
+
+def test_a_first_run_says_how_to_try_it_and_that_command_works(embedded_server):
+    deadline = time.monotonic() + 10
+    while "Ready. Try it:" not in embedded_server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = embedded_server.log.read_text()
+    assert f"in a browser:   http://127.0.0.1:{embedded_server.port}/demo/" in log
+    command = log.split("from a shell:", 1)[1].splitlines()[0].split()
+    assert command[:4] == [".venv/bin/python", "-m", "stt.client", "stream"] and command[-1] == "samples/jfk.flac"
+    shown = subprocess.run([sys.executable, *command[1:], "--fast"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert word_error_rate(JFK_TEXT, shown.stdout) <= 0.15
+
+
+def test_startup_503s_of_health_are_answers_not_errors(embedded_server):
+    # The fixture polled /health while the model loaded; Django logs a 503 as an error
+    # unless it is told otherwise.
+    entries = [json.loads(line) for line in embedded_server.log.read_text().splitlines() if line.startswith("{")]
+    assert entries, "a log that is not a terminal is JSON"
+    assert not [e for e in entries if e["level"] == "ERROR" and "/health" in e["message"]]
 
 
 async def test_application_close_codes_reach_the_client_through_daphne(server):

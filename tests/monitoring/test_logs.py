@@ -1,11 +1,15 @@
-"""Structured JSON logs: one object per line, ids from `extra`, secrets redacted."""
+"""Logs: JSON lines with ids from `extra` and secrets redacted; readable text on a
+terminal; a /health 503 is an answer, not an error."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
+from types import SimpleNamespace
 
-from monitoring.logs import JsonFormatter
+from monitoring.logs import ExpectedUnavailableFilter, JsonFormatter, TextFormatter, console_formatter
 
 
 def formatted(message: str, *args, exc_info=None, **extra) -> dict:
@@ -40,3 +44,56 @@ def test_an_exception_is_kept_in_the_same_line():
 
         entry = formatted("fault", exc_info=sys.exc_info())
     assert "ValueError: boom" in entry["exception"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def record(message: str, level: int = logging.INFO, **extra) -> logging.LogRecord:
+    entry = logging.LogRecord("stt.session", level, __file__, 1, message, (), None)
+    for key, value in extra.items():
+        setattr(entry, key, value)
+    return entry
+
+
+class TestConsoleFormat:
+    def test_auto_is_readable_text_on_a_terminal_and_json_on_a_pipe(self):
+        assert isinstance(console_formatter("auto", Terminal()), TextFormatter)
+        assert isinstance(console_formatter("auto", io.StringIO()), JsonFormatter)
+
+    def test_an_explicit_format_wins_over_the_terminal(self):
+        assert isinstance(console_formatter("json", Terminal()), JsonFormatter)
+        assert isinstance(console_formatter("text", io.StringIO()), TextFormatter)
+        assert isinstance(console_formatter("plain", io.StringIO()), TextFormatter)
+
+    def test_a_text_line_has_time_level_logger_message_and_the_ids(self):
+        line = TextFormatter().format(record("session started", session_id="s-1", event="session_start",
+                                             api_key="k-1", utterance_id=None))
+        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    stt\.session: session started  \[.*\]", line)
+        assert "session_id=s-1" in line and "event=session_start" in line
+        assert "api_key=[redacted]" in line and "utterance_id" not in line
+
+    def test_levels_are_coloured_only_on_a_terminal(self):
+        warning = record("slow", logging.WARNING)
+        assert "\033[33m" in TextFormatter(colour=True).format(warning)
+        assert "\033[" not in TextFormatter(colour=False).format(warning)
+
+
+class TestExpectedUnavailable:
+    def request(self, path: str):
+        return SimpleNamespace(path=path)
+
+    def test_a_health_503_is_not_logged_as_an_error(self):
+        keep = ExpectedUnavailableFilter().filter
+        assert not keep(record("Service Unavailable: /health", logging.ERROR, status_code=503,
+                               request=self.request("/health")))
+
+    def test_other_failures_still_are(self):
+        keep = ExpectedUnavailableFilter().filter
+        assert keep(record("Internal Server Error: /health", logging.ERROR, status_code=500,
+                           request=self.request("/health")))
+        assert keep(record("Service Unavailable: /v1/models", logging.ERROR, status_code=503,
+                           request=self.request("/v1/models")))
+        assert keep(record("engine failed", logging.ERROR))

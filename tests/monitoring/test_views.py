@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 
 import pytest
 from django.test import AsyncClient
 
+from monitoring.logs import JsonFormatter
 from monitoring.registry import registry
 from stt.services import process_session_services
 from stt.session import SttSession
@@ -44,6 +47,20 @@ async def test_health_is_503_when_the_model_cannot_load(broken_engine):
     response = await AsyncClient().get("/health")
     assert response.status_code == 503
     assert response.json()["checks"]["model"]["status"] == "error"
+
+
+async def test_a_health_503_goes_to_the_access_log_not_to_the_console_as_an_error(broken_engine):
+    console = next(h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter))
+    written = io.StringIO()
+    previous = console.setStream(written)
+    try:
+        broken_engine.start_loading().exception(timeout=30)
+        assert (await AsyncClient().get("/health")).status_code == 503
+        logging.getLogger("django.request").error("Internal Server Error: /stats", extra={"status_code": 500})
+    finally:
+        console.setStream(previous)
+    assert "Service Unavailable" not in written.getvalue()
+    assert "Internal Server Error: /stats" in written.getvalue(), "other errors still reach the console"
 
 
 async def test_health_is_503_when_the_channel_layer_is_unreachable(engine, settings):

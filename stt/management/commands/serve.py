@@ -58,6 +58,21 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def ready_banner(host: str, port: int, auth_required: bool) -> str:
+    """What to try once the model is loaded: the demo page and one CLI command."""
+    from stt.client.session import DEFAULT_URL
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    ws_url = f"ws://{shown}:{port}/ws/transcribe"
+    url = "" if ws_url == DEFAULT_URL else f" --url {ws_url}"
+    key = " --api-key YOUR_KEY" if auth_required else ""
+    return (
+        "Ready. Try it:\n"
+        f"  in a browser:   http://{shown}:{port}/demo/\n"
+        f"  from a shell:   .venv/bin/python -m stt.client stream{url}{key} samples/jfk.flac"
+    )
+
+
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -112,12 +127,29 @@ class Command(BaseCommand):
 
         # Installed once the reactor runs, over Twisted's own handlers (which stop at once).
         reactor.callWhenRunning(install_sigterm_handler, lambda: reactor.callFromThread(reactor.stop))
+        reactor.callWhenRunning(self.announce_when_ready, host, port)
         try:
             CommandLineInterface().run(self.daphne_arguments(host, port, extra_endpoints))
         except Exception:
             logger.exception("the server failed")
             failed.append(1)
         exit_process(1 if failed else 0)
+
+    def announce_when_ready(self, host: str, port: int) -> None:
+        """Print the ready banner once the model has loaded (or at once without preload)."""
+        banner = ready_banner(host, port, settings.AUTH_REQUIRED)
+
+        def loaded(future: Any) -> None:
+            if future.exception() is None:
+                self.stdout.write(banner)
+                self.stdout.flush()
+
+        if settings.STT_PRELOAD_MODEL:
+            from stt.engine import get_engine
+
+            get_engine().start_loading().add_done_callback(loaded)
+        else:
+            self.stdout.write(banner)
 
     @staticmethod
     def daphne_arguments(host: str, port: int, extra_endpoints: list[str]) -> list[str]:
