@@ -6,7 +6,10 @@
 - A browser cannot set headers on a WebSocket: the backend mints a token for it
   (POST /auth/token with its key), valid AUTH_TOKEN_TTL_SECONDS, and the browser offers
   the subprotocols `fasttalk` and `fasttalk.auth.<token>`; the server answers with
-  `fasttalk`. Tokens are HMAC-signed with SECRET_KEY and die with their key.
+  `fasttalk`. Tokens are HMAC-signed with SECRET_KEY and die with their key. OpenAI's
+  browser form is taken too (subprotocols `realtime` and
+  `openai-insecure-api-key.<key or token>`; answered with `realtime`), for
+  /v1/realtime clients.
 - AUTH_REQUIRED=false runs the service open (development); Origin is checked in any
   case: the service's own origin, or one in ALLOWED_ORIGINS.
 - With AUTH_REQUIRED, /stats (the live session list) is for API keys and staff users.
