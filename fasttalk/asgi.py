@@ -1,4 +1,4 @@
-"""ASGI entry point, served by Daphne: HTTP to Django, /ws/transcribe to Channels."""
+"""ASGI entry point, served by Daphne: HTTP to Django, /ws/transcribe and /v1/realtime to Channels."""
 
 import os
 

@@ -25,6 +25,7 @@ def _endpoints(request: HttpRequest) -> dict[str, str]:
     host = request.get_host()
     return {
         "websocket": f"{ws_scheme}://{host}/ws/transcribe",
+        "openai_realtime": f"{ws_scheme}://{host}/v1/realtime?intent=transcription",
         "health": "/health",
         "stats": "/stats",
         "admin": "/admin/",

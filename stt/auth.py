@@ -6,7 +6,10 @@
 - A browser cannot set headers on a WebSocket: the backend mints a token for it
   (POST /auth/token with its key), valid AUTH_TOKEN_TTL_SECONDS, and the browser offers
   the subprotocols `fasttalk` and `fasttalk.auth.<token>`; the server answers with
-  `fasttalk`. Tokens are HMAC-signed with SECRET_KEY and die with their key.
+  `fasttalk`. Tokens are HMAC-signed with SECRET_KEY and die with their key. OpenAI's
+  browser form is taken too (subprotocols `realtime` and
+  `openai-insecure-api-key.<key or token>`; answered with `realtime`), for
+  /v1/realtime clients.
 - AUTH_REQUIRED=false runs the service open (development); Origin is checked in any
   case: the service's own origin, or one in ALLOWED_ORIGINS.
 - With AUTH_REQUIRED, /stats (the live session list) is for API keys and staff users.
@@ -106,15 +109,32 @@ def _headers(scope: dict) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
 
 
+# How OpenAI's browser clients carry a credential on /v1/realtime (subprotocols
+# "realtime", "openai-insecure-api-key.<key>"); the server answers with "realtime".
+OPENAI_KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+OPENAI_SUBPROTOCOL = "realtime"
+
+
 def credential_from_scope(scope: dict) -> str | None:
     """The credential a WebSocket handshake carries: a Bearer Authorization header, or a
-    `fasttalk.auth.<credential>` subprotocol."""
+    `fasttalk.auth.<credential>` (or OpenAI's `openai-insecure-api-key.<credential>`)
+    subprotocol."""
     authorization = _headers(scope).get("authorization", "")
     if authorization.lower().startswith("bearer "):
         return authorization[7:].strip() or None
     for protocol in scope.get("subprotocols") or ():
-        if protocol.startswith(AUTH_SUBPROTOCOL_PREFIX):
-            return protocol[len(AUTH_SUBPROTOCOL_PREFIX):] or None
+        for prefix in (AUTH_SUBPROTOCOL_PREFIX, OPENAI_KEY_SUBPROTOCOL_PREFIX):
+            if protocol.startswith(prefix):
+                return protocol[len(prefix):] or None
+    return None
+
+
+def answered_subprotocol(offered: list[str]) -> str | None:
+    """The subprotocol the server answers with: `fasttalk`, or `realtime` (OpenAI's
+    clients), when the client offered it."""
+    for name in (SUBPROTOCOL, OPENAI_SUBPROTOCOL):
+        if name in offered:
+            return name
     return None
 
 
@@ -139,8 +159,7 @@ def authorize_handshake(scope: dict) -> Decision:
     headers = _headers(scope)
     if not origin_allowed(headers.get("origin"), headers.get("host")):
         return Decision(None, f"origin {headers.get('origin')!r} is not in ALLOWED_ORIGINS")
-    offered = scope.get("subprotocols") or []
-    subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+    subprotocol = answered_subprotocol(list(scope.get("subprotocols") or []))
     credential = credential_from_scope(scope)
     if credential is None:
         if settings.AUTH_REQUIRED:

@@ -60,6 +60,9 @@ class TranscribeConsumer(DispatchWithoutDatabaseCleanup, AsyncWebsocketConsumer)
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
             await self.session.on_disconnect()  # first: pending speech must not wait on Redis
+        await self._leave_groups()
+
+    async def _leave_groups(self) -> None:
         for group in self.groups_joined:
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)

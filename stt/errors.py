@@ -56,6 +56,9 @@ _SPECS = [
               "Audio or a session message arrived before start_session; it was dropped."),
     ErrorSpec("session_already_started", Category.CONNECTION, Severity.LOW, True, None,
               "start_session was sent twice on one connection; use configure to change settings."),
+    ErrorSpec("input_audio_buffer_commit_empty", Category.CONNECTION, Severity.LOW, True, None,
+              "/v1/realtime: input_audio_buffer.commit with nothing to commit (no speech, or no audio "
+              "without turn detection, since the last commit)."),
     # Audio frames.
     ErrorSpec("invalid_audio_frame", Category.AUDIO_FORMAT, Severity.LOW, True, None,
               "A binary frame is empty or its length is not a multiple of 4 bytes (float32)."),

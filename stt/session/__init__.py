@@ -11,6 +11,6 @@
 
 from stt.session.core import SttSession
 from stt.session.services import SessionServices
-from stt.session.state import CloseCode, CloseFn, SendFn
+from stt.session.state import CloseCode, CloseFn, SendFn, SpeechEndFn
 
-__all__ = ["CloseCode", "CloseFn", "SendFn", "SessionServices", "SttSession"]
+__all__ = ["CloseCode", "CloseFn", "SendFn", "SessionServices", "SpeechEndFn", "SttSession"]

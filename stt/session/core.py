@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
+import numpy as np
 from django.conf import settings
 
 from stt import protocol
@@ -74,32 +75,62 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
         try:
             message = protocol.parse_client_message(text)
         except SttError as error:
-            if await self._within_rate():
-                await self.report(error)
+            await self.reject(error)
             return
+        await self.on_message(message)
+
+    async def on_message(self, message: protocol.ClientMessage) -> bool:
+        """Act on one parsed client message: from on_text, or from an adapter that speaks
+        another protocol to its client (stt/realtime). True when it was taken without an
+        error (a failure is reported to the client, as for on_text)."""
+        self._last_activity = self._clock()
+        if self._ending:
+            return False
         # end_session is never rate-limited: dropping it would leave a client that sent
         # too fast waiting for the idle timeout instead of its last finals.
         if not isinstance(message, protocol.EndSession) and not await self._within_rate():
-            return
+            return False
         try:
             await getattr(self, f"_on_{message.type}")(message)
+            return True
         except SttError as error:
             await self.report(error)
         except Exception:
             logger.exception("session %s: fault handling a control message", self._session_id,
                              extra={"event": "fault", **self._log_ids()})
             await self.report(SttError("internal_error", "the server failed to handle that message"))
+        return False
+
+    async def reject(self, error: SttError) -> None:
+        """A client message that could not be parsed: reported (and counted) like any
+        client error, unless the message was over the rate limit (then only dropped)."""
+        self._last_activity = self._clock()
+        if not self._ending and await self._within_rate():
+            await self.report(error)
 
     async def on_audio(self, frame: bytes) -> None:
+        """One binary frame of float32 little-endian 16 kHz samples."""
         self._last_activity = self._clock()
         if self._ending or not await self._within_rate():
             return
+        await self._take_audio(frame, None)
+
+    async def on_samples(self, samples: np.ndarray) -> None:
+        """Audio an adapter has already decoded to 16 kHz float32 in [-1, 1] (one client
+        message: rate, audio budget and errors as for a binary frame)."""
+        self._last_activity = self._clock()
+        if self._ending or not await self._within_rate():
+            return
+        await self._take_audio(None, samples)
+
+    async def _take_audio(self, frame: bytes | None, samples: np.ndarray | None) -> None:
         try:
             if self.stream is None:
                 raise SttError("session_not_started", "send start_session before audio; the frame was dropped")
-            samples = decode_frame(frame, settings.MAX_AUDIO_FRAME_SAMPLES)
+            if samples is None:
+                samples = decode_frame(frame or b"", settings.MAX_AUDIO_FRAME_SAMPLES)
             await self._within_audio_budget(len(samples) / protocol.SAMPLE_RATE)
-            if self._ending:
+            if self._ending or samples.size == 0:
                 return
             await self.stream.push_audio(samples)
         except SttError as error:

@@ -12,7 +12,7 @@ from stt.audio import samples_to_ms
 from stt.persistence import FinalFacts, failed_final_write, final_write
 from stt.session.handlers import final_is_sent
 from stt.session.state import SessionState
-from stt.streaming import FinalResult, PartialResult, SpeechStart
+from stt.streaming import FinalResult, PartialResult, SpeechEnd, SpeechStart
 
 
 class ResultDelivery(SessionState):
@@ -24,6 +24,10 @@ class ResultDelivery(SessionState):
         await self._send(protocol.speech_start_message(
             self._metadata(), event, barge_in=bool(self.config.barge_in_enabled and responding),
             conversation_state=self.context.conversation_state))
+
+    async def on_speech_end(self, event: SpeechEnd) -> None:
+        if self._speech_end_hook is not None:
+            await self._speech_end_hook(event)
 
     async def on_partial(self, result: PartialResult) -> None:
         self.services.registry.record_partial(result.processing_seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from django.conf import settings
@@ -96,6 +97,21 @@ class ControlHandlers(SessionState):
         self.stream.reconfigure(self._stream_params())
         await self._send(envelope("session_configured", self._metadata(),
                                   data={"config": updated.model_dump(), "changed": changed}))
+
+    def tune_voice_activity(self, threshold: float | None = None, speech_pad_ms: int | None = None) -> None:
+        """This session's VAD threshold and speech padding, otherwise the runtime
+        profile's (VAD_THRESHOLD, VAD_SPEECH_PAD_MS); from the next frame on. For
+        adapters whose protocol sets them per session (stt/realtime); the caller has
+        checked the values."""
+        self._require_started()
+        assert self.stream is not None
+        changes: dict[str, float | int] = {}
+        if threshold is not None:
+            changes["vad_threshold"] = threshold
+        if speech_pad_ms is not None:
+            changes["vad_speech_pad_ms"] = speech_pad_ms
+        self.runtime = replace(self.runtime, **changes)
+        self.stream.reconfigure(self._stream_params())
 
     async def _on_context_update(self, message: protocol.ContextUpdate) -> None:
         self._require_started()

@@ -11,18 +11,22 @@ from typing import Any, Awaitable, Callable
 
 from monitoring.stats import latency_summary, session_summary, stats_entry
 from stt import protocol
+from stt.audio import samples_to_ms
 from stt.auth import Principal
 from stt.errors import SttError
 from stt.persistence import SessionFacts, error_write
 from stt.protocol import SessionConfig
 from stt.runtime_config import RuntimeValues
 from stt.session.services import SessionServices
-from stt.streaming import FinalReason, StreamingTranscriber, StreamParams
+from stt.streaming import FinalReason, SpeechEnd, StreamingTranscriber, StreamParams
 
 logger = logging.getLogger("stt.session")
 
 SendFn = Callable[[dict[str, Any]], Awaitable[None]]
 CloseFn = Callable[[int, str], Awaitable[None]]
+# Told when the segmenter ends an utterance by itself (stt.streaming.SpeechEnd); the
+# protocol of /ws/transcribe has no message for it, an adapter may (stt/realtime).
+SpeechEndFn = Callable[[SpeechEnd], Awaitable[None]]
 
 
 class CloseCode:
@@ -59,9 +63,11 @@ class SessionState:
     """The parts every piece of a session shares; SttSession (core.py) adds the behaviour."""
 
     def __init__(self, send: SendFn, close: CloseFn, services: SessionServices,
-                 client: str | None = None, principal: Principal | None = None) -> None:
+                 client: str | None = None, principal: Principal | None = None,
+                 on_speech_end: SpeechEndFn | None = None) -> None:
         self._send_raw = send
         self._close_raw = close
+        self._speech_end_hook = on_speech_end
         self.services = services
         self.engine = services.engine
         self._clock = services.clock
@@ -116,6 +122,11 @@ class SessionState:
     @property
     def current_utterance_id(self) -> str | None:
         return self.stream.current_utterance_id if self.stream else None
+
+    @property
+    def audio_received_ms(self) -> int:
+        """Audio taken so far: the end of the session's audio timeline."""
+        return samples_to_ms(self.stream.stats.samples_received) if self.stream else 0
 
     def _metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"session_id": self._session_id}

@@ -17,6 +17,7 @@ from stt.streaming.types import (
     FinalResult,
     InterruptOutcome,
     PartialResult,
+    SpeechEnd,
     SpeechStart,
     StreamListener,
     StreamParams,
@@ -25,6 +26,6 @@ from stt.streaming.types import (
 
 __all__ = [
     "AudioBuffer", "FinalReason", "FinalResult", "InterruptOutcome", "LocalAgreement", "PartialResult",
-    "Segmenter", "SpeculativeFinal", "SpeechStart", "StreamListener", "StreamParams", "StreamStats",
+    "Segmenter", "SpeculativeFinal", "SpeechEnd", "SpeechStart", "StreamListener", "StreamParams", "StreamStats",
     "StreamingTranscriber", "Utterance", "UtteranceClosed",
 ]

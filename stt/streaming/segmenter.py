@@ -17,7 +17,7 @@ import math
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Union
 
 import numpy as np
@@ -71,6 +71,7 @@ class UtteranceClosed:
     end: int
     reason: str
     closed_at: float
+    next_utterance_id: str | None = None  # a cut: the utterance the speech goes on in
 
 
 SegmentEvent = Union[SpeechStart, SpeculativeFinal, UtteranceClosed]
@@ -251,10 +252,12 @@ class Segmenter:
         if self.buffer.end - utterance.start < limit:
             return
         cut = self._pause_point(utterance)
-        self._emit_close(FinalReason.MAX_DURATION if p.enable_vad else FinalReason.BUFFER_FULL, cut)
+        closed = self.close(FinalReason.MAX_DURATION if p.enable_vad else FinalReason.BUFFER_FULL, cut)
         # Speech goes on: the rest is the start of the next utterance, no new onset.
         follower = self._open_utterance(cut)
         follower.last_speech_end = self.buffer.end
+        if closed is not None:
+            self._events.append(replace(closed, next_utterance_id=follower.utterance_id))
 
     def _pause_point(self, utterance: Utterance) -> int:
         """Where to cut a long utterance: the middle of its longest recent pause (VAD),

@@ -40,6 +40,7 @@ from stt.streaming.types import (
     FinalResult,
     InterruptOutcome,
     PartialResult,
+    SpeechEnd,
     SpeechStart,
     StreamListener,
     StreamParams,
@@ -162,6 +163,12 @@ class StreamingTranscriber:
             elif isinstance(event, SpeculativeFinal):
                 self.engine.prefetch(event.audio, self._final_options(), self._key)
             elif isinstance(event, UtteranceClosed):
+                try:  # told before the final is asked for, so it always precedes the final
+                    await self.listener.on_speech_end(SpeechEnd(
+                        event.utterance.utterance_id, event.utterance.start, event.end, event.reason,
+                        event.next_utterance_id))
+                except Exception as exc:
+                    fault = fault or exc
                 self._queue_final(event)
         self._maybe_request_partial()
         if fault is not None:

@@ -88,6 +88,20 @@ class SpeechStart:
 
 
 @dataclass(frozen=True)
+class SpeechEnd:
+    """An utterance the segmenter ended by itself: at the end-of-utterance silence, or
+    cut at the length limit (speech goes on in `next_utterance_id`, without a new
+    onset). Closes a caller asks for (flush, interrupt, end) are not reported: the caller
+    knows of them. Reported before the utterance's final is requested."""
+
+    utterance_id: str
+    start_sample: int  # the utterance's audio on the session timeline
+    end_sample: int
+    reason: str  # FinalReason.SILENCE, MAX_DURATION or BUFFER_FULL
+    next_utterance_id: str | None = None
+
+
+@dataclass(frozen=True)
 class PartialResult:
     utterance_id: str
     transcript: Transcript
@@ -122,6 +136,7 @@ class FinalResult:
 
 class StreamListener(Protocol):
     async def on_speech_start(self, event: SpeechStart) -> None: ...
+    async def on_speech_end(self, event: SpeechEnd) -> None: ...
     async def on_partial(self, result: PartialResult) -> None: ...
     async def on_final(self, result: FinalResult) -> None: ...
 

@@ -23,6 +23,7 @@ async def test_index_lists_the_service_and_its_endpoints(engine):
     assert response.status_code == 200
     assert info["service"] == "Fasttalk STT"
     assert info["endpoints"]["websocket"] == "ws://testserver/ws/transcribe"
+    assert info["endpoints"]["openai_realtime"] == "ws://testserver/v1/realtime?intent=transcription"
     assert {"health", "stats"} <= set(info["endpoints"])
     assert info["audio"] == {"encoding": "float32le", "sample_rate": 16000, "channels": 1}
 

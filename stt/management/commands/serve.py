@@ -84,7 +84,8 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 class Command(BaseCommand):
-    help = "Serve HTTP and the /ws/transcribe WebSocket with Daphne (WEBSOCKET_HOST, WEBSOCKET_PORT)."
+    help = ("Serve HTTP and the /ws/transcribe and /v1/realtime WebSockets with Daphne "
+            "(WEBSOCKET_HOST, WEBSOCKET_PORT).")
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=None, help="bind address (default: WEBSOCKET_HOST)")
@@ -106,7 +107,8 @@ class Command(BaseCommand):
 
         daphne_protocol.install(listen_error_handler(service_port_taken))
         daphne.cli.AccessLogGenerator = AccessLog  # access lines through logging, as JSON
-        self.stdout.write(f"Fasttalk STT on http://{host}:{port}/  (WebSocket: /ws/transcribe)")
+        self.stdout.write(f"Fasttalk STT on http://{host}:{port}/  (WebSocket: /ws/transcribe; "
+                          "OpenAI realtime: /v1/realtime?intent=transcription)")
         extra_endpoints = []
         monitoring_port = options["monitoring_port"] if options["monitoring_port"] is not None \
             else settings.MONITORING_PORT

@@ -7,7 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from stt.errors import SttError
 from stt.evaluation import word_error_rate
+from stt.messages import Configure, StartSession
 from stt.session import SttSession
 from tests.conftest import JFK_TEXT, frames, silence
 from tests.stt.session.support import Transport, feed, open_session, send, session_services
@@ -243,3 +245,42 @@ class TestControl:
         await send(session, {"type": "end_session"})
         assert transport.errors()[0]["code"] == "audio_not_finite"
         assert "fellow americans" in transport.of("transcription_final")[0]["data"]["text"].lower()
+
+
+class TestAdapters:
+    """What a session offers an adapter that speaks another protocol to its client
+    (stt/realtime): parsed messages, decoded audio, per-session VAD, speech ends."""
+
+    async def test_parsed_messages_and_decoded_samples_are_taken_like_frames(self, engine, jfk_audio):
+        ends = []
+
+        async def on_speech_end(event):
+            ends.append((event, len(transport.of("transcription_final"))))
+
+        transport = Transport()
+        session = SttSession(transport.send, transport.close, session_services(engine), on_speech_end=on_speech_end)
+        assert await session.open()
+        assert await session.on_message(StartSession(session_config={"enable_partial_transcription": False}))
+        assert not await session.on_message(Configure(config={"final_chunk_duration": "long"}))
+        assert transport.errors()[-1]["code"] == "invalid_config"
+        await session.on_samples(np.concatenate([jfk_audio, silence(1)]))
+        assert session.audio_received_ms == round((jfk_audio.size + 16000) / 16)
+        await session.reject(SttError("invalid_json", "not JSON"))
+        assert transport.errors()[-1]["code"] == "invalid_json" and session.errors == 2
+        await send(session, {"type": "end_session"})
+        finals = transport.of("transcription_final")
+        assert word_error_rate(JFK_TEXT, " ".join(f["data"]["text"] for f in finals)) == 0.0
+        assert [e.utterance_id for e, _ in ends] == [f["data"]["utterance_id"] for f in finals]
+        assert all(finals_before <= i for i, (_, finals_before) in enumerate(ends)), \
+            "each speech end is told before its final"
+        assert all(e.reason == "silence_detected" for e, _ in ends)
+
+    async def test_the_vad_threshold_and_padding_can_be_set_for_one_session(self, engine, settings):
+        session, _ = await open_session(engine)
+        other, _ = await open_session(engine)
+        session.tune_voice_activity(threshold=0.8, speech_pad_ms=300)
+        assert (session.stream.params.vad_threshold, session.stream.params.speech_pad) == (0.8, 4800)
+        assert (other.stream.params.vad_threshold, other.stream.params.speech_pad) == \
+            (settings.VAD_THRESHOLD, settings.VAD_SPEECH_PAD_MS * 16), "other sessions keep the server's"
+        await session.end("session_end", ended_reason="test")
+        await other.end("session_end", ended_reason="test")

@@ -14,6 +14,7 @@ from stt.streaming import (
     FinalReason,
     FinalResult,
     PartialResult,
+    SpeechEnd,
     SpeechStart,
     StreamingTranscriber,
     StreamParams,
@@ -29,9 +30,12 @@ class Recorder:
     """A StreamListener that keeps everything it is told, in order."""
 
     def __init__(self) -> None:
-        self.events: list[SpeechStart | PartialResult | FinalResult] = []
+        self.events: list[SpeechStart | SpeechEnd | PartialResult | FinalResult] = []
 
     async def on_speech_start(self, event: SpeechStart) -> None:
+        self.events.append(event)
+
+    async def on_speech_end(self, event: SpeechEnd) -> None:
         self.events.append(event)
 
     async def on_partial(self, result: PartialResult) -> None:
@@ -110,6 +114,24 @@ class TestUtterances:
             assert final.start_sample <= onset.offset_samples < final.end_sample
             assert 0 < onset.confidence <= 1 and 0 < onset.energy_level <= 1
             assert final.announced
+
+    async def test_an_utterance_ended_by_silence_is_reported_before_its_final(self, engine, jfk_audio):
+        _, recorder = await stream(engine, np.concatenate([jfk_audio, silence(1)]))
+        ends = recorder.of(SpeechEnd)
+        assert [e.utterance_id for e in ends] == [f.utterance_id for f in recorder.finals]
+        for end, final in zip(ends, recorder.finals):
+            assert recorder.events.index(end) < recorder.events.index(final)
+            assert (end.start_sample, end.end_sample, end.reason) == \
+                (final.start_sample, final.end_sample, FinalReason.SILENCE)
+            assert end.next_utterance_id is None
+
+    async def test_closes_the_caller_asks_for_are_not_reported_as_speech_ends(self, engine, jfk_audio):
+        transcriber, recorder = await stream(engine, jfk_audio[:3 * SAMPLE_RATE], close=False,
+                                             final_chunk_duration=2.0)
+        await transcriber.finalize_now(FinalReason.FLUSH)
+        await transcriber.close(FinalReason.SESSION_END)
+        assert [f.reason for f in recorder.finals] == [FinalReason.FLUSH]
+        assert recorder.of(SpeechEnd) == []
 
     async def test_partials_cover_the_whole_utterance_so_far(self, engine, jfk_audio):
         recorder = await stream_paced(engine, jfk_audio)
@@ -227,6 +249,11 @@ class TestFlushInterruptAndLimits:
         for before, after in zip(finals, finals[1:]):
             assert before.end_sample <= after.start_sample
         assert word_error_rate(" ".join([JFK_TEXT] * 3), recorder.final_text) <= 0.2
+        ends = {e.utterance_id: e for e in recorder.of(SpeechEnd)}
+        for cut, follower in zip(finals, finals[1:]):
+            if cut.reason == FinalReason.MAX_DURATION:
+                assert ends[cut.utterance_id].next_utterance_id == follower.utterance_id, \
+                    "a cut names the utterance the speech goes on in"
 
     async def test_a_five_minute_monologue_keeps_its_words_and_bounded_memory(self, engine, jfk_audio):
         # jfk's pauses are shorter than 2 s, so with that end silence nothing ends the

@@ -1,0 +1,174 @@
+"""A realtime transcription session's settings, in OpenAI's terms, and their mapping onto
+the session config of /ws/transcribe (stt/protocol.py SessionConfig) and the session's
+VAD tuning.
+
+| OpenAI | here |
+| --- | --- |
+| `turn_detection` `server_vad` | `enable_vad: true` (silero-vad) |
+| `turn_detection: null` | `enable_vad: false`: the client commits; a buffer reaching `MANUAL_COMMIT_SECONDS` is committed by the server |
+| `silence_duration_ms` | `final_chunk_duration` (100 ms to `MAX_SILENCE_DURATION`) |
+| `threshold` | the session's VAD threshold (default `VAD_THRESHOLD`) |
+| `prefix_padding_ms` | the session's speech padding (default `VAD_SPEECH_PAD_MS`, at most 1000) |
+| `input_audio_transcription.language` | `language` |
+
+Sessions report their effective settings: the model is the server's, and what is
+accepted but not applied (prompt, keywords, noise reduction, logprobs) shows as its
+effective value ("" or null).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from stt.errors import SttError
+from stt.realtime.events import BetaSession, GaSession, TranscriptionOptions, TurnDetection
+
+INPUT_SAMPLE_RATE = 24000
+# With turn_detection null, audio up to this long waits for the client's commit (30 s
+# is also the longest audio Whisper transcribes in one piece); longer is committed.
+MANUAL_COMMIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ServerVad:
+    threshold: float
+    prefix_padding_ms: int
+    silence_duration_ms: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": "server_vad", "threshold": self.threshold, "prefix_padding_ms": self.prefix_padding_ms,
+                "silence_duration_ms": self.silence_duration_ms}
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    """What a transcription session runs with. `vad` keeps the server VAD values while
+    turn detection is off, so that turning it back on restores them."""
+
+    model: str
+    language: str | None
+    turn_detection: bool
+    vad: ServerVad
+
+    def fasttalk_config(self) -> dict[str, Any]:
+        """The /ws/transcribe session config keys this session sets."""
+        return {"language": self.language, "enable_vad": self.turn_detection,
+                "final_chunk_duration": self.vad.silence_duration_ms / 1000}
+
+    def beta_session(self, session_id: str, expires_at: int) -> dict[str, Any]:
+        """As `transcription_session.created` / `.updated` carry it."""
+        return {
+            "id": session_id, "object": "realtime.transcription_session", "expires_at": expires_at,
+            "input_audio_format": "pcm16",
+            "input_audio_transcription": self._transcription(),
+            "turn_detection": self.vad.as_dict() if self.turn_detection else None,
+            "input_audio_noise_reduction": None,
+            "include": None,
+        }
+
+    def ga_session(self, session_id: str, expires_at: int) -> dict[str, Any]:
+        """As `session.created` / `session.updated` carry it (a session of type transcription)."""
+        return {
+            "type": "transcription", "object": "realtime.transcription_session", "id": session_id,
+            "expires_at": expires_at,
+            "audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": INPUT_SAMPLE_RATE},
+                "transcription": self._transcription(),
+                "noise_reduction": None,
+                "turn_detection": self.vad.as_dict() if self.turn_detection else None,
+            }},
+            "include": None,
+        }
+
+    def _transcription(self) -> dict[str, Any]:
+        return {"model": self.model, "language": self.language, "prompt": ""}
+
+
+@dataclass(frozen=True)
+class UpdateParams:
+    """Where the fields of one update event live, for errors (`param`)."""
+
+    language: str
+    turn_detection: str
+
+    @classmethod
+    def beta(cls) -> "UpdateParams":
+        return cls("session.input_audio_transcription.language", "session.turn_detection")
+
+    @classmethod
+    def ga(cls) -> "UpdateParams":
+        return cls("session.audio.input.transcription.language", "session.audio.input.turn_detection")
+
+    def by_fasttalk_field(self) -> dict[str, str]:
+        return {"language": self.language, "enable_vad": self.turn_detection,
+                "final_chunk_duration": f"{self.turn_detection}.silence_duration_ms"}
+
+
+def updated_config(current: RealtimeConfig, session: BetaSession | GaSession,
+                   max_silence_ms: int) -> RealtimeConfig:
+    """The config after an update event's session (fields it leaves out keep their
+    value), or SttError naming the offending field; nothing is applied on error."""
+    if isinstance(session, BetaSession):
+        params = UpdateParams.beta()
+        if session.input_audio_format not in (None, "pcm16"):
+            raise SttError("invalid_config", "only pcm16 audio (24 kHz, mono, little-endian) is accepted",
+                           field="session.input_audio_format")
+        fields = session.model_fields_set
+        transcription, turn = session.input_audio_transcription, session.turn_detection
+        has_transcription, has_turn = "input_audio_transcription" in fields, "turn_detection" in fields
+    else:
+        params = UpdateParams.ga()
+        audio_input = session.audio.input if session.audio is not None else None
+        _check_ga_format(audio_input.format if audio_input is not None else None)
+        fields = audio_input.model_fields_set if audio_input is not None else set()
+        transcription = audio_input.transcription if audio_input is not None else None
+        turn = audio_input.turn_detection if audio_input is not None else None
+        has_transcription, has_turn = "transcription" in fields, "turn_detection" in fields
+    config = current
+    if has_transcription:
+        config = _with_transcription(config, transcription, params)
+    if has_turn:
+        config = _with_turn_detection(config, turn, params, max_silence_ms)
+    return config
+
+
+def _check_ga_format(audio_format: Any) -> None:
+    if audio_format is None:
+        return
+    if audio_format.type not in (None, "audio/pcm"):
+        raise SttError("invalid_config", "only audio/pcm (24 kHz, mono, 16-bit little-endian) is accepted",
+                       field="session.audio.input.format.type")
+    if audio_format.rate not in (None, INPUT_SAMPLE_RATE):
+        raise SttError("invalid_config", f"audio/pcm is taken at {INPUT_SAMPLE_RATE} Hz only",
+                       field="session.audio.input.format.rate")
+
+
+def _with_transcription(config: RealtimeConfig, options: TranscriptionOptions | None,
+                        params: UpdateParams) -> RealtimeConfig:
+    if options is None:
+        raise SttError("invalid_config", "a transcription session always transcribes: the transcription "
+                       "settings cannot be null", field=params.language.rsplit(".", 1)[0])
+    if "language" in options.model_fields_set:
+        return replace(config, language=options.language)
+    return config
+
+
+def _with_turn_detection(config: RealtimeConfig, turn: TurnDetection | None, params: UpdateParams,
+                         max_silence_ms: int) -> RealtimeConfig:
+    if turn is None:
+        return replace(config, turn_detection=False)
+    if turn.type == "semantic_vad":
+        raise SttError("invalid_config", "semantic_vad is not available here: use server_vad, or null to "
+                       "commit by hand", field=f"{params.turn_detection}.type")
+    silence = turn.silence_duration_ms
+    if silence is not None and silence > max_silence_ms:
+        raise SttError("invalid_config", f"silence_duration_ms may be at most {max_silence_ms} on this server",
+                       field=f"{params.turn_detection}.silence_duration_ms")
+    vad = config.vad
+    vad = ServerVad(
+        threshold=turn.threshold if turn.threshold is not None else vad.threshold,
+        prefix_padding_ms=turn.prefix_padding_ms if turn.prefix_padding_ms is not None else vad.prefix_padding_ms,
+        silence_duration_ms=silence if silence is not None else vad.silence_duration_ms,
+    )
+    return replace(config, turn_detection=True, vad=vad)

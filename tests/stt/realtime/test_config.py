@@ -1,0 +1,83 @@
+"""A realtime session's settings in OpenAI's terms, and what an update does to them."""
+
+from __future__ import annotations
+
+import pytest
+
+from stt.errors import SttError
+from stt.realtime.config import RealtimeConfig, ServerVad, updated_config
+from stt.realtime.events import BetaSession, GaSession
+
+CURRENT = RealtimeConfig(model="tiny.en", language=None, turn_detection=True,
+                         vad=ServerVad(threshold=0.5, prefix_padding_ms=200, silence_duration_ms=500))
+
+
+def beta(**session) -> RealtimeConfig:
+    return updated_config(CURRENT, BetaSession.model_validate(session), max_silence_ms=2000)
+
+
+def ga(**audio_input) -> RealtimeConfig:
+    return updated_config(CURRENT, GaSession.model_validate({"type": "transcription", "audio": {"input": audio_input}}),
+                          max_silence_ms=2000)
+
+
+def refused(update) -> SttError:
+    with pytest.raises(SttError) as error:
+        update()
+    return error.value
+
+
+class TestUpdates:
+    def test_fields_left_out_keep_their_value(self):
+        assert beta() == CURRENT
+        assert beta(turn_detection={"silence_duration_ms": 800}).vad == ServerVad(0.5, 200, 800)
+        assert ga(transcription={"language": "en"}) == RealtimeConfig("tiny.en", "en", True, CURRENT.vad)
+
+    def test_null_turn_detection_means_manual_commits_and_keeps_the_vad_values_for_later(self):
+        manual = beta(turn_detection=None)
+        assert not manual.turn_detection and manual.vad == CURRENT.vad
+        assert manual.fasttalk_config() == {"language": None, "enable_vad": False, "final_chunk_duration": 0.5}
+        again = updated_config(manual, BetaSession.model_validate({"turn_detection": {"type": "server_vad"}}), 2000)
+        assert again.turn_detection and again.vad == CURRENT.vad
+
+    def test_the_server_vad_values_map_onto_the_session(self):
+        config = ga(turn_detection={"type": "server_vad", "threshold": 0.7, "prefix_padding_ms": 300,
+                                    "silence_duration_ms": 1200})
+        assert config.vad == ServerVad(0.7, 300, 1200)
+        assert config.fasttalk_config()["final_chunk_duration"] == 1.2
+
+    def test_what_is_not_served_here_is_refused_with_its_param(self):
+        cases = [
+            (lambda: beta(input_audio_format="g711_ulaw"), "session.input_audio_format"),
+            (lambda: ga(format={"type": "audio/pcmu"}), "session.audio.input.format.type"),
+            (lambda: ga(format={"type": "audio/pcm", "rate": 16000}), "session.audio.input.format.rate"),
+            (lambda: beta(turn_detection={"type": "semantic_vad"}), "session.turn_detection.type"),
+            (lambda: beta(turn_detection={"silence_duration_ms": 2500}), "session.turn_detection.silence_duration_ms"),
+            (lambda: beta(input_audio_transcription=None), "session.input_audio_transcription"),
+            (lambda: ga(transcription=None), "session.audio.input.transcription"),
+        ]
+        for update, param in cases:
+            error = refused(update)
+            assert (error.code, error.field) == ("invalid_config", param)
+
+
+class TestSessionObjects:
+    def test_the_beta_session_is_flat(self):
+        session = CURRENT.beta_session("sess_1", 0)
+        assert session == {
+            "id": "sess_1", "object": "realtime.transcription_session", "expires_at": 0,
+            "input_audio_format": "pcm16",
+            "input_audio_transcription": {"model": "tiny.en", "language": None, "prompt": ""},
+            "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 200,
+                               "silence_duration_ms": 500},
+            "input_audio_noise_reduction": None, "include": None,
+        }
+
+    def test_the_ga_session_is_of_type_transcription_with_its_audio_input(self):
+        session = beta(turn_detection=None).ga_session("sess_1", 99)
+        assert session["type"] == "transcription" and session["expires_at"] == 99
+        assert session["audio"]["input"] == {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "tiny.en", "language": None, "prompt": ""},
+            "noise_reduction": None, "turn_detection": None,
+        }
