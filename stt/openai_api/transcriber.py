@@ -1,9 +1,10 @@
 """A file through the engine and into the history, chunk by chunk.
 
-The file is cut at pauses (chunks.py) and each chunk is one engine job of kind FILE,
-queued below every live stream's work. Chunks go one at a time, in order: a file never
-holds more than one job in the queue, so it takes turns with live streams instead of
-flooding the queue, and its text can be streamed as it comes. Each chunk with text is
+The file is cut at pauses, and what is not speech left out (chunks.py); each chunk is
+one engine job of kind FILE, queued below every live stream's work. Chunks go one at a
+time, in order: a file never holds more than one job in the queue, so it takes turns
+with live streams instead of flooding the queue, and its text can be streamed as it
+comes. Each chunk with text is
 kept in the history as an utterance of one session whose source is `file`.
 """
 
@@ -21,7 +22,8 @@ import numpy as np
 from stt.audio import samples_to_ms
 from stt.engine import DecodeOptions, SpeechEngine, Transcript
 from stt.errors import SttError
-from stt.openai_api.chunks import SAMPLE_RATE, SpeechProbabilities, chunk_bounds, silero_probabilities
+from stt.openai_api.chunks import SAMPLE_RATE, VoiceDetector, iter_chunks
+from stt.vad import SileroVad
 from stt.openai_api.formats import ChunkText, FileTranscript, TimedWord
 from stt.openai_api.requests import TranscriptionRequest
 from stt.persistence import FinalFacts, HistoryWriter, SessionFacts, final_write, session_write
@@ -56,11 +58,11 @@ class FileTranscriber:
     """Transcribes uploads on the process's engine; records them in the history."""
 
     def __init__(self, engine: SpeechEngine, history: HistoryWriter, settings: Callable[[], FileSettings],
-                 probabilities: SpeechProbabilities = silero_probabilities) -> None:
+                 vad_factory: Callable[[], VoiceDetector] = SileroVad) -> None:
         self.engine = engine
         self.history = history
         self._settings = settings
-        self._probabilities = probabilities
+        self._vad_factory = vad_factory
 
     async def transcribe(self, upload: Upload) -> FileTranscript:
         """The whole transcript (SttError if a chunk fails after its retries)."""
@@ -77,8 +79,7 @@ class FileTranscriber:
         """Each chunk's text, in order, as the engine gives it."""
         settings = self._settings()
         loop = asyncio.get_running_loop()
-        bounds = await loop.run_in_executor(None, chunk_bounds, upload.audio, settings.chunk_seconds,
-                                            self._probabilities)
+        planned = iter_chunks(upload.audio, settings.chunk_seconds, self._vad_factory)
         record = self._session_facts(upload)
         self.history.write_later(session_write(record))
         options = DecodeOptions.file(upload.request.language, upload.request.word_timestamps,
@@ -88,7 +89,8 @@ class FileTranscriber:
                    "audio_transcribed_s": 0.0}
         reason = "client_disconnected"
         try:
-            for start, end in bounds:
+            while (chunk := await loop.run_in_executor(None, next, planned, None)) is not None:
+                start, end = chunk.start, chunk.end
                 audio = upload.audio[start:end]
                 transcript = await self._decode(audio, options, stream_key, settings)
                 summary["audio_transcribed_s"] = round(summary["audio_transcribed_s"] + audio.size / SAMPLE_RATE, 3)
