@@ -196,6 +196,21 @@ class TestBadInput:
         assert word_error_rate(JFK_TEXT, client.audio.transcriptions.create(file=JFK_PATH, model="whisper-1").text) <= 0.1
 
 
+    def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit_too(self, stt_server):
+        import http.client
+        from urllib.parse import urlsplit
+
+        piece = b"\0" * (1024 * 1024)
+        parts = urlsplit(stt_server.base)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        connection.request("POST", "/v1/audio/transcriptions", body=(piece for _ in range(26)), encode_chunked=True,
+                           headers={"Authorization": f"Bearer {stt_server.keys['backend']}",
+                                    "Content-Type": "multipart/form-data; boundary=x"})
+        response = connection.getresponse()
+        assert response.status == 413 and json.loads(response.read())["error"]["code"] == "file_too_large"
+        connection.close()
+
+
 class TestHistory:
     def test_each_file_is_a_session_of_source_file_with_its_chunks_as_utterances(self, stt_server, client, several):
         path, reference, _ = several
