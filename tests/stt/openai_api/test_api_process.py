@@ -232,6 +232,23 @@ class TestHistory:
         assert " ".join(row[0] for row in stored) == text.strip()
 
 
+    def test_a_client_that_leaves_stops_the_work_and_the_session_says_so(self, stt_server):
+        impatient = openai.OpenAI(base_url=f"{stt_server.base}/v1", api_key=stt_server.keys["backend"],
+                                  max_retries=0, timeout=4)
+        before = time.time()
+        with pytest.raises(openai.APITimeoutError):
+            impatient.audio.transcriptions.create(file=AUDIO_DIR / "long_gates_ted.wav", model="whisper-1")
+        deadline, rows = time.time() + 15, []
+        while time.time() < deadline and not rows:
+            rows = stt_server.database.query(
+                "select audio_received_s, audio_transcribed_s from stt_sessionrecord where source = 'file' "
+                "and close_reason = 'client_disconnected' and started_at >= to_timestamp(%s)", before - 1)
+            time.sleep(0.2)
+        assert rows, "the session ended as the client left"
+        received, transcribed = rows[0]
+        assert received > 120 and transcribed < received / 2, "the rest of the talk was not decoded"
+
+
 def post_form(server, fields: dict[str, str], key: str | None) -> tuple[int, dict]:
     """A multipart POST without a file (the openai client always sends one)."""
     boundary = uuid.uuid4().hex
