@@ -136,7 +136,8 @@ def _form(request: HttpRequest) -> tuple[Any, Any]:
     try:
         return request.POST, request.FILES
     except RequestDataTooBig:
-        raise too_large(settings.MAX_UPLOAD_BYTES) from None
+        raise ApiError(413, f"the form's fields besides the file exceed {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+                       "fields_too_large") from None
     except (MultiPartParserError, SuspiciousOperation, ValueError) as exc:
         raise bad_request(f"the multipart form cannot be read: {exc}", None, "invalid_form") from None
 

@@ -2,6 +2,8 @@
 
 import pytest
 from django.http import QueryDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stt.openai_api.catalog import ModelCatalog
 from stt.openai_api.errors import ApiError
@@ -83,3 +85,19 @@ class TestRefused:
             with pytest.raises(ApiError) as caught:
                 require_file(files)
             assert caught.value.status == 400 and caught.value.param == "file"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["model", "language", "prompt", "response_format", "temperature", "stream",
+                                        "timestamp_granularities[]", "timestamp_granularities", "include[]"]),
+                       st.lists(st.text(max_size=20), min_size=1, max_size=3)))
+def test_any_form_is_a_request_or_a_400_never_another_exception(fields):
+    query = QueryDict(mutable=True)
+    for name, values in fields.items():
+        query.setlist(name, values)
+    try:
+        request = parse_transcription_request(query, CATALOG, english_only)
+    except ApiError as error:
+        assert error.status == 400 and error.param and error.message
+    else:
+        assert CATALOG.knows(request.model) and 0 <= request.temperature <= 1
