@@ -27,6 +27,8 @@ def _endpoints(request: HttpRequest) -> dict[str, str]:
         "websocket": f"{ws_scheme}://{host}/ws/transcribe",
         "health": "/health",
         "stats": "/stats",
+        "transcriptions": "/v1/audio/transcriptions",  # the OpenAI-compatible file API
+        "models": "/v1/models",
         "admin": "/admin/",
         **({"monitoring_health": f":{settings.MONITORING_PORT}/health",
             "metrics": f":{settings.MONITORING_PORT}/metrics"} if settings.MONITORING_PORT else {}),
