@@ -7,10 +7,11 @@ being transcribed through the OpenAI-compatible API, in the same run.
 
 Live: `--streams` concurrent sessions, each playing distinct real recordings of
 ../shared/audio one after another at real-time pace (32 ms frames on the client's
-clock, bench/stream_latency.py's stream_one). First while a file of `--file-minutes`
-(long_gates_ted.wav repeated, each copy at another gain so no chunk is byte-identical)
-is transcribed with stream=true through POST /v1/audio/transcriptions, for as long as
-it takes; then the same recordings, as many times, without it. Printed: end of speech
+clock, bench/stream_latency.py's stream_one). First `--before` recordings each without
+the file; then while a file of `--file-minutes` (long_gates_ted.wav repeated, each copy
+at another gain so no chunk is byte-identical) is transcribed with stream=true through
+POST /v1/audio/transcriptions, for as long as it takes; then as many again without
+it, so that the phases without bracket the one with. Printed: end of speech
 -> final (the client's figure: a final's arrival - sending of its last spoken word),
 partial latency and word lag, p50/p95 in both phases, and the file's own progress.
 Target: finals p95 with the file within 10% of without.
@@ -110,7 +111,7 @@ async def live_streams(url: str, recordings: list[Recording], streams: int, firs
         while (counts is not None and played < counts[index]) or (
                 counts is None and (played == 0 or not until.done())):
             recording = recordings[(index + played) % len(recordings)]
-            variant = first_variant + index * 100 + played  # gain 1 - variant * 1e-4: keep it small
+            variant = first_variant + index * 150 + played  # gain 1 - variant * 1e-4: keep it small
             live.results.append(await stream_one(url, recording, variant, wait_s=60))
             played += 1
         live.played[index] = played
@@ -119,15 +120,24 @@ async def live_streams(url: str, recordings: list[Recording], streams: int, firs
     return live
 
 
-async def run(url: str, base: str, api_key: str, streams: int, minutes: float) -> tuple[Live, Live, FileRun]:
+async def run(url: str, base: str, api_key: str, streams: int, minutes: float,
+              before: int) -> tuple[Live, Live, FileRun]:
+    """Without the file (`before` recordings per stream), with it (as long as it takes),
+    then without it again (as many as were played with it, less `before`, at least
+    `before`): the phases without bracket the one with, so a machine whose load drifts
+    during the run weighs on both."""
     recordings = load_recordings(AUDIO_DIR, synthetic=False)
     await stream_one(url, recordings[0], 0)  # the first session pays for model warm-up
     wav, seconds = long_file(minutes)
     file_run = FileRun(seconds)
+    without = await live_streams(url, recordings, streams, 600, counts=[before] * streams)
     uploading = asyncio.ensure_future(transcribe_file(base, api_key, wav, file_run))
     with_file = await live_streams(url, recordings, streams, 1, until=uploading)
     await uploading
-    without = await live_streams(url, recordings, streams, 600, counts=with_file.played)
+    after = await live_streams(url, recordings, streams, 1200,
+                               counts=[max(before, played - before) for played in with_file.played])
+    without.results += after.results
+    without.played = [a + b for a, b in zip(without.played, after.played)]
     return with_file, without, file_run
 
 
@@ -143,7 +153,7 @@ def row(label: str, slot: str, with_file: Live, without: Live) -> str:
 def report(streams: int, with_file: Live, without: Live, file_run: FileRun) -> None:
     took = (file_run.finished or file_run.started) - file_run.started
     print(f"\nfile priority benchmark: {streams} live streams of distinct real recordings at real-time pace, "
-          f"{sum(with_file.played)} recordings per phase")
+          f"{sum(without.played)} recordings without the file (before and after it), {sum(with_file.played)} with it")
     print(f"file: {file_run.audio_seconds / 60:.1f} min ({FILE_CLIP} repeated) through POST /v1/audio/transcriptions "
           f"stream=true: {took:.0f} s ({file_run.audio_seconds / max(took, 1e-9):.1f}x real time beside the streams), "
           f"first delta after {((file_run.first_delta or file_run.started) - file_run.started):.1f} s, "
@@ -163,6 +173,8 @@ def main() -> None:
     parser.add_argument("--api-key", default="unused", help="API key for a server with AUTH_REQUIRED")
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--file-minutes", type=float, default=10.0)
+    parser.add_argument("--before", type=int, default=7,
+                        help="recordings each stream plays without the file before it is sent")
     args = parser.parse_args()
     server = database = None
     with tempfile.TemporaryDirectory(prefix="fasttalk-file-priority-") as log_dir:
@@ -174,7 +186,8 @@ def main() -> None:
             server, database = start_local_server(Path(log_dir))
             url, base = server.ws, server.base
         try:
-            with_file, without, file_run = asyncio.run(run(url, base, args.api_key, args.streams, args.file_minutes))
+            with_file, without, file_run = asyncio.run(run(url, base, args.api_key, args.streams, args.file_minutes,
+                                                            args.before))
         finally:
             if server is not None:
                 server.stop()
