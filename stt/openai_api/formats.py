@@ -37,6 +37,7 @@ class ChunkText:
     text: str
     words: tuple[TimedWord, ...] = ()
     confidence: float = 0.0
+    language: str | None = None
 
 
 @dataclass

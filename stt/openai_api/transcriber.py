@@ -69,6 +69,8 @@ class FileTranscriber:
         transcript = self.empty_transcript(upload)
         async for chunk in self.chunks(upload):
             transcript.chunks.append(chunk)
+            if transcript.language is None and chunk.language:
+                transcript.language = chunk.language  # detected (multilingual models)
         return transcript
 
     def empty_transcript(self, upload: Upload) -> FileTranscript:
@@ -158,4 +160,4 @@ def _decode_facts(options: DecodeOptions, transcript: Transcript) -> dict[str, A
 def _placed(transcript: Transcript, start: int, end: int) -> ChunkText:
     offset = start / SAMPLE_RATE
     words = tuple(TimedWord(w.word, offset + w.start, offset + w.end, w.probability) for w in transcript.words)
-    return ChunkText(offset, end / SAMPLE_RATE, transcript.text, words, transcript.confidence)
+    return ChunkText(offset, end / SAMPLE_RATE, transcript.text, words, transcript.confidence, transcript.language)
