@@ -413,6 +413,23 @@ STT_SPECULATIVE_FINALS = env_bool("STT_SPECULATIVE_FINALS", True)
 # Start loading the model when the ASGI application starts, not on first use.
 STT_PRELOAD_MODEL = env_bool("STT_PRELOAD_MODEL", True)
 
+# --- OpenAI-compatible file API (stt/openai_api/) -----------------------------------
+
+# Largest HTTP request body (a file upload with its form fields). A larger one is
+# answered 413 without being stored: the server reads and discards it (Daphne,
+# stt/daphne_protocol.py), and the view checks Content-Length under other servers.
+MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 25 * 1024 * 1024)
+# Longest audio a file may hold (s); it is decoded to 16 kHz float32 (64 KB a second).
+MAX_FILE_SECONDS = env_float("MAX_FILE_SECONDS", 1800.0)
+# A file is transcribed in chunks of at most this many seconds, cut at the longest pause
+# of each chunk's last 40% (silero-vad): each chunk is one short engine job below live work.
+FILE_CHUNK_SECONDS = env_float("FILE_CHUNK_SECONDS", 12.0)
+# Model names clients may send besides STT_MODEL; all are served by the one loaded model.
+OPENAI_MODEL_ALIASES = env_list("OPENAI_MODEL_ALIASES", "whisper-1,gpt-4o-transcribe,gpt-4o-mini-transcribe")
+# (Uploads above Django's FILE_UPLOAD_MAX_MEMORY_SIZE, 2.5 MB, wait in a temporary file.)
+if MAX_FILE_SECONDS <= 0 or FILE_CHUNK_SECONDS < 2 or FILE_CHUNK_SECONDS > 28:
+    raise ImproperlyConfigured("MAX_FILE_SECONDS must be > 0 and FILE_CHUNK_SECONDS within 2-28 s")
+
 # --- Logging -----------------------------------------------------------------------
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

@@ -28,6 +28,8 @@ def _endpoints(request: HttpRequest) -> dict[str, str]:
         "openai_realtime": f"{ws_scheme}://{host}/v1/realtime?intent=transcription",
         "health": "/health",
         "stats": "/stats",
+        "transcriptions": "/v1/audio/transcriptions",  # the OpenAI-compatible file API
+        "models": "/v1/models",
         "admin": "/admin/",
         **({"monitoring_health": f":{settings.MONITORING_PORT}/health",
             "metrics": f":{settings.MONITORING_PORT}/metrics"} if settings.MONITORING_PORT else {}),

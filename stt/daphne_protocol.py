@@ -10,6 +10,9 @@ requirements/base.txt for the same reason.
 - Inbound backpressure: past WEBSOCKET_MAX_INBOUND_QUEUE waiting messages the socket is
   not read until the session caught up.
 - Outbound cap: past WEBSOCKET_MAX_OUTBOUND_BYTES unsent bytes the client is dropped.
+- Request bodies: one larger than MAX_UPLOAD_BYTES (declared, or counted as it comes)
+  is read and dropped, never stored, and answered 413 in the file API's error shape
+  without reaching the application.
 - Dispatch without the database clean-up: Channels runs close_old_connections() on
   Django's one thread-sensitive thread before every message; every audio frame of every
   stream would queue there behind admin pages and exports.
@@ -17,11 +20,15 @@ requirements/base.txt for the same reason.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import socket
+import time
 from typing import Any, Callable
 
 from channels.consumer import get_handler_name
+from daphne.http_protocol import WebRequest
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
 
@@ -165,13 +172,58 @@ class ClosingWebSocketFactory(WebSocketFactory):
         super().setProtocolOptions(*args, **kwargs)
 
 
+class BoundedWebRequest(WebRequest):
+    """Daphne's HTTP request, but a body over MAX_UPLOAD_BYTES is not kept: Twisted would
+    store all of it (in memory up to 100 kB, then in a temporary file) before the
+    application sees any. Once the declared length or the bytes received pass the limit,
+    the rest is read and dropped (so the client gets to read the answer), and the
+    request is answered 413 without reaching the application."""
+
+    body_too_large = False
+
+    def gotLength(self, length: int | None) -> None:
+        self._body_limit = settings.MAX_UPLOAD_BYTES
+        self._body_bytes = 0
+        if length is not None and length > self._body_limit:
+            self.body_too_large = True
+            self.content = io.BytesIO()  # stays empty
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self._body_limit:  # a chunked body without a declared length
+            self.body_too_large = True
+            self.content.close()
+            self.content = io.BytesIO()
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> Any:
+        if not self.body_too_large:
+            return super().process()
+        from stt.openai_api.errors import too_large
+
+        self.request_start = time.time()  # read when the response is logged
+        body = json.dumps(too_large(self._body_limit).body()).encode()
+        self.handle_reply({"type": "http.response.start", "status": 413,
+                           "headers": [(b"Content-Type", b"application/json"), (b"Connection", b"close")]})
+        self.handle_reply({"type": "http.response.body", "body": body})
+        return None
+
+
 def install(listen_error: Callable[[Any, Any], Any]) -> None:
-    """Put the adaptations into Daphne's server (before it starts): our factory, and
-    `listen_error(server, failure)` as what happens when an endpoint cannot listen."""
+    """Put the adaptations into Daphne's server (before it starts): our factories and
+    request class, and `listen_error(server, failure)` as what happens when an endpoint
+    cannot listen."""
+    import daphne.http_protocol
     import daphne.server
 
     verify_unsent_bytes_figure()
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
+    daphne.http_protocol.WebRequest = BoundedWebRequest  # HTTPFactory.buildProtocol reads this name
     daphne.server.Server.listen_error = listen_error
 
 

@@ -16,7 +16,13 @@ from stt.languages import normalize_language
 
 
 class SessionRecord(models.Model):
-    """One WebSocket session, from start_session to its end."""
+    """One session, from its start to its end: a WebSocket session (start_session to
+    its end), or one file sent to the HTTP API (its chunks are the utterances)."""
+
+    class Source(models.TextChoices):
+        WEBSOCKET = "websocket", "WebSocket"  # /ws/transcribe
+        FILE = "file", "File"  # POST /v1/audio/transcriptions
+        REALTIME = "realtime", "Realtime API"  # /v1/realtime
 
     connection_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     session_id = models.CharField(max_length=128, db_index=True)
@@ -27,6 +33,8 @@ class SessionRecord(models.Model):
     config = models.JSONField(default=dict, help_text="session_config as the client sent it.")
     effective_config = models.JSONField(default=dict)
     model = models.CharField(max_length=256, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.WEBSOCKET, db_index=True,
+                              help_text="How the audio came: a WebSocket stream, a file, the realtime API.")
     started_at = models.DateTimeField(db_index=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     close_reason = models.CharField(max_length=64, blank=True)

@@ -1,8 +1,9 @@
-"""The parts this server process gives each session, built once (the consumer's wiring)."""
+"""The parts this server process gives each session (the consumer's wiring) and the file API."""
 
 from __future__ import annotations
 
 import functools
+import time
 
 from django.conf import settings
 
@@ -10,6 +11,9 @@ from monitoring.metrics import SessionMetrics
 from monitoring.registry import registry
 from stt.auth import rate_limiter
 from stt.engine import SpeechEngine, get_engine
+from stt.openai_api.catalog import ModelCatalog
+from stt.openai_api.services import FileApiServices
+from stt.openai_api.transcriber import FileSettings, FileTranscriber
 from stt.persistence import history
 from stt.runtime_config import store as runtime_store
 from stt.session import SessionServices
@@ -29,3 +33,20 @@ def process_session_services(engine: SpeechEngine | None = None) -> SessionServi
                            rate_limiter=rate_limiter, audio_budget=_audio_budget(),
                            runtime=runtime_store, metrics=SessionMetrics(),
                            segmenter_executor=segmenter_pool())
+
+
+@functools.cache
+def _started_at() -> int:
+    return int(time.time())
+
+
+def _file_settings() -> FileSettings:
+    return FileSettings(chunk_seconds=settings.FILE_CHUNK_SECONDS, store_audio=settings.STORE_AUDIO,
+                        retries=settings.STT_FINAL_RETRIES, retry_base_delay=settings.STT_RETRY_BASE_DELAY)
+
+
+def process_file_services(engine: SpeechEngine | None = None) -> FileApiServices:
+    """The file API's services: the process's engine (looked up on each call, like
+    process_session_services) and history, and the model names from the settings."""
+    catalog = ModelCatalog.from_settings(settings.STT_MODEL, settings.OPENAI_MODEL_ALIASES, _started_at())
+    return FileApiServices(FileTranscriber(engine or get_engine(), history, _file_settings), catalog)

@@ -26,9 +26,10 @@ def audio_player(utterance: Utterance) -> str:
 
 @admin.register(Utterance)
 class UtteranceAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "short_text", "session_link", "user", "language", "confidence",
+    list_display = ("created_at", "short_text", "session_link", "user", "source", "language", "confidence",
                     "final_latency_ms", "duration_s", "status")
-    list_filter = (("created_at", admin.DateFieldListFilter), SessionIdFilter, UserFilter, ConversationFilter,
+    list_filter = (("created_at", admin.DateFieldListFilter), ("session__source", admin.ChoicesFieldListFilter),
+                   SessionIdFilter, UserFilter, ConversationFilter,
                    "language", FinalLatencyFilter, ConfidenceFilter, "reason", "status")
     search_fields = ("text",)
     date_hierarchy = "created_at"
@@ -57,6 +58,10 @@ class UtteranceAdmin(ReadOnlyAdmin):
     @admin.display(description="user", ordering="session__user_id")
     def user(self, obj: Utterance) -> str:
         return obj.session.user_id
+
+    @admin.display(description="source", ordering="session__source")
+    def source(self, obj: Utterance) -> str:
+        return obj.session.get_source_display()
 
     @admin.display(description="duration (s)", ordering="audio_duration_ms")
     def duration_s(self, obj: Utterance) -> float:
@@ -133,14 +138,14 @@ class UtteranceInline(admin.TabularInline):
 
 @admin.register(SessionRecord)
 class SessionRecordAdmin(ReadOnlyAdmin):
-    list_display = ("started_at", "session_id", "user_id", "conversation_id", "utterances", "close_reason",
-                    "duration_s", "profile")
-    list_filter = (("started_at", admin.DateFieldListFilter), "close_reason", "profile")
+    list_display = ("started_at", "session_id", "source", "user_id", "conversation_id", "utterances",
+                    "close_reason", "duration_s", "profile")
+    list_filter = (("started_at", admin.DateFieldListFilter), "source", "close_reason", "profile")
     search_fields = ("session_id", "user_id", "conversation_id", "client_address")
     date_hierarchy = "started_at"
     actions = (export_sessions_csv,)
     inlines = (UtteranceInline,)
-    readonly_fields = ("connection_id", "session_id", "user_id", "conversation_id", "client_address", "profile",
+    readonly_fields = ("connection_id", "session_id", "source", "user_id", "conversation_id", "client_address", "profile",
                        "model", "started_at", "ended_at", "close_reason", "utterances", "finals", "failed_finals",
                        "partials", "speech_onsets", "errors", "audio_received_s", "audio_transcribed_s",
                        "latency", "config", "effective_config")

@@ -163,9 +163,9 @@ def decode_batch(model: Any, tokenizer: Any, jobs: Sequence[Decodable], multilin
     `encoder_to_cpu` moves the encoder output off the GPU (several GPU workers)."""
     options = jobs[0].options
     window = bucket(jobs[0].audio, min_window)
-    if window is None or (multilingual and options.language is None):
-        # Longer than one window, or the language must be detected first: the
-        # stock long-form path does both.
+    if window is None or (multilingual and options.language is None) or options.temperature > 0:
+        # Longer than one window, the language must be detected first, or sampling at
+        # a temperature was asked for: the stock long-form path does all three.
         return [decode_stock(model, tokenizer, job, multilingual) for job in jobs]
     encoded = _encode(model, jobs, window, encoder_to_cpu)
     drafts = _generate(model, tokenizer, jobs, encoded)
@@ -258,11 +258,18 @@ def _assemble(tokenizer: Any, job: Decodable, draft: _Draft, alignment: list[dic
                    bool(job.options.prefix))
 
 
+# Whisper's temperature fallback: a decode that loops or is unsure is redone hotter.
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
 def decode_stock(model: Any, tokenizer: Any, job: Decodable, multilingual: bool) -> Decoded:
-    """faster-whisper's own long-form transcription, with temperature fallback."""
+    """faster-whisper's own long-form transcription: with temperature fallback, or
+    sampled at the one temperature the options ask for."""
     options = job.options
+    temperatures = (options.temperature,) if options.temperature > 0 else FALLBACK_TEMPERATURES
     segments, info = model.transcribe(
         job.audio,
+        temperature=list(temperatures),
         language=options.language if multilingual else "en",
         beam_size=options.beam_size,
         word_timestamps=options.word_timestamps,

@@ -19,6 +19,10 @@ from stt.engine.types import AudioSource, DecodeOptions, JobKind, Transcript
 # so partials keep coming (at least every second) when many streams end utterances
 # at once. Finals have slack: the end-of-utterance silence already hides part of them.
 PARTIAL_PATIENCE = (0.3, 0.6)
+# Seconds after which a queued chunk of an uploaded file ranks with partials (never
+# higher): live work always goes first, yet a file moves on while streams keep the
+# model busy, taking turns like one more stream's partials.
+FILE_PATIENCE = 2.0
 # After an out-of-memory error halved the batch, this many clean batches double it
 # again (up to the configured size).
 BATCH_REGROW_AFTER = 200
@@ -61,11 +65,15 @@ class Job:
     key: tuple | None = None
     waiters: int = 1
     started: bool = False  # a worker took it (a timeout before that is overload, not a fault)
+    started_at: float | None = None  # time.perf_counter() when a worker took it
     admissions: list[Admission] = field(default_factory=list)  # of the requests waiting on it
 
     def order(self, now: float) -> tuple[int, int]:
         rank = int(self.kind)
-        if self.kind is JobKind.PARTIAL:
+        if self.kind is JobKind.FILE:
+            if now - self.enqueued_at > FILE_PATIENCE:
+                rank = int(JobKind.PARTIAL)
+        elif self.kind is JobKind.PARTIAL:
             # A partial that has waited long climbs: level with speculative finals, then
             # with finals (older jobs first), so a stream's partials never stall.
             waited = now - self.enqueued_at
@@ -74,6 +82,14 @@ class Job:
             elif waited > PARTIAL_PATIENCE[0]:
                 rank = int(JobKind.SPECULATIVE)
         return (rank, self.sequence)
+
+
+def batch_group(kind: JobKind) -> str:
+    """Jobs share an inference only within their group: a partial never delays a final,
+    and a file's chunk never rides along with (and slows) a live final."""
+    if kind is JobKind.PARTIAL:
+        return "partial"
+    return "file" if kind is JobKind.FILE else "final"
 
 
 class ResultCache:

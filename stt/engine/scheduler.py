@@ -1,8 +1,10 @@
 """Scheduling: one priority queue, batches, joins, a result cache, worker threads, and
 the transcription breaker's verdicts.
 
-- One queue, finals first, then speculative finals, then partials. A stream has at
-  most one queued partial (a new one replaces it), and a partial reads its stream's
+- One queue, finals first, then speculative finals, then partials, then chunks of
+  uploaded files (which climb to the partials' rank after FILE_PATIENCE, never above;
+  their time limit counts from when a worker takes them). A stream has at most one
+  queued partial (a new one replaces it), and a partial reads its stream's
   latest audio only when a worker takes it: under load partials come less often, not
   later.
 - Batching. Jobs of one kind and window bucket are encoded and decoded together.
@@ -31,7 +33,7 @@ import numpy as np
 from monitoring import metrics
 from stt.engine.breaker import BreakerState, CircuitBreaker
 from stt.engine.decoding import Decoded, bucket, is_silent
-from stt.engine.jobs import Admission, BatchLimit, Job, ResultCache, Verdict, digest
+from stt.engine.jobs import Admission, BatchLimit, Job, ResultCache, Verdict, batch_group, digest
 from stt.engine.types import (
     SAMPLE_RATE,
     AudioSource,
@@ -94,9 +96,7 @@ class Scheduler:
         future, job = self._submit(source, options, stream_key, admission)
         timeout = self._timeout()
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(asyncio.wrap_future(future))
+            return await self._wait(future, job, timeout)
         except asyncio.TimeoutError:
             if job is not None:
                 self._withdraw(job)
@@ -117,6 +117,27 @@ class Scheduler:
             # answered already reported it.
             self._report(Verdict.NONE, [admission])
 
+    @staticmethod
+    async def _wait(future: Future, job: Job | None, timeout: float) -> Transcript:
+        """The job's result within `timeout`. A file's chunk may queue behind live work
+        for as long as that takes: its limit counts from when a worker takes it."""
+        answer = asyncio.wrap_future(future)
+        limit = timeout
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+                async with asyncio.timeout(limit):
+                    return await asyncio.shield(answer)
+            except asyncio.TimeoutError:
+                if job is None or job.kind is not JobKind.FILE or future.done():
+                    raise
+                started_at = job.started_at
+                if started_at is None:
+                    continue  # still queued: live work goes first
+                limit = started_at + timeout - time.perf_counter()
+                if limit <= 0:
+                    raise
+
     def prefetch(self, audio: np.ndarray, options: DecodeOptions, stream_key: Any = None) -> None:
         """Start decoding audio whose result will probably be asked for soon. It
         outranks partials only; skipped when finals already fill a batch, and while
@@ -125,7 +146,7 @@ class Scheduler:
         if self.closed or self.breaker.state is not BreakerState.CLOSED:
             return
         with self._cond:
-            if sum(1 for job in self._queue if job.kind is not JobKind.PARTIAL) >= self.batch_limit.current:
+            if sum(1 for job in self._queue if job.kind < JobKind.PARTIAL) >= self.batch_limit.current:
                 return
         future, job = self._submit(audio, options, stream_key, None, kind=JobKind.SPECULATIVE)
         if job is not None:
@@ -269,7 +290,7 @@ class Scheduler:
         for job in list(self._queue):
             if len(batch) >= self.batch_limit.current:
                 break
-            if (job.kind is JobKind.PARTIAL) != (first.kind is JobKind.PARTIAL):
+            if batch_group(job.kind) != batch_group(first.kind):
                 continue
             if job.options.batch_key != first.options.batch_key:
                 continue
@@ -337,7 +358,7 @@ class Scheduler:
         answered here from the cache or, for digital silence, with no text)."""
         if not job.future.set_running_or_notify_cancel():
             return False
-        job.started = True
+        job.started, job.started_at = True, started
         cached = self._cache.get(job.key)
         if cached is not None:
             self.stats.cache_hits += 1

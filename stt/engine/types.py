@@ -22,6 +22,7 @@ class JobKind(IntEnum):
     FINAL = 0
     SPECULATIVE = 1
     PARTIAL = 2
+    FILE = 3  # a chunk of an uploaded file (the HTTP API): below every live stream
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class DecodeOptions:
     # section): a prompt, keyterms, the previous utterance. It steers spelling and style
     # and is never part of the result.
     prompt: str = ""
+    # 0: the engine's own decode (beam search; a final that loops is redone with
+    # Whisper's temperature fallback). Above 0: sampled at this temperature on the
+    # stock path, no fallback (what the OpenAI API's `temperature` asks for).
+    temperature: float = 0.0
 
     @classmethod
     def partial(cls, language: str | None, prefix: tuple[int, ...] = (),
@@ -49,11 +54,18 @@ class DecodeOptions:
         return cls(JobKind.FINAL, beam_size or settings.STT_FINAL_BEAM_SIZE, word_timestamps, language,
                    prompt=prompt)
 
+    @classmethod
+    def file(cls, language: str | None, word_timestamps: bool, prompt: str = "",
+             temperature: float = 0.0, beam_size: int | None = None) -> "DecodeOptions":
+        """A chunk of an uploaded file: decoded like a final, queued below live work."""
+        return cls(JobKind.FILE, beam_size or settings.STT_FINAL_BEAM_SIZE, word_timestamps, language,
+                   prompt=prompt, temperature=temperature)
+
     @property
     def batch_key(self) -> tuple:
         """What jobs must share to run in one inference (the decoder needs every prompt's
         start-of-transcript at the same position, so one prompt per batch)."""
-        return (self.beam_size, self.word_timestamps, self.language, self.prompt)
+        return (self.beam_size, self.word_timestamps, self.language, self.prompt, self.temperature)
 
     @property
     def cache_key(self) -> tuple:

@@ -69,10 +69,12 @@ class SessionFacts:
     close_reason: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    source: str = "websocket"  # SessionRecord.Source: websocket, file, realtime
 
     def row(self) -> dict[str, Any]:
         """The SessionRecord fields, JSON-able."""
         fields: dict[str, Any] = {
+            "source": self.source,
             "session_id": self.session_id,
             "user_id": (self.user_id or "")[:256],
             "conversation_id": (self.conversation_id or "")[:256],

@@ -25,6 +25,7 @@ async def test_index_lists_the_service_and_its_endpoints(engine):
     assert info["endpoints"]["websocket"] == "ws://testserver/ws/transcribe"
     assert info["endpoints"]["openai_realtime"] == "ws://testserver/v1/realtime?intent=transcription"
     assert {"health", "stats"} <= set(info["endpoints"])
+    assert info["endpoints"]["transcriptions"] == "/v1/audio/transcriptions"
     assert info["audio"] == {"encoding": "float32le", "sample_rate": 16000, "channels": 1}
 
 

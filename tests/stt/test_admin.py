@@ -29,7 +29,8 @@ def history(jfk_audio):
         latency={"final": {"count": 2, "avg_ms": 600.0, "p50_ms": 550.0, "p95_ms": 900.0}},
     )
     other = SessionRecord.objects.create(session_id="call-2", user_id="bob", conversation_id="conv-2",
-                                         started_at=NOW, ended_at=NOW + timedelta(seconds=5))
+                                         started_at=NOW, ended_at=NOW + timedelta(seconds=5),
+                                         source=SessionRecord.Source.FILE)
     name = default_storage.save("utterances/test/first.flac", ContentFile(encode_flac(jfk_audio[:40000])))
     first = Utterance.objects.create(
         utterance_id=uuid.uuid4(), session=session, text="And so my fellow Americans.", language="en",
@@ -79,6 +80,8 @@ class TestUtteranceHistory:
         ({"final_latency": "late"}, {"second"}),
         ({"confidence": "low"}, {"second"}),
         ({"confidence": "high"}, {"first", "third"}),
+        ({"session__source": "file"}, {"third"}),
+        ({"session__source": "websocket"}, {"first", "second"}),
         ({"created_at__gte": "2026-11-19 00:00:00+00:00", "created_at__lt": "2026-11-21 00:00:00+00:00"},
          {"first", "second"}),
     ])
@@ -118,6 +121,13 @@ class TestUtteranceHistory:
 
 
 class TestSessions:
+    def test_sessions_show_and_filter_by_their_source(self, admin_client, history):
+        url = reverse("admin:stt_sessionrecord_changelist")
+        page = listed(admin_client.get(url, {"source": "file"}))
+        assert "call-2" in page and "call-1" not in page
+        page = listed(admin_client.get(url))
+        assert ">WebSocket<" in page and ">File<" in page
+
     def test_a_session_page_lists_its_utterances_in_order(self, admin_client, history):
         page = listed(admin_client.get(reverse("admin:stt_sessionrecord_change", args=[history["session"].pk])))
         assert page.index(history["first"].text) < page.index(history["second"].text)

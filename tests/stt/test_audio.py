@@ -1,9 +1,11 @@
-"""Audio frames: float32 little-endian PCM, 1 to MAX_AUDIO_FRAME_SAMPLES samples."""
+"""Audio frames (float32 little-endian PCM, 1 to MAX_AUDIO_FRAME_SAMPLES samples) and files."""
+
+import io
 
 import numpy as np
 import pytest
 
-from stt.audio import decode_frame
+from stt.audio import AudioTooLong, UndecodableAudio, decode_file, decode_frame
 from stt.errors import SttError
 
 LIMIT = 16384
@@ -42,3 +44,49 @@ def test_slight_overshoot_is_clipped_not_refused():
     decoded = decode_frame(np.array([1.5, -1.2, 0.5], "<f4").tobytes(), LIMIT)
     np.testing.assert_array_equal(decoded, np.array([1.0, -1.0, 0.5], np.float32))
 
+
+
+class TestFiles:
+    """decode_file: any format FFmpeg reads, as 16 kHz mono float32."""
+
+    def test_a_flac_in_44_khz_stereo_comes_out_as_the_same_speech_at_16_khz(self, jfk_audio):
+        from tests.conftest import JFK_PATH
+
+        audio = decode_file(str(JFK_PATH), max_seconds=60)
+        assert audio.dtype == np.float32 and abs(audio.size - jfk_audio.size) < 1600
+        assert np.abs(audio).max() <= 1.0
+
+    @pytest.mark.parametrize("codec, container", [("libmp3lame", "mp3"), ("libopus", "ogg"), ("aac", "mp4")])
+    def test_compressed_formats_from_a_file_object(self, jfk_audio, codec, container):
+        encoded = encode(jfk_audio[:48000], codec, container)
+        audio = decode_file(io.BytesIO(encoded), max_seconds=60)
+        assert abs(audio.size - 48000) < 3200  # codec padding
+        assert np.abs(audio).max() > 0.1
+
+    @pytest.mark.parametrize("content", [b"", b"hello, this is not audio at all\n" * 20, b"RIFF\x00\x00\x00\x00WAVEfmt "])
+    def test_what_is_not_audio_is_undecodable(self, content):
+        with pytest.raises(UndecodableAudio):
+            decode_file(io.BytesIO(content), max_seconds=60)
+
+    def test_decoding_stops_past_the_limit(self, jfk_audio):
+        with pytest.raises(AudioTooLong):
+            decode_file(io.BytesIO(encode(jfk_audio, "pcm_s16le", "wav")), max_seconds=5)
+
+
+def encode(audio: np.ndarray, codec: str, container: str) -> bytes:
+    """16 kHz mono float32 audio encoded with FFmpeg (through PyAV)."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as output:
+        rate = 48000 if codec == "libopus" else 16000
+        stream = output.add_stream(codec, rate=rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)
+        frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for resampled in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(resampled):
+                output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return buffer.getvalue()

@@ -10,12 +10,13 @@ import socket
 import pytest
 from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from daphne import server as daphne_server
+from daphne.http_protocol import WebRequest
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 
 from stt.daphne_protocol import (
-    ClosingWebSocketFactory, ClosingWebSocketProtocol, UnsentBytesUnknown, unsent_bytes,
+    BoundedWebRequest, ClosingWebSocketFactory, ClosingWebSocketProtocol, UnsentBytesUnknown, unsent_bytes,
     verify_unsent_bytes_figure,
 )
 
@@ -86,6 +87,21 @@ class TestDaphneInternals:
         assert parameters(WebSocketProtocol.serverClose) == ["self", "code"]
         assert parameters(WebSocketProtocol.handle_reply) == ["self", "message"]
         assert parameters(WebSocketProtocol.onMessage) == ["self", "payload", "isBinary"]
+
+    def test_the_http_factory_builds_requests_from_the_module_global_we_replace(self):
+        import daphne.http_protocol as http_protocol
+        from twisted.web import http
+
+        assert "protocol.requestFactory = WebRequest" in inspect.getsource(http_protocol.HTTPFactory.buildProtocol)
+        assert http_protocol.WebRequest in (WebRequest, BoundedWebRequest)
+        # Twisted calls these as the request arrives: the length once the headers are
+        # in, each piece of body, process() once all of it is in.
+        assert parameters(http.Request.gotLength) == ["self", "length"]
+        assert parameters(http.Request.handleContentChunk) == ["self", "data"]
+        assert "req.gotLength(" in inspect.getsource(http.HTTPChannel.allHeadersReceived)
+        assert "self.content = _getContentFile(length)" in inspect.getsource(http.Request.gotLength)
+        assert "self.process()" in inspect.getsource(http.Request.requestReceived)
+        assert parameters(WebRequest.handle_reply) == ["self", "message"]
 
     def test_daphne_still_drops_the_close_reason_and_rejects_before_accepting(self):
         """What handle_reply works around: Daphne's close passes the code only."""

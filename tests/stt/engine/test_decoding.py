@@ -158,6 +158,16 @@ class TestDecodeBatch:
         (result,) = decode(tiny, Clip(long, DecodeOptions.partial("en")))
         assert result.text.lower().count("ask not") == 3 and not result.redone
 
+    def test_a_temperature_samples_on_the_stock_path_and_zero_keeps_the_beam_search(self, tiny, jfk_audio):
+        (greedy,) = decode(tiny, Clip(jfk_audio, DecodeOptions.file("en", True)))
+        assert greedy.text == decode(tiny, Clip(jfk_audio, DecodeOptions.final("en", True)))[0].text
+        sampled = [decode(tiny, Clip(jfk_audio, DecodeOptions.file("en", True, temperature=1.0)))[0]
+                   for _ in range(3)]
+        # Sampled from the same model: still the sentence (roughly), but not always the same text.
+        assert all(word_error_rate(JFK_TEXT, result.text) < 0.5 for result in sampled)
+        assert all(result.words for result in sampled), "the stock path gives word times too"
+        assert DecodeOptions.file("en", True, temperature=1.0).batch_key != DecodeOptions.file("en", True).batch_key
+
     def test_a_prompt_steers_the_spelling_of_a_name_and_is_not_part_of_the_result(self, tiny, speak):
         audio = speak("Please send the invoice to Siobhan Nakamura today.")
         for options in (DecodeOptions.final("en", True), DecodeOptions.partial("en")):

@@ -6,7 +6,16 @@ from concurrent.futures import Future
 import numpy as np
 
 from stt.engine import DecodeOptions, JobKind, Transcript
-from stt.engine.jobs import BATCH_REGROW_AFTER, Admission, BatchLimit, Job, ResultCache, digest
+from stt.engine.jobs import (
+    BATCH_REGROW_AFTER,
+    FILE_PATIENCE,
+    Admission,
+    BatchLimit,
+    Job,
+    ResultCache,
+    batch_group,
+    digest,
+)
 
 
 def job(kind: JobKind, sequence: int, enqueued_at: float = 0.0) -> Job:
@@ -34,6 +43,21 @@ class TestRank:
     def test_finals_never_change_rank(self):
         assert job(JobKind.FINAL, 3).order(100.0) == (int(JobKind.FINAL), 3)
         assert job(JobKind.SPECULATIVE, 3).order(100.0) == (int(JobKind.SPECULATIVE), 3)
+
+
+    def test_a_files_chunk_waits_below_partials_then_ranks_with_them_and_never_higher(self):
+        chunk = job(JobKind.FILE, 1)
+        partial = job(JobKind.PARTIAL, 5, enqueued_at=FILE_PATIENCE)
+        assert chunk.order(0.1) > partial.order(0.1), "below a newer partial at first"
+        assert chunk.order(FILE_PATIENCE + 0.1) == (int(JobKind.PARTIAL), 1)
+        assert chunk.order(FILE_PATIENCE + 0.1) < partial.order(FILE_PATIENCE + 0.1), "then older first"
+        assert chunk.order(1000.0) == (int(JobKind.PARTIAL), 1), "never above a partial's own rank"
+        assert chunk.order(1000.0) > job(JobKind.SPECULATIVE, 9).order(1000.0)
+
+    def test_files_partials_and_finals_never_share_an_inference(self):
+        groups = {kind: batch_group(kind) for kind in JobKind}
+        assert groups[JobKind.FINAL] == groups[JobKind.SPECULATIVE]
+        assert len({groups[JobKind.FINAL], groups[JobKind.PARTIAL], groups[JobKind.FILE]}) == 3
 
 
 class TestResultCache:

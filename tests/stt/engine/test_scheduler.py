@@ -308,3 +308,62 @@ class TestWithoutTheModel:
         decoder.gate.set()
         await asyncio.gather(busy, *finals)
         assert decoder.batches == [1, 4]
+
+
+class TestFileChunks:
+    async def test_a_files_chunk_never_joins_a_finals_batch_and_runs_after_live_work(self, scripted):
+        scheduler, decoder = scripted.scheduler, scripted.decoder
+        decoder.gate.clear()
+        order: list[str] = []
+
+        async def run(name: str, options: DecodeOptions, key: str) -> None:
+            await scheduler.request(noise(1), options, key)
+            order.append(name)
+
+        busy = asyncio.create_task(run("busy", DecodeOptions.final("en", True), "s0"))
+        await asyncio.sleep(0.05)
+        chunk = asyncio.create_task(run("chunk", DecodeOptions.file("en", True), "file"))
+        await asyncio.sleep(0.01)
+        live = [asyncio.create_task(run("final", DecodeOptions.final("en", True), "s1")),
+                asyncio.create_task(run("partial", DecodeOptions.partial("en"), "s2"))]
+        await asyncio.sleep(0.01)
+        decoder.gate.set()
+        await asyncio.gather(busy, chunk, *live)
+        assert order == ["busy", "final", "partial", "chunk"]
+        assert decoder.batches == [1, 1, 1, 1], "same options and window, yet the chunk decodes alone"
+
+    async def test_a_prefetch_is_not_held_back_by_queued_file_chunks(self, scripted):
+        scheduler, decoder = scripted.scheduler, scripted.decoder
+        decoder.gate.clear()
+        busy = asyncio.create_task(scheduler.request(noise(1), DecodeOptions.final("en", True)))
+        await asyncio.sleep(0.05)
+        chunks = [asyncio.create_task(scheduler.request(noise(1), DecodeOptions.file("en", True), f"f{i}"))
+                  for i in range(4)]
+        await asyncio.sleep(0.01)
+        scheduler.prefetch(noise(1), DecodeOptions.final("en", True))
+        assert scheduler.queue_depth == 5
+        decoder.gate.set()
+        await asyncio.gather(busy, *chunks)
+
+    async def test_a_chunks_time_limit_counts_from_when_a_worker_takes_it(self):
+        decoder = ScriptedDecoder()
+        limit = BatchLimit()
+        limit.set_full(1)
+        scheduler = Scheduler(decoder, CircuitBreaker("transcription", 3, 60), EngineStats(), limit,
+                              cache_size=0, min_window=10.0, timeout=lambda: 0.3)
+        scheduler.start(1)
+        try:
+            decoder.gate.clear()
+            live = asyncio.create_task(scheduler.request(noise(1), DecodeOptions.final("en", True)))
+            await asyncio.sleep(0.05)
+            chunk = asyncio.create_task(scheduler.request(noise(1), DecodeOptions.file("en", True), "file"))
+            partial = asyncio.create_task(scheduler.request(noise(1), DecodeOptions.partial("en"), "s1"))
+            await asyncio.sleep(0.5)  # the worker is held past every limit
+            decoder.gate.set()
+            results = await asyncio.gather(live, partial, chunk, return_exceptions=True)
+            assert isinstance(results[0], SttError) and results[0].code == "transcription_timeout"
+            assert isinstance(results[1], SttError) and results[1].code == "transcription_timeout"
+            assert results[2].text == "16000 samples", "queued behind live work, not timed out"
+        finally:
+            decoder.gate.set()
+            scheduler.close(5)

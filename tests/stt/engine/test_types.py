@@ -16,3 +16,9 @@ def test_jobs_with_different_prompts_neither_batch_nor_share_results():
     with_prefix = DecodeOptions.partial("en", prefix=(1, 2))
     assert with_prefix.batch_key == DecodeOptions.partial("en").batch_key  # prefixes batch together
     assert with_prefix.cache_key != DecodeOptions.partial("en").cache_key
+
+
+def test_a_files_chunk_is_decoded_like_a_final_but_queued_below_live_work():
+    chunk = DecodeOptions.file("en", True, prompt="Fasttalk", temperature=0.2)
+    assert chunk == DecodeOptions(JobKind.FILE, 5, True, "en", prompt="Fasttalk", temperature=0.2)
+    assert JobKind.FILE > JobKind.PARTIAL
