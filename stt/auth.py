@@ -167,9 +167,19 @@ def authorize_handshake(scope: dict) -> Decision:
         return Decision(Principal.anonymous(), subprotocol=subprotocol)
     key = key_for(credential)
     if key is None:
+        if is_openai_placeholder(credential, scope.get("path", "")):
+            return Decision(Principal.anonymous(), subprotocol=subprotocol)
         return Decision(None, "invalid, expired or revoked credential")
     note_key_used(key)
     return Decision(_principal(key), subprotocol=subprotocol)
+
+
+def is_openai_placeholder(credential: str, path: str) -> bool:
+    """Whether a credential sent to the OpenAI-compatible endpoints (/v1/...) of an open
+    service (AUTH_REQUIRED=false) stands for nobody: OpenAI's clients always send an
+    api_key, so "none" or "sk-..." there is no credential. One of our keys (ftk_...) is
+    still checked, and refused when unknown."""
+    return not settings.AUTH_REQUIRED and path.startswith("/v1/") and not credential.startswith(KEY_PREFIX)
 
 
 # last_used_at is for people (is this key still in use?): a minute's precision is plenty,

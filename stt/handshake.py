@@ -70,7 +70,10 @@ class RecentAdmissions:
 
     def remember(self, scope: dict, decision: Decision) -> None:
         key = self._key(scope)
-        if key is None or decision.principal is None or self.ttl_seconds <= 0:
+        # Only keys are remembered: an anonymous admission (an OpenAI placeholder key on
+        # an open service) depends on the path and on AUTH_REQUIRED, not on the credential.
+        if key is None or decision.principal is None or decision.principal.key_id is None \
+                or self.ttl_seconds <= 0:
             return
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()  # a crude bound; entries are cheap to make again

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient
 from django.urls import reverse
 from django.utils import timezone
 
@@ -32,8 +33,9 @@ def new_key(**limits) -> tuple[ApiKey, str]:
     return ApiKey.objects.create(name="backend", prefix=prefix, key_hash=digest, **limits), raw
 
 
-async def handshake(headers: list[tuple[bytes, bytes]] = (), subprotocols: list[str] | None = None):
-    communicator = WebsocketCommunicator(application, "/ws/transcribe", headers=list(headers),
+async def handshake(headers: list[tuple[bytes, bytes]] = (), subprotocols: list[str] | None = None,
+                    path: str = "/ws/transcribe"):
+    communicator = WebsocketCommunicator(application, path, headers=list(headers),
                                          subprotocols=subprotocols)
     connected, detail = await communicator.connect(timeout=10)
     if not connected:
@@ -136,6 +138,41 @@ class TestHandshake:
         communicator, connected, _ = await handshake()
         assert connected
         await communicator.disconnect()
+
+
+class TestOpenAIClientsOfAnOpenService:
+    """OpenAI's clients always send an api_key: on an open service (AUTH_REQUIRED=false)
+    a placeholder there is no credential, on /v1/ only; a key of ours is still checked."""
+
+    REALTIME = "/v1/realtime?intent=transcription"
+
+    async def test_a_placeholder_key_opens_a_realtime_session(self, settings):
+        settings.AUTH_REQUIRED = False
+        communicator, connected, _ = await handshake([bearer("sk-not-needed")], path=self.REALTIME)
+        assert connected
+        await communicator.disconnect()
+
+    async def test_an_unknown_key_of_ours_is_still_refused(self, settings):
+        settings.AUTH_REQUIRED = False
+        _, connected, _ = await handshake([bearer("ftk_" + "x" * 43)], path=self.REALTIME)
+        assert not connected
+
+    async def test_elsewhere_and_on_a_closed_service_a_placeholder_is_a_wrong_credential(self, settings):
+        settings.AUTH_REQUIRED = False
+        _, connected, _ = await handshake([bearer("sk-not-needed")])
+        assert not connected, "/ws/transcribe: a credential sent must be valid"
+        settings.AUTH_REQUIRED = True
+        _, connected, _ = await handshake([bearer("sk-not-needed")], path=self.REALTIME)
+        assert not connected
+
+    async def test_the_file_api_follows_the_same_rule(self, settings):
+        settings.AUTH_REQUIRED = False
+        client = AsyncClient()
+        assert (await client.get("/v1/models", headers={"Authorization": "Bearer sk-not-needed"})).status_code == 200
+        refused = await client.get("/v1/models", headers={"Authorization": "Bearer ftk_" + "x" * 43})
+        assert refused.status_code == 401
+        settings.AUTH_REQUIRED = True
+        assert (await client.get("/v1/models", headers={"Authorization": "Bearer sk-not-needed"})).status_code == 401
 
 
 async def session_beyond_its_rate():
