@@ -267,7 +267,16 @@ if REPORT_PERIOD_HOURS <= 0 or 24 % REPORT_PERIOD_HOURS:
     raise ImproperlyConfigured("REPORT_PERIOD_HOURS must divide 24 (1, 2, 3, 4, 6, 8, 12 or 24)")
 # How often beat looks for a period without its report (building is idempotent).
 REPORT_CHECK_SECONDS = env_float("REPORT_CHECK_SECONDS", 3600.0)
+# Server processes (stt/liveness.py): each refreshes its row every SERVER_HEARTBEAT_SECONDS;
+# one unseen for SERVER_LOST_SECONDS is lost: beat, every SESSION_SWEEP_SECONDS, closes its
+# sessions (server_lost) and marks the utterances its clients were hearing `interrupted`.
+SERVER_HEARTBEAT_SECONDS = env_float("SERVER_HEARTBEAT_SECONDS", 10.0)
+SERVER_LOST_SECONDS = env_float("SERVER_LOST_SECONDS", 30.0)
+SESSION_SWEEP_SECONDS = env_float("SESSION_SWEEP_SECONDS", 60.0)
+if SERVER_LOST_SECONDS < 2 * SERVER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("SERVER_LOST_SECONDS must be at least twice SERVER_HEARTBEAT_SECONDS")
 CELERY_BEAT_SCHEDULE = {
+    "recover-lost-sessions": {"task": "stt.tasks.recover_lost_sessions", "schedule": SESSION_SWEEP_SECONDS},
     "build-scheduled-reports": {"task": "stt.tasks.build_scheduled_reports", "schedule": REPORT_CHECK_SECONDS},
     "refine-missed-finals": {"task": "stt.tasks.refine_missed_finals", "schedule": 300.0},
     "purge-history": {"task": "stt.tasks.purge_history", "schedule": 24 * 3600.0},

@@ -10,6 +10,7 @@ from monitoring.metrics import SessionMetrics
 from monitoring.registry import registry
 from stt.auth import rate_limiter
 from stt.engine import SpeechEngine, get_engine
+from stt.liveness import current_server_id
 from stt.persistence import history
 from stt.runtime_config import store as runtime_store
 from stt.session import SessionServices
@@ -28,4 +29,4 @@ def process_session_services(engine: SpeechEngine | None = None) -> SessionServi
     return SessionServices(engine=engine or get_engine(), history=history, registry=registry,
                            rate_limiter=rate_limiter, audio_budget=_audio_budget(),
                            runtime=runtime_store, metrics=SessionMetrics(),
-                           segmenter_executor=segmenter_pool())
+                           segmenter_executor=segmenter_pool(), server_id=current_server_id())
