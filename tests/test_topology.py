@@ -221,13 +221,13 @@ def live_labels(topology: Topology, name: str) -> dict[str, str | None]:
             if entry.get("session_started", True)}
 
 
-async def wait_until(check, limit: float, what: str):
+async def wait_until(check, limit: float, what: str, every: float = 0.05):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)
     raise AssertionError(f"{what} did not happen within {limit} s")
 
 
@@ -291,8 +291,18 @@ async def test_sigkill_keeps_every_received_final_and_records_the_open_utterance
              for label, (audio, _), h in zip(labels, recordings, heard)]
     await wait_until(lambda: sum(len(live_labels(topology, n)) for n in NAMES) == len(labels), 20, "all sessions live")
     await asyncio.sleep(2)
-    # Killed while one of its sessions has an utterance open (onset sent, no final yet).
-    await wait_until(lambda: any(live_labels(topology, "web3").values()), 10, "an utterance open on the victim")
+    # Killed while one of its sessions has had an utterance open for a while (onset sent,
+    # its open row written a few ms later, no final yet).
+    seen: set[str] = set()
+
+    def open_for_a_while() -> bool:
+        now_open = {utterance for utterance in live_labels(topology, "web3").values() if utterance}
+        lasting = now_open & seen
+        seen.clear()
+        seen.update(now_open)
+        return bool(lasting)
+
+    await wait_until(open_for_a_while, 15, "an utterance open on the victim", every=0.3)
     victim.signal(signal.SIGKILL)
     down_after = topology.haproxy.wait_status("web3", ("DOWN",), 5)
     fresh = await asyncio.gather(*(stream_session(topology.haproxy.ws, f"after-kill-{index}",
