@@ -9,7 +9,6 @@ same address, where HAProxy's server line points."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
