@@ -324,6 +324,9 @@ ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "")
 # does not come within the timeout (a vanished client, a dead NAT mapping).
 WEBSOCKET_PING_INTERVAL = env_int("WEBSOCKET_PING_INTERVAL", 20)
 WEBSOCKET_PING_TIMEOUT = env_int("WEBSOCKET_PING_TIMEOUT", 30)
+# Behind a balancer that sets X-Forwarded-For/-Port, replacing a client's own (as
+# deploy/haproxy.cfg does): the client's address is taken from them. Never without one.
+WEBSOCKET_PROXY_HEADERS = env_bool("WEBSOCKET_PROXY_HEADERS", False)
 # A connection that sends nothing (no audio, no message) for this long is ended
 # (idle_timeout); 0 = never.
 SESSION_IDLE_TIMEOUT = env_float("SESSION_IDLE_TIMEOUT", 120.0)

@@ -22,7 +22,7 @@ import websockets
 
 from stt.client import Backoff, Callbacks, SessionConfig, open_session, transcribe
 from stt.evaluation import word_error_rate
-from tests.conftest import AUDIO_DIR, JFK_TEXT, load_audio, silence
+from tests.conftest import AUDIO_DIR, JFK_TEXT, frames, load_audio, silence
 from tests.servers import ROOT, AdminBrowser, get_json
 from tests.topology import NAMES, Topology
 
@@ -31,8 +31,9 @@ pytestmark = pytest.mark.realtime
 CLIPS = ("jfk.flac", "ps_austen_0870.wav", "pv_platforms.wav", "fw_libri_61_left.wav", "ps_cards_005.wav",
          "ps_goforward.wav")
 PASSWORD = "s3cret-pass-phrase"
-# tiny.en on these clips, scored per session (two clips): about 0-20 %.
-SESSION_WER_BOUND = 0.3
+# tiny.en on these recordings, scored per session: 0-8 %, up to 15 % for a recording
+# resumed after a drain (a word cut at the drain). An utterance lost costs more.
+SESSION_WER_BOUND = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,25 @@ async def test_sessions_spread_over_every_process_and_each_final_is_right_and_st
     assert all(count >= 2 for count in per_process.values()), f"leastconn spreads 12 sessions: {per_process}"
     servers = topology.haproxy.servers()
     assert sum(int(servers[name]["stot"]) for name in NAMES) >= 12
+
+
+async def test_the_history_names_the_client_not_the_balancer(topology, clips):
+    """The processes take the client's address from HAProxy's X-Forwarded-For
+    (WEBSOCKET_PROXY_HEADERS); one the client sends itself is dropped by HAProxy."""
+    audio = recording(clips, 90, count=1)[0][:2 * 16000]
+    async with websockets.connect(topology.haproxy.ws, local_addr=("127.0.0.2", 0),
+                                  additional_headers={"X-Forwarded-For": "203.0.113.9"}) as ws:
+        await ws.send(json.dumps({"type": "start_session", "session_config": {"session_id": "address-1"}}))
+        assert json.loads(await ws.recv())["type"] == "session_started"
+        for frame in frames(audio, 4096):
+            await ws.send(frame)
+        await ws.send(json.dumps({"type": "end_session"}))
+        async for _ in ws:
+            pass
+        local_port = ws.local_address[1]
+    [(address,)] = topology.database.query(
+        "SELECT client_address FROM stt_sessionrecord WHERE session_id = 'address-1'")
+    assert address == f"127.0.0.2:{local_port}", "the client, as HAProxy saw it"
 
 
 async def runtime_of(url: str, profile: str) -> dict | None:
@@ -237,11 +257,20 @@ def resilient(topology: Topology, label: str, audio: np.ndarray, heard: Heard, p
                                           backoff=Backoff(attempts=10, base_delay=0.2)))
 
 
+def assert_no_audio_twice(transcript) -> None:
+    """The finals' audio, placed on the recording's timeline, never overlaps: no part of
+    the recording was transcribed in two sessions."""
+    spans = [(offset + final.data.start_ms, offset + final.data.end_ms)
+             for offset, final in zip(transcript.offsets_ms, transcript.finals)]
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+
+
 def assert_resumed_exactly_once(topology: Topology, label: str, transcript, reference: str) -> list[dict]:
     """Every final the client received is stored once, nothing else is, and together they
     are the recording: nothing lost (the WER bound), nothing twice (duplicated speech
     would be insertions)."""
     assert word_error_rate(reference, transcript.text) <= SESSION_WER_BOUND, (label, reference, transcript.text)
+    assert_no_audio_twice(transcript)
     sessions = assert_stored_exactly_once(topology, label, transcript.finals)
     assert len(sessions) == transcript.sessions, label
     return sessions
@@ -318,6 +347,7 @@ async def test_sigkill_keeps_every_received_final_and_records_the_open_utterance
     for label, transcript, h, (_, reference) in zip(labels, transcripts, heard, recordings):
         sessions = topology.sessions(label)
         assert word_error_rate(reference, transcript.text) <= SESSION_WER_BOUND, (label, transcript.text)
+        assert_no_audio_twice(transcript)
         stored = {u[0]: u for s in sessions for u in s["utterances"]}
         for final in transcript.finals:  # every final a client received is in the history
             assert stored[final.data.utterance_id][1:] == ("final", final.data.text), label

@@ -162,7 +162,7 @@ class Topology:
             "PROMETHEUS_MULTIPROC_DIR": str(metrics), "MEDIA_ROOT": str(self.folder / "media"),
             "HISTORY_JOURNAL": str(self.folder / "journal.jsonl"),
             # Three processes on this host split its cores rather than spin on the same ones.
-            "STT_CPU_THREADS": "1", "SHUTDOWN_GRACE_SECONDS": "15",
+            "STT_CPU_THREADS": "1", "SHUTDOWN_GRACE_SECONDS": "15", "WEBSOCKET_PROXY_HEADERS": "true",
             # Profiles are re-read only every minute: a change reaches the other processes
             # in time only through the announcement over Redis.
             "RUNTIME_CONFIG_REFRESH_SECONDS": "60",

@@ -173,5 +173,6 @@ class Command(BaseCommand):
             "--websocket-max-frame-size", str(settings.WEBSOCKET_MAX_MESSAGE_BYTES),
             # Give sessions time to transcribe a departing client's last words.
             "--application-close-timeout", "30",
+            *(["--proxy-headers"] if settings.WEBSOCKET_PROXY_HEADERS else []),
             settings.ASGI_APPLICATION.replace(".application", ":application"),
         ]
