@@ -152,14 +152,17 @@ def check_breakers(engine: Any) -> dict[str, Any]:
 
 def readiness(engine: Any, draining: bool) -> dict[str, Any]:
     """Whether a load balancer should send this process new sessions: only what is true
-    of this process (shutting down, model not loaded, transcription breaker open), never
+    of this process (shutting down, model loading or failed, transcription breaker open), never
     a shared dependency. A Redis or database outage affects every process alike, and a
     balancer that took them all out would refuse sessions the processes can still serve
-    (degraded). Cheap: no I/O, so it can be polled every half second."""
+    (degraded). A model not loaded yet and not loading (STT_PRELOAD_MODEL off) loads with
+    the first session, which must be let in. Cheap: no I/O, polled every half second."""
     if draining:
         reason: str | None = "draining"
-    elif engine.info is None:
-        reason = "model_unavailable" if engine.load_error is not None else "model_loading"
+    elif engine.info is None and engine.load_error is not None:
+        reason = "model_unavailable"
+    elif engine.info is None and engine.loading:
+        reason = "model_loading"  # preloaded at start (STT_PRELOAD_MODEL): ready once loaded
     elif engine.transcription_breaker.state.value == "open":
         reason = "transcription_breaker_open"
     else:

@@ -104,6 +104,40 @@ async def test_ready_is_503_without_a_model(broken_engine):
     assert response.status_code == 503 and response.json()["reason"] == "model_unavailable"
 
 
+def test_readiness_follows_the_model_load():
+    """Preloading: not ready until the model is in; without preloading the first session
+    loads it, so the process must be ready before; a failed load is not ready."""
+    from monitoring.health import readiness
+    from stt.engine import SpeechEngine
+
+    lazy = SpeechEngine(model="/nonexistent/whisper-model")
+    assert readiness(lazy, draining=False) == {"ready": True, "reason": None}
+    lazy.start_loading().exception(timeout=30)
+    assert readiness(lazy, draining=False) == {"ready": False, "reason": "model_unavailable"}
+
+
+def test_a_process_loading_its_model_is_not_ready(tmp_path):
+    """A load in progress (held here at its first step: the model factory waits)."""
+    import threading
+
+    from monitoring.health import readiness
+    from stt.engine import SpeechEngine
+
+    release = threading.Event()
+
+    def slow_factory(*args):
+        release.wait(30)
+        raise RuntimeError("no model here")
+
+    engine = SpeechEngine(model=str(tmp_path), model_factory=slow_factory)
+    loading = engine.start_loading()
+    try:
+        assert readiness(engine, draining=False) == {"ready": False, "reason": "model_loading"}
+    finally:
+        release.set()
+        loading.exception(timeout=30)
+
+
 async def test_ready_ignores_a_shared_dependency_that_health_reports(engine, settings):
     """A Redis outage is every process's: /health says 503, /ready keeps the process in
     the balancer's pool (its sessions still transcribe, degraded)."""
