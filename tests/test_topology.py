@@ -136,8 +136,9 @@ async def test_the_history_names_the_client_not_the_balancer(topology, clips):
         async for _ in ws:
             pass
         local_port = ws.local_address[1]
-    [(address,)] = topology.database.query(
-        "SELECT client_address FROM stt_sessionrecord WHERE session_id = 'address-1'")
+    query = "SELECT client_address FROM stt_sessionrecord WHERE session_id = 'address-1'"
+    # The session's row is written in the background (unlike a final, before nothing is sent).
+    [(address,)] = await wait_until(lambda: topology.database.query(query), 10, "the session's row")
     assert address == f"127.0.0.2:{local_port}", "the client, as HAProxy saw it"
 
 
