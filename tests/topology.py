@@ -92,6 +92,7 @@ class Haproxy:
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"haproxy did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
 
@@ -126,15 +127,27 @@ class Haproxy:
         raise AssertionError(f"{name} not {wanted} within {limit} s (now {self.status(name)})")
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
 
 class Topology:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.parts: list = []  # what is running, stopped in reverse by close()
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        folder = self.folder
         self.redis = RedisServer(folder)
+        self.parts.append(self.redis)
         self.database = ScratchDatabase(os.environ["DATABASE_URL"])
+        self.parts.append(self.database)
         metrics = folder / "prometheus"
         metrics.mkdir()
         self.env = self._environment(metrics)
@@ -144,14 +157,18 @@ class Topology:
         self.processes = {name: ServeProcess(name, free_port(), self.monitoring_port, self.env, folder)
                           for name in NAMES}
         for process in self.processes.values():
+            self.parts.append(process)
             process.launch()
         for process in self.processes.values():
             process.wait_ready()
         self.haproxy = Haproxy({name: p.port for name, p in self.processes.items()}, folder)
+        self.parts.append(self.haproxy)
         for name in NAMES:
             self.haproxy.wait_status(name, ("UP",), 20)
         self.worker = Worker(self.env, folder, "topology")
+        self.parts.append(self.worker)
         self.beat = Beat(self.env, folder, "topology")
+        self.parts.append(self.beat)
 
     def _environment(self, metrics: Path) -> dict[str, str]:
         env = {key: value for key, value in base_env().items()
@@ -203,10 +220,9 @@ class Topology:
         return list(sessions.values())
 
     def close(self) -> None:
-        for part in (self.beat, self.worker, self.haproxy, *self.processes.values()):
+        for part in reversed(self.parts):
             try:
-                part.stop()
+                part.drop() if isinstance(part, ScratchDatabase) else part.stop()
             except Exception:
                 pass
-        self.redis.stop()
-        self.database.drop()
+        self.parts.clear()
