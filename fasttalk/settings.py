@@ -73,7 +73,7 @@ if DJANGO_SECURE:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
     # Orchestrators and scrapers probe these over plain HTTP inside the network.
-    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
@@ -267,7 +267,16 @@ if REPORT_PERIOD_HOURS <= 0 or 24 % REPORT_PERIOD_HOURS:
     raise ImproperlyConfigured("REPORT_PERIOD_HOURS must divide 24 (1, 2, 3, 4, 6, 8, 12 or 24)")
 # How often beat looks for a period without its report (building is idempotent).
 REPORT_CHECK_SECONDS = env_float("REPORT_CHECK_SECONDS", 3600.0)
+# Server processes (stt/liveness.py): each refreshes its row every SERVER_HEARTBEAT_SECONDS;
+# one unseen for SERVER_LOST_SECONDS is lost: beat, every SESSION_SWEEP_SECONDS, closes its
+# sessions (server_lost) and marks the utterances its clients were hearing `interrupted`.
+SERVER_HEARTBEAT_SECONDS = env_float("SERVER_HEARTBEAT_SECONDS", 10.0)
+SERVER_LOST_SECONDS = env_float("SERVER_LOST_SECONDS", 30.0)
+SESSION_SWEEP_SECONDS = env_float("SESSION_SWEEP_SECONDS", 60.0)
+if SERVER_LOST_SECONDS < 2 * SERVER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("SERVER_LOST_SECONDS must be at least twice SERVER_HEARTBEAT_SECONDS")
 CELERY_BEAT_SCHEDULE = {
+    "recover-lost-sessions": {"task": "stt.tasks.recover_lost_sessions", "schedule": SESSION_SWEEP_SECONDS},
     "build-scheduled-reports": {"task": "stt.tasks.build_scheduled_reports", "schedule": REPORT_CHECK_SECONDS},
     "refine-missed-finals": {"task": "stt.tasks.refine_missed_finals", "schedule": 300.0},
     "purge-history": {"task": "stt.tasks.purge_history", "schedule": 24 * 3600.0},
@@ -315,6 +324,9 @@ ALLOWED_ORIGINS = env_list("ALLOWED_ORIGINS", "")
 # does not come within the timeout (a vanished client, a dead NAT mapping).
 WEBSOCKET_PING_INTERVAL = env_int("WEBSOCKET_PING_INTERVAL", 20)
 WEBSOCKET_PING_TIMEOUT = env_int("WEBSOCKET_PING_TIMEOUT", 30)
+# Behind a balancer that sets X-Forwarded-For/-Port, replacing a client's own (as
+# deploy/haproxy.cfg does): the client's address is taken from them. Never without one.
+WEBSOCKET_PROXY_HEADERS = env_bool("WEBSOCKET_PROXY_HEADERS", False)
 # A connection that sends nothing (no audio, no message) for this long is ended
 # (idle_timeout); 0 = never.
 SESSION_IDLE_TIMEOUT = env_float("SESSION_IDLE_TIMEOUT", 120.0)

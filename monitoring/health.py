@@ -150,12 +150,34 @@ def check_breakers(engine: Any) -> dict[str, Any]:
     return {"status": "ok" if all(p["status"] == "ok" for p in parts.values()) else "error", **parts}
 
 
-async def overall_health(sources: ServiceSources) -> tuple[dict[str, Any], bool]:
+def readiness(engine: Any, draining: bool) -> dict[str, Any]:
+    """Whether a load balancer should send this process new sessions: only what is true
+    of this process (shutting down, model loading or failed, transcription breaker open), never
+    a shared dependency. A Redis or database outage affects every process alike, and a
+    balancer that took them all out would refuse sessions the processes can still serve
+    (degraded). A model not loaded yet and not loading (STT_PRELOAD_MODEL off) loads with
+    the first session, which must be let in. Cheap: no I/O, polled every half second."""
+    if draining:
+        reason: str | None = "draining"
+    elif engine.info is None and engine.load_error is not None:
+        reason = "model_unavailable"
+    elif engine.info is None and engine.loading:
+        reason = "model_loading"  # preloaded at start (STT_PRELOAD_MODEL): ready once loaded
+    elif engine.transcription_breaker.state.value == "open":
+        reason = "transcription_breaker_open"
+    else:
+        reason = None
+    return {"ready": reason is None, "reason": reason}
+
+
+async def overall_health(sources: ServiceSources, draining: bool = False) -> tuple[dict[str, Any], bool]:
     """The health report and whether the service can serve transcription now.
 
     Serving needs the model and the channel layer, and the transcription breaker not
     open; a database or broker outage, or a GPU breaker open (the CPU stands in),
-    degrades the service without stopping it.
+    degrades the service without stopping it. A process that is shutting down
+    (`draining`) reports `draining` and is not serving: it finishes the sessions it
+    holds but takes no new ones.
     """
     database, channel_layer, broker = await asyncio.gather(
         check_database(sources.history), check_channel_layer(), check_celery_broker(sources.celery_app))
@@ -163,10 +185,13 @@ async def overall_health(sources: ServiceSources) -> tuple[dict[str, Any], bool]
               "celery_broker": broker, "breakers": check_breakers(sources.engine())}
     serving = (checks["model"]["status"] == "ok" and channel_layer["status"] == "ok"
                and checks["breakers"]["transcription"]["state"] != "open")
-    if not serving:
+    ready = readiness(sources.engine(), draining)
+    if draining:
+        serving, status = False, "draining"
+    elif not serving:
         status = "unhealthy"
     elif any(part["status"] != "ok" for part in checks.values()):
         status = "degraded"
     else:
         status = "healthy"
-    return {"status": status, "checks": checks}, serving
+    return {"status": status, "ready": ready["ready"] and serving, "checks": checks}, serving

@@ -5,7 +5,7 @@ Fields: time, level, logger, message, and whatever the call passed in `extra`
 secret-looking keys are replaced, and audio is never passed to a logger.
 
 LOG_FORMAT: `auto` (readable text on a terminal, JSON otherwise), `json`, or `text`.
-Expected answers (a /health 503 while the model loads or the process drains) are not
+Expected answers (a /health or /ready 503 while the model loads or the process drains) are not
 errors: `ExpectedUnavailableFilter` keeps Django from logging them as such.
 """
 
@@ -88,7 +88,7 @@ class ExpectedUnavailableFilter(logging.Filter):
     """Drops Django's "Service Unavailable" error for the health endpoints: a 503 there
     is the answer (loading, draining, full), not a fault; the access log still has it."""
 
-    def __init__(self, paths: tuple[str, ...] = ("/health",)) -> None:
+    def __init__(self, paths: tuple[str, ...] = ("/health", "/ready")) -> None:
         super().__init__()
         self.paths = paths
 
@@ -110,11 +110,15 @@ class AccessLog:
         # The path without its query string: a query may carry a token.
         details = {**details, "path": str(details.get("path") or "").split("?", 1)[0]}
         if protocol == "http" and action == "complete":
-            self.logger.info("%s %s %s", details.get("method"), details.get("path"), details.get("status"),
-                             extra={"event": "http_request", "method": details.get("method"),
-                                    "path": details.get("path"), "status": details.get("status"),
-                                    "duration_ms": round(float(details.get("time_taken") or 0) * 1000, 1),
-                                    "client": client})
+            # A load balancer polls /ready every half second per process: those lines
+            # only at DEBUG while they say "ready" (a refusal is worth a line).
+            probe = details["path"] == "/ready" and details.get("status") == 200
+            self.logger.log(logging.DEBUG if probe else logging.INFO, "%s %s %s", details.get("method"),
+                            details.get("path"), details.get("status"),
+                            extra={"event": "http_request", "method": details.get("method"),
+                                   "path": details.get("path"), "status": details.get("status"),
+                                   "duration_ms": round(float(details.get("time_taken") or 0) * 1000, 1),
+                                   "client": client})
         elif protocol == "websocket" and action in ("connected", "disconnected", "rejected"):
             self.logger.info("websocket %s %s", action, details.get("path"),
                              extra={"event": f"websocket_{action}", "path": details.get("path"), "client": client})

@@ -10,18 +10,20 @@ from monitoring.sources import ServiceSources
 
 
 def service_patterns(sources: ServiceSources) -> list[URLPattern]:
-    """/, /health and /stats on the service's port."""
+    """/, /health, /ready and /stats on the service's port."""
     given = {"sources": sources}
     return [
         path("", views.index, given, name="index"),
         path("health", views.health, given, name="health"),
+        path("ready", views.ready, given, name="ready"),
         path("stats", views.stats, given, name="stats"),
     ]
 
 
 def monitoring_port_patterns(sources: ServiceSources) -> list[URLPattern]:
-    """/health and /metrics: all the monitoring port serves (see monitoring/middleware.py)."""
+    """/health, /ready and /metrics: all the monitoring port serves (see monitoring/middleware.py)."""
     return [
         path("health", views.health, {"sources": sources}, name="monitoring-health"),
+        path("ready", views.ready, {"sources": sources}, name="monitoring-ready"),
         path("metrics", views.metrics, name="monitoring-metrics"),
     ]

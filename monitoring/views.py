@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from monitoring import metrics as prometheus_metrics
-from monitoring.health import check_model, overall_health
+from monitoring.health import check_model, overall_health, readiness
 from monitoring.registry import registry
 from monitoring.sources import ServiceSources
 
@@ -56,8 +56,16 @@ async def index(request: HttpRequest, sources: ServiceSources):
 
 
 async def health(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
-    report, serving = await overall_health(sources)
+    report, serving = await overall_health(sources, draining=registry.draining)
     return JsonResponse(report, status=200 if serving else 503)
+
+
+async def ready(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
+    """Readiness for a load balancer's health check (deploy/haproxy.cfg): 200 while this
+    process takes new sessions, 503 from the moment it starts shutting down."""
+    state = readiness(sources.engine(), registry.draining)
+    state["active_connections"] = registry.active_connections
+    return JsonResponse(state, status=200 if state["ready"] else 503)
 
 
 async def may_read_stats(request: HttpRequest, sources: ServiceSources) -> bool:

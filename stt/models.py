@@ -44,6 +44,8 @@ class SessionRecord(models.Model):
     partials = models.PositiveIntegerField(default=0)
     speech_onsets = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
+    server_id = models.UUIDField(null=True, blank=True, db_index=True,
+                                 help_text="The server process that held the session (ServerProcess).")
     audio_received_s = models.FloatField(default=0.0)
     audio_transcribed_s = models.FloatField(default=0.0)
     latency = models.JSONField(default=dict, help_text="Partial and final latency summary (ms).")
@@ -67,6 +69,11 @@ class Utterance(models.Model):
     class Status(models.TextChoices):
         FINAL = "final"
         FAILED = "failed"  # every attempt failed: the client got an error, not a final
+        # The client heard of it (speech onset or a partial) and its final is pending; the
+        # final's write replaces the row. Left open only if the process died first:
+        OPEN = "open"
+        # ...then the sweep (stt/liveness.py) marks it so: the process was lost with it open.
+        INTERRUPTED = "interrupted"
 
     utterance_id = models.UUIDField(unique=True)
     session = models.ForeignKey(SessionRecord, on_delete=models.CASCADE, related_name="utterance_set")
@@ -94,6 +101,27 @@ class Utterance(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60] or f"(no text) {self.utterance_id}"
+
+
+class ServerProcess(models.Model):
+    """A `manage.py serve` process, seen through its heartbeat (stt/liveness.py): sessions
+    name it, and the sessions of a process that stopped being seen are closed for it."""
+
+    server_id = models.UUIDField(primary_key=True, editable=False)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    port = models.PositiveIntegerField(null=True, blank=True, help_text="Its service port.")
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set by a clean exit.")
+    lost_at = models.DateTimeField(null=True, blank=True, help_text="When the sweep found it gone.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = "server process"
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.port or '-'} pid {self.pid}"
 
 
 class ErrorEvent(models.Model):

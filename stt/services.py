@@ -11,6 +11,7 @@ from monitoring.metrics import SessionMetrics
 from monitoring.registry import registry
 from stt.auth import rate_limiter
 from stt.engine import SpeechEngine, get_engine
+from stt.liveness import current_server_id
 from stt.openai_api.catalog import ModelCatalog
 from stt.openai_api.services import FileApiServices
 from stt.openai_api.transcriber import FileSettings, FileTranscriber
@@ -32,7 +33,7 @@ def process_session_services(engine: SpeechEngine | None = None) -> SessionServi
     return SessionServices(engine=engine or get_engine(), history=history, registry=registry,
                            rate_limiter=rate_limiter, audio_budget=_audio_budget(),
                            runtime=runtime_store, metrics=SessionMetrics(),
-                           segmenter_executor=segmenter_pool())
+                           segmenter_executor=segmenter_pool(), server_id=current_server_id())
 
 
 @functools.cache

@@ -111,6 +111,16 @@ def refine_missed_finals() -> dict[str, int]:
 
 
 @shared_task(**_RETRY)
+def recover_lost_sessions() -> dict[str, int]:
+    """Beat: close the sessions of server processes that died (not seen for
+    SERVER_LOST_SECONDS) and mark the utterances their clients were hearing interrupted
+    (stt/liveness.py)."""
+    from stt.liveness import recover_lost_sessions as recover
+
+    return recover(settings.SERVER_LOST_SECONDS)
+
+
+@shared_task(**_RETRY)
 def purge_history() -> dict[str, int]:
     """Beat: delete history older than RETENTION_DAYS (as manage.py purge_history)."""
     from stt.retention import purge_before

@@ -24,13 +24,25 @@ def compose(name: str = "docker-compose.yml") -> dict:
     return yaml.safe_load((ROOT / name).read_text())
 
 
-def test_compose_runs_web_worker_beat_postgres_and_redis_with_health_checks_and_volumes():
+WEB_SERVICES = ("web1", "web2", "web3")
+
+
+def test_compose_runs_haproxy_three_web_processes_worker_beat_postgres_and_redis():
     services = compose()["services"]
-    assert set(services) == {"web", "worker", "beat", "postgres", "redis"}
-    for name in ("web", "worker", "postgres", "redis"):
+    assert set(services) == {"haproxy", "migrate", *WEB_SERVICES, "worker", "beat", "postgres", "redis"}
+    for name in (*WEB_SERVICES, "worker", "postgres", "redis"):
         assert services[name]["healthcheck"]["test"], name
-    assert "/health" in " ".join(services["web"]["healthcheck"]["test"])
-    assert {"8000:8000", "9091:9091"} <= set(services["web"]["ports"])
+    for name in WEB_SERVICES:
+        web = services[name]
+        assert "/health" in " ".join(web["healthcheck"]["test"])
+        assert web["command"] == ["python", "manage.py", "serve"]
+        assert web["environment"]["WEBSOCKET_PORT"] == "8000" and "8000" in web["expose"]
+        assert not any(port.endswith(":8000") for port in web.get("ports", [])), "sessions go through HAProxy"
+        assert any(port.endswith(":9091") for port in web["ports"]), "each process's monitoring port"
+        # Migrations run once, before any process serves (three at once would race).
+        assert web["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert web["stop_grace_period"] == "30s"
+    assert "8000:8000" in services["haproxy"]["ports"]
     declared = set(compose()["volumes"])
     for service in services.values():
         for volume in service.get("volumes", []):
@@ -38,27 +50,68 @@ def test_compose_runs_web_worker_beat_postgres_and_redis_with_health_checks_and_
             assert source.startswith((".", "/")) or source in declared, volume
     for required in ("postgres-data:/var/lib/postgresql/data", "media:/app/var/media"):
         assert any(v == required for s in services.values() for v in s.get("volumes", [])), required
-    # Workers start after the web service is healthy: migrations have run by then.
-    assert services["worker"]["depends_on"]["web"]["condition"] == "service_healthy"
-    assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("worker", "beat"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def haproxy_variables() -> set[str]:
+    """The environment variables deploy/haproxy.cfg reads (outside its comments)."""
+    lines = (line.split("#", 1)[0] for line in (ROOT / "deploy" / "haproxy.cfg").read_text().splitlines())
+    return set(re.findall(r"\$\{([A-Z0-9_]+)-", "\n".join(lines)))
+
+
+def test_the_balancer_runs_the_tested_config_from_deploy_with_every_process_as_a_server():
+    """docker-compose.yml's HAProxy reads deploy/haproxy.cfg, the file tests/test_topology.py
+    runs real processes behind; its environment fills exactly the variables the file
+    reads, and each web service is one of its servers."""
+    haproxy = compose()["services"]["haproxy"]
+    assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in haproxy["volumes"]
+    assert set(haproxy["environment"]) == haproxy_variables()
+    servers = {value for name, value in haproxy["environment"].items() if re.fullmatch(r"FASTTALK_WEB\d+", name)}
+    assert servers == {f"{name}:8000" for name in WEB_SERVICES}
+    assert haproxy["image"].startswith("haproxy:2.6"), "the major version the tests run (Debian bookworm's)"
+
+
+def test_the_balancer_config_is_valid_for_haproxy_with_the_compose_environment(tmp_path):
+    """`haproxy -c` (Debian's, requirements/apt.txt) accepts the file with compose's
+    values; the web hosts do not resolve here, which the file allows (init-addr none)."""
+    import os
+    import shutil
+    import subprocess
+
+    binary = shutil.which("haproxy")
+    assert binary, "haproxy is not installed (bin/test installs it with apt-get)"
+    env = {**os.environ, **compose()["services"]["haproxy"]["environment"],
+           "HAPROXY_STATS_SOCKET": str(tmp_path / "admin.sock")}
+    checked = subprocess.run([binary, "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env=env,
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    for line in ("balance leastconn", "uri /ready", "timeout tunnel 1h", "option redispatch"):
+        assert line in config, line
 
 
 def test_every_environment_variable_in_compose_is_a_setting_of_the_service():
     document = compose()
     gpu = compose("docker-compose.gpu.yml")
     names = set(document["x-fasttalk-env"])
-    for service in [*document["services"].values(), *gpu["services"].values()]:
+    services = [service for name, service in document["services"].items() if name != "haproxy"]
+    for service in [*services, *gpu["services"].values()]:
         names |= set(service.get("environment", {}))
     unknown = names - SETTINGS_NAMES - IMAGE_VARIABLES
     assert not unknown, f"compose sets variables the settings do not read: {unknown}"
 
 
-def test_the_gpu_override_reserves_a_gpu_and_builds_with_the_gpu_requirements():
-    web = compose("docker-compose.gpu.yml")["services"]["web"]
-    assert web["build"]["args"]["REQUIREMENTS"] == "gpu"
-    assert web["environment"]["STT_DEVICE"] == "cuda"
-    devices = web["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+def test_the_gpu_override_reserves_a_gpu_for_each_process_and_builds_with_the_gpu_requirements():
+    services = compose("docker-compose.gpu.yml")["services"]
+    assert set(services) == set(WEB_SERVICES)
+    for name, web in services.items():
+        assert web["build"]["args"]["REQUIREMENTS"] == "gpu"
+        assert web["environment"]["STT_DEVICE"] == "cuda"
+        devices = web["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+        assert devices[0]["device_ids"] == [f"${{{name.upper()}_GPU:-0}}"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'requirements/${REQUIREMENTS}.txt' in dockerfile and "ARG REQUIREMENTS=base" in dockerfile
 

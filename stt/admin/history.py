@@ -10,7 +10,7 @@ from django.http import FileResponse, Http404, HttpRequest
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from stt.models import ErrorEvent, ErrorStatistic, SessionRecord, Utterance
+from stt.models import ErrorEvent, ErrorStatistic, ServerProcess, SessionRecord, Utterance
 from stt.admin.base import ReadOnlyAdmin
 from stt.admin.exports import export_sessions_csv, export_utterances_csv
 from stt.admin.filters import ConfidenceFilter, ConversationFilter, FinalLatencyFilter, SessionIdFilter, UserFilter
@@ -145,8 +145,9 @@ class SessionRecordAdmin(ReadOnlyAdmin):
     date_hierarchy = "started_at"
     actions = (export_sessions_csv,)
     inlines = (UtteranceInline,)
-    readonly_fields = ("connection_id", "session_id", "source", "user_id", "conversation_id", "client_address", "profile",
-                       "model", "started_at", "ended_at", "close_reason", "utterances", "finals", "failed_finals",
+    readonly_fields = ("connection_id", "session_id", "source", "user_id", "conversation_id", "client_address",
+                       "profile", "model", "server_id", "started_at", "ended_at", "close_reason", "utterances",
+                       "finals", "failed_finals",
                        "partials", "speech_onsets", "errors", "audio_received_s", "audio_transcribed_s",
                        "latency", "config", "effective_config")
     fields = readonly_fields
@@ -156,6 +157,18 @@ class SessionRecordAdmin(ReadOnlyAdmin):
         if obj.ended_at is None:
             return None
         return round((obj.ended_at - obj.started_at).total_seconds(), 1)
+
+
+@admin.register(ServerProcess)
+class ServerProcessAdmin(ReadOnlyAdmin):
+    """The server processes that held sessions, as their heartbeats left them
+    (stt/liveness.py): a row lost without a clean stop had its sessions closed by the sweep."""
+
+    list_display = ("hostname", "port", "pid", "started_at", "last_seen", "stopped_at", "lost_at")
+    list_filter = (("started_at", admin.DateFieldListFilter),)
+    search_fields = ("hostname", "server_id")
+    readonly_fields = ("server_id", "hostname", "port", "pid", "started_at", "last_seen", "stopped_at", "lost_at")
+    fields = readonly_fields
 
 
 @admin.register(ErrorEvent)

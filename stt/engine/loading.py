@@ -146,6 +146,12 @@ class ModelLoader:
                                  daemon=True).start()
             return self._future
 
+    @property
+    def loading(self) -> bool:
+        """A load runs now (started, not finished)."""
+        future = self._future
+        return future is not None and not future.done()
+
     async def ready(self, timeout: float | None = None) -> EngineInfo:
         """The loaded model's info, loading it first if needed; SttError if it cannot load."""
         if self.loaded is not None:

@@ -96,6 +96,11 @@ class SpeechEngine:
     def load_error(self) -> BaseException | None:
         return self._loader.error
 
+    @property
+    def loading(self) -> bool:
+        """The model is being loaded now (not before the first start_loading or session)."""
+        return self._loader.loading
+
     def start_loading(self) -> Future:
         """Begin loading in a background thread (idempotent); a failed load is retried."""
         return self._loader.start()

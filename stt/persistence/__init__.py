@@ -36,6 +36,8 @@ from stt.persistence.facts import (
     failed_final_write,
     final_write,
     session_write,
+    utterance_discarded_write,
+    utterance_opened_write,
 )
 from stt.persistence.journal import Journal, keep_in_journal, replay_journal
 from stt.persistence.rows import APPLIERS, TRANSIENT_ERRORS, encode_flac
@@ -46,5 +48,5 @@ history = HistoryWriter()
 __all__ = [
     "APPLIERS", "TRANSIENT_ERRORS", "FinalFacts", "HistoryStats", "HistoryWriter", "Journal", "SessionFacts",
     "Write", "encode_flac", "error_write", "failed_final_write", "final_write", "history", "keep_in_journal",
-    "replay_journal", "session_write",
+    "replay_journal", "session_write", "utterance_discarded_write", "utterance_opened_write",
 ]

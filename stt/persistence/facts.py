@@ -65,6 +65,7 @@ class SessionFacts:
     effective_config: dict[str, Any]
     model: str
     started_at: datetime
+    server_id: str | None = None  # the server process holding it (stt/liveness.py)
     ended_at: datetime | None = None
     close_reason: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +85,7 @@ class SessionFacts:
             "effective_config": self.effective_config,
             "model": self.model,
             "started_at": self.started_at.isoformat(),
+            "server_id": self.server_id,
         }
         if self.ended_at is not None:
             summary = self.summary
@@ -156,6 +158,26 @@ def final_write(facts: FinalFacts) -> Write:
     }
     audio = facts.audio if facts.audio is not None and facts.audio.size else None
     return Write("final", payload, audio)
+
+
+def utterance_opened_write(session: SessionFacts, utterance_id: str, start_ms: int) -> Write:
+    """An utterance the client has heard of (its speech onset or first partial), before
+    its final: status open until the final's write replaces the row. Only a process
+    that dies first leaves it open (stt/liveness.py then marks it interrupted)."""
+    now = datetime.now(timezone.utc).isoformat()
+    return Write("utterance_open", {
+        "utterance_id": utterance_id,
+        "connection_id": session.connection_id,
+        "session_row": session.row(),
+        "row": {"text": "", "start_ms": start_ms, "end_ms": start_ms, "audio_duration_ms": 0,
+                "final_latency_ms": 0, "model": session.model, "created_at": now, "status": "open"},
+    })
+
+
+def utterance_discarded_write(utterance_id: str) -> Write:
+    """The client interrupted an utterance it had heard of: no final will come, and its
+    open row goes (a final that did land stays)."""
+    return Write("utterance_discarded", {"utterance_id": utterance_id})
 
 
 class FailedFinal(Protocol):

@@ -88,15 +88,38 @@ def _apply_final(item: Write) -> None:
             connection_id=item.payload["connection_id"],
             defaults=_dates(item.payload["session_row"], "started_at", "ended_at"),
         )
-        _, created = Utterance.objects.update_or_create(
+        before = Utterance.objects.filter(utterance_id=item.payload["utterance_id"]).values_list(
+            "status", flat=True).first()
+        Utterance.objects.update_or_create(
             utterance_id=item.payload["utterance_id"],
             defaults={**_dates(item.payload["row"], "created_at"), "session": session},
         )
+    # New, or only announced until now (open; interrupted if a sweep took its process for lost).
+    created = before in (None, Utterance.Status.OPEN, Utterance.Status.INTERRUPTED)
     if created and item.payload["row"].get("audio"):
         from stt.tasks import queue_refinement_soon
 
         # Re-transcribe it with the larger model; a failed final gets its only transcript so.
         queue_refinement_soon(item.payload["utterance_id"])
+
+
+def _apply_utterance_open(item: Write) -> None:
+    from stt.models import SessionRecord, Utterance
+
+    with transaction.atomic():
+        session, _ = SessionRecord.objects.get_or_create(
+            connection_id=item.payload["connection_id"],
+            defaults=_dates(item.payload["session_row"], "started_at", "ended_at"),
+        )
+        # Never over a final (or failed) row that landed first.
+        Utterance.objects.get_or_create(utterance_id=item.payload["utterance_id"],
+                                        defaults={**_dates(item.payload["row"], "created_at"), "session": session})
+
+
+def _apply_utterance_discarded(item: Write) -> None:
+    from stt.models import Utterance
+
+    Utterance.objects.filter(utterance_id=item.payload["utterance_id"], status=Utterance.Status.OPEN).delete()
 
 
 def _apply_error(item: Write) -> None:
@@ -125,5 +148,7 @@ def _apply_error(item: Write) -> None:
 APPLIERS: dict[str, Callable[[Write], None]] = {
     "session": _apply_session,
     "final": _apply_final,
+    "utterance_open": _apply_utterance_open,
+    "utterance_discarded": _apply_utterance_discarded,
     "error": _apply_error,
 }

@@ -21,6 +21,7 @@ class ResultDelivery(SessionState):
     async def on_speech_start(self, event: SpeechStart) -> None:
         assert self.config is not None
         responding = self.context.conversation_state == "responding"
+        self._utterance_announced(event.utterance_id, event.offset_samples)
         await self._send(protocol.speech_start_message(
             self._metadata(), event, barge_in=bool(self.config.barge_in_enabled and responding),
             conversation_state=self.context.conversation_state))
@@ -32,10 +33,12 @@ class ResultDelivery(SessionState):
     async def on_partial(self, result: PartialResult) -> None:
         self.services.registry.record_partial(result.processing_seconds)
         vad_on = self.config is not None and self.config.enable_vad
+        self._utterance_announced(result.utterance_id, result.start_sample)
         await self._send(protocol.partial_message(self._metadata(), result, vad_on=vad_on))
 
     async def on_final(self, result: FinalResult) -> None:
         assert self.config is not None
+        self._utterance_closed(result.utterance_id)
         if result.transcript is None:
             assert result.error is not None
             if self.record is not None:  # kept with its audio (refinement, admin), before the error is sent

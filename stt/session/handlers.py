@@ -77,7 +77,7 @@ class ControlHandlers(SessionState):
             connection_id=self.connection_id, session_id=self._session_id, user_id=config.user_id,
             conversation_id=config.conversation_id, client_address=self.client, profile=runtime.profile,
             config=raw, effective_config=config.model_dump(), model=info.model,
-            started_at=datetime.now(timezone.utc),
+            started_at=datetime.now(timezone.utc), server_id=self.services.server_id,
         )
         self.services.history.write_later(session_write(self.record))
         self.services.metrics.session_started()
@@ -135,6 +135,7 @@ class ControlHandlers(SessionState):
         self._require_started()
         assert self.stream is not None
         outcome = self.stream.interrupt()
+        self._utterance_dropped(outcome.discarded_utterance_id)
         await self._send(envelope("interrupt_acknowledged", self._metadata(), data={
             "interrupted_at": utc_timestamp(),
             "buffer_cleared": outcome.buffer_cleared,

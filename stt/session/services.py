@@ -54,3 +54,5 @@ class SessionServices:
     # None: the process's shared pool (stt.streaming.transcriber.segmenter_pool).
     segmenter_executor: Executor | None = None
     clock: Callable[[], float] = field(default=time.monotonic)
+    # The server process's id (stt/liveness.py), written with each session's row.
+    server_id: str | None = None

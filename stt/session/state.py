@@ -14,7 +14,8 @@ from stt import protocol
 from stt.audio import samples_to_ms
 from stt.auth import Principal
 from stt.errors import SttError
-from stt.persistence import SessionFacts, error_write
+from stt.audio import samples_to_ms
+from stt.persistence import SessionFacts, error_write, utterance_discarded_write, utterance_opened_write
 from stt.protocol import SessionConfig
 from stt.runtime_config import RuntimeValues
 from stt.session.services import SessionServices
@@ -90,6 +91,7 @@ class SessionState:
         self._state = "connecting"
         self._transport_open = True
         self._ending = False
+        self._announced: set[str] = set()  # utterances the client heard of, final pending
         self.finished: asyncio.Future = asyncio.get_running_loop().create_future()
 
     # --- identity and state --------------------------------------------------------
@@ -194,6 +196,27 @@ class SessionState:
 
     async def end(self, final_reason: str, *, ended_reason: str, close_code: int = CloseCode.NORMAL) -> None:
         raise NotImplementedError  # SttSession
+
+    # --- utterances the client heard of ----------------------------------------------
+
+    def _utterance_announced(self, utterance_id: str, start_sample: int) -> None:
+        """Its onset or first partial went out: the history holds it as open until its
+        final replaces the row, so a process killed before then leaves a trace
+        (stt/liveness.py marks it interrupted)."""
+        if self.record is None or utterance_id in self._announced:
+            return
+        self._announced.add(utterance_id)
+        self.services.history.write_later(
+            utterance_opened_write(self.record, utterance_id, samples_to_ms(start_sample)))
+
+    def _utterance_closed(self, utterance_id: str) -> None:
+        self._announced.discard(utterance_id)
+
+    def _utterance_dropped(self, utterance_id: str | None) -> None:
+        """Interrupted by the client: no final comes; its open row goes."""
+        if utterance_id is not None and utterance_id in self._announced:
+            self._announced.discard(utterance_id)
+            self.services.history.write_later(utterance_discarded_write(utterance_id))
 
     # --- figures -------------------------------------------------------------------
 

@@ -87,8 +87,9 @@ class TestExpectedUnavailable:
 
     def test_a_health_503_is_not_logged_as_an_error(self):
         keep = ExpectedUnavailableFilter().filter
-        assert not keep(record("Service Unavailable: /health", logging.ERROR, status_code=503,
-                               request=self.request("/health")))
+        for path in ("/health", "/ready"):  # a draining process says so to the balancer twice a second
+            assert not keep(record(f"Service Unavailable: {path}", logging.ERROR, status_code=503,
+                                   request=self.request(path)))
 
     def test_other_failures_still_are(self):
         keep = ExpectedUnavailableFilter().filter
@@ -97,3 +98,17 @@ class TestExpectedUnavailable:
         assert keep(record("Service Unavailable: /v1/models", logging.ERROR, status_code=503,
                            request=self.request("/v1/models")))
         assert keep(record("engine failed", logging.ERROR))
+
+
+def test_ready_probes_are_logged_at_debug_and_a_refusal_at_info(caplog):
+    """A load balancer polls /ready twice a second per process; only a "not ready" answer
+    is worth an INFO line."""
+    from monitoring.logs import AccessLog
+
+    log = AccessLog()
+    with caplog.at_level(logging.DEBUG, logger="fasttalk.access"):
+        for path, status in (("/ready", 200), ("/ready", 503), ("/health", 200)):
+            log("http", "complete", {"path": path, "status": status, "method": "GET", "time_taken": 0.001})
+    levels = [(record.path, record.status, record.levelno) for record in caplog.records]
+    assert levels == [("/ready", 200, logging.DEBUG), ("/ready", 503, logging.INFO),
+                      ("/health", 200, logging.INFO)]

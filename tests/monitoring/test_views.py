@@ -76,6 +76,80 @@ async def test_health_is_503_when_the_channel_layer_is_unreachable(engine, setti
     assert response.json()["checks"]["channel_layer"]["status"] == "error"
 
 
+async def test_ready_is_200_while_the_process_takes_sessions(engine):
+    response = await AsyncClient().get("/ready")
+    assert response.status_code == 200
+    assert response.json() == {"ready": True, "reason": None, "active_connections": registry.active_connections}
+
+
+async def test_a_draining_process_is_not_ready_and_its_health_is_503(engine, redis_channel_layer):
+    """From the moment SIGTERM starts the drain, a load balancer polling /ready (or an
+    orchestrator polling /health) sees 503 and sends new sessions elsewhere."""
+    registry.draining = True
+    try:
+        ready = await AsyncClient().get("/ready")
+        health = await AsyncClient().get("/health")
+    finally:
+        registry.draining = False
+    assert ready.status_code == 503 and ready.json()["reason"] == "draining"
+    assert health.status_code == 503
+    report = health.json()
+    assert report["status"] == "draining" and report["ready"] is False
+    assert report["checks"]["model"]["status"] == "ok", "the parts themselves are fine"
+    assert (await AsyncClient().get("/ready")).status_code == 200
+
+
+async def test_ready_is_503_without_a_model(broken_engine):
+    broken_engine.start_loading().exception(timeout=30)
+    response = await AsyncClient().get("/ready")
+    assert response.status_code == 503 and response.json()["reason"] == "model_unavailable"
+
+
+def test_readiness_follows_the_model_load():
+    """Preloading: not ready until the model is in; without preloading the first session
+    loads it, so the process must be ready before; a failed load is not ready."""
+    from monitoring.health import readiness
+    from stt.engine import SpeechEngine
+
+    lazy = SpeechEngine(model="/nonexistent/whisper-model")
+    assert readiness(lazy, draining=False) == {"ready": True, "reason": None}
+    lazy.start_loading().exception(timeout=30)
+    assert readiness(lazy, draining=False) == {"ready": False, "reason": "model_unavailable"}
+
+
+def test_a_process_loading_its_model_is_not_ready(tmp_path):
+    """A load in progress (held here at its first step: the model factory waits)."""
+    import threading
+
+    from monitoring.health import readiness
+    from stt.engine import SpeechEngine
+
+    release = threading.Event()
+
+    def slow_factory(*args):
+        release.wait(30)
+        raise RuntimeError("no model here")
+
+    engine = SpeechEngine(model=str(tmp_path), model_factory=slow_factory)
+    loading = engine.start_loading()
+    try:
+        assert readiness(engine, draining=False) == {"ready": False, "reason": "model_loading"}
+    finally:
+        release.set()
+        loading.exception(timeout=30)
+
+
+async def test_ready_ignores_a_shared_dependency_that_health_reports(engine, settings):
+    """A Redis outage is every process's: /health says 503, /ready keeps the process in
+    the balancer's pool (its sessions still transcribe, degraded)."""
+    settings.CHANNEL_LAYERS = {"default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0", "socket_connect_timeout": 1}]},
+    }}
+    assert (await AsyncClient().get("/health")).status_code == 503
+    assert (await AsyncClient().get("/ready")).status_code == 200
+
+
 async def test_stats_has_every_field_of_the_design_document(engine):
     sent: list[dict] = []
 

@@ -13,7 +13,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
 
-from stt.models import ErrorEvent, ErrorStatistic, RuntimeProfile, SessionRecord, Utterance
+from stt.models import ErrorEvent, ErrorStatistic, RuntimeProfile, ServerProcess, SessionRecord, Utterance
 from stt.persistence import encode_flac
 
 pytestmark = pytest.mark.django_db
@@ -140,6 +140,22 @@ class TestSessions:
         rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
         assert rows[1][2:5] == ["call-1", "alice", "conv-1"]
         assert rows[1][-2:] == ["550.0", "900.0"]
+
+    def test_server_processes_are_listed_and_a_lost_ones_interrupted_utterance_is_found_by_status(
+            self, admin_client, history):
+        server_id = uuid.uuid4()
+        ServerProcess.objects.create(server_id=server_id, hostname="stt-a", pid=41, port=8000, started_at=NOW,
+                                     last_seen=NOW + timedelta(seconds=20), lost_at=NOW + timedelta(seconds=60))
+        lost = SessionRecord.objects.create(session_id="call-lost", started_at=NOW, server_id=server_id,
+                                            ended_at=NOW + timedelta(seconds=20), close_reason="server_lost")
+        Utterance.objects.create(utterance_id=uuid.uuid4(), session=lost, text="", start_ms=900, end_ms=900,
+                                 audio_duration_ms=0, final_latency_ms=0, created_at=NOW, status="interrupted",
+                                 error="no final: the server process holding the session was lost")
+        page = listed(admin_client.get(reverse("admin:stt_serverprocess_changelist")))
+        assert "stt-a" in page and "8000" in page
+        assert str(server_id) in listed(admin_client.get(reverse("admin:stt_sessionrecord_change", args=[lost.pk])))
+        page = listed(admin_client.get(reverse("admin:stt_utterance_changelist") + "?status__exact=interrupted"))
+        assert "call-lost" in page and "Ask not" not in page
 
     def test_errors_and_their_statistics_are_listed(self, admin_client, history):
         assert "audio_not_finite" in listed(admin_client.get(reverse("admin:stt_errorevent_changelist")))

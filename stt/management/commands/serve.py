@@ -125,7 +125,15 @@ class Command(BaseCommand):
                 self.stdout.write(f"Monitoring port {monitoring_port} is taken; not serving it here")
         from twisted.internet import reactor
 
+        from stt.liveness import Heartbeat, ProcessIdentity
         from stt.shutdown import install_sigterm_handler
+
+        # This process's row in the history: sessions name it; a clean exit marks it
+        # stopped (atexit runs after the drain), a killed process stops refreshing it.
+        heartbeat = Heartbeat(ProcessIdentity.of_this_process(port), settings.SERVER_HEARTBEAT_SECONDS,
+                              settings.SERVER_LOST_SECONDS)
+        heartbeat.start()
+        atexit.register(heartbeat.stop)
 
         # Installed once the reactor runs, over Twisted's own handlers (which stop at once).
         reactor.callWhenRunning(install_sigterm_handler, lambda: reactor.callFromThread(reactor.stop))
@@ -165,5 +173,6 @@ class Command(BaseCommand):
             "--websocket-max-frame-size", str(settings.WEBSOCKET_MAX_MESSAGE_BYTES),
             # Give sessions time to transcribe a departing client's last words.
             "--application-close-timeout", "30",
+            *(["--proxy-headers"] if settings.WEBSOCKET_PROXY_HEADERS else []),
             settings.ASGI_APPLICATION.replace(".application", ":application"),
         ]
