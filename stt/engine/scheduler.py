@@ -32,6 +32,7 @@ from monitoring import metrics
 from stt.engine.breaker import BreakerState, CircuitBreaker
 from stt.engine.decoding import Decoded, bucket, is_silent
 from stt.engine.jobs import Admission, BatchLimit, Job, ResultCache, Verdict, digest
+from stt.engine.load import LoadMeter
 from stt.engine.types import (
     SAMPLE_RATE,
     AudioSource,
@@ -54,7 +55,7 @@ class Scheduler:
 
     def __init__(self, decode: BatchDecoder, breaker: CircuitBreaker, stats: EngineStats,
                  batch_limit: BatchLimit, cache_size: int, min_window: float,
-                 timeout: Callable[[], float]) -> None:
+                 timeout: Callable[[], float], load: LoadMeter | None = None) -> None:
         self._decode = decode
         self.breaker = breaker
         self.stats = stats
@@ -62,6 +63,7 @@ class Scheduler:
         self._cache = ResultCache(cache_size)
         self._min_window = min_window
         self._timeout = timeout  # seconds an inference may take, read per request
+        self.load = load or LoadMeter(1)  # final latencies and busy time, for admission
         self._queue: list[Job] = []
         self._queued_partials: dict[Any, Job] = {}
         self._in_flight: dict[tuple, Job] = {}  # by key: queued or running, joinable
@@ -91,12 +93,16 @@ class Scheduler:
                       health_probe: bool = False) -> Transcript:
         """Queue a decode and wait for it (see SpeechEngine.transcribe)."""
         admission = self._admit(health_probe)
+        asked = time.perf_counter()
         future, job = self._submit(source, options, stream_key, admission)
         timeout = self._timeout()
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             async with asyncio.timeout(timeout):
-                return await asyncio.shield(asyncio.wrap_future(future))
+                transcript = await asyncio.shield(asyncio.wrap_future(future))
+            if options.kind is JobKind.FINAL and not health_probe:
+                self.load.record_final(time.perf_counter() - asked)
+            return transcript
         except asyncio.TimeoutError:
             if job is not None:
                 self._withdraw(job)
@@ -309,12 +315,14 @@ class Scheduler:
             results = self._decode(todo)
         except Exception as exc:
             logger.exception("inference failed")
+            self.load.record_batch(todo[0].kind is not JobKind.PARTIAL, time.perf_counter() - started)
             self.stats.failures += 1
             self._report(Verdict.FAILED, admissions)
             for job in todo:
                 self._fail(job, SttError("transcription_failed", f"the model failed: {exc}"))
             return
         elapsed = time.perf_counter() - started
+        self.load.record_batch(todo[0].kind is not JobKind.PARTIAL, elapsed)
         self.stats.batches += 1
         self.stats.last_inference_at = time.monotonic()
         self._report(Verdict.WORKED, admissions)
