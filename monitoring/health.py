@@ -150,12 +150,15 @@ def check_breakers(engine: Any) -> dict[str, Any]:
     return {"status": "ok" if all(p["status"] == "ok" for p in parts.values()) else "error", **parts}
 
 
-async def overall_health(sources: ServiceSources) -> tuple[dict[str, Any], bool]:
-    """The health report and whether the service can serve transcription now.
+async def overall_health(sources: ServiceSources, draining: bool = False) -> tuple[dict[str, Any], bool]:
+    """The health report and whether this process is ready for new sessions.
 
     Serving needs the model and the channel layer, and the transcription breaker not
     open; a database or broker outage, or a GPU breaker open (the CPU stands in),
-    degrades the service without stopping it.
+    degrades the service without stopping it (`status`). Ready for new sessions
+    (`ready`) also needs the process not draining (shutting down) and not at its
+    measured capacity: a load balancer sends new sessions elsewhere while it is not
+    (sessions already here go on).
     """
     database, channel_layer, broker = await asyncio.gather(
         check_database(sources.history), check_channel_layer(), check_celery_broker(sources.celery_app))
@@ -169,4 +172,11 @@ async def overall_health(sources: ServiceSources) -> tuple[dict[str, Any], bool]
         status = "degraded"
     else:
         status = "healthy"
-    return {"status": status, "checks": checks}, serving
+    capacity = sources.capacity()
+    full = bool(capacity and capacity.get("full"))
+    not_ready = [why for why, applies in (("unhealthy", not serving), ("draining", draining),
+                                          ("at_capacity", full)) if applies]
+    report = {"status": status, "ready": not not_ready, "not_ready": not_ready, "checks": checks}
+    if capacity is not None:
+        report["capacity"] = capacity
+    return report, not not_ready

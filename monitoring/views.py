@@ -53,8 +53,9 @@ async def index(request: HttpRequest, sources: ServiceSources):
 
 
 async def health(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
-    report, serving = await overall_health(sources)
-    return JsonResponse(report, status=200 if serving else 503)
+    report, ready = await overall_health(sources, draining=registry.draining)
+    # 503 whenever new sessions should go elsewhere (a load balancer's health check).
+    return JsonResponse(report, status=200 if ready else 503)
 
 
 async def may_read_stats(request: HttpRequest, sources: ServiceSources) -> bool:
