@@ -20,7 +20,7 @@ sliding window, not on a connection count:
 The demand figure is kept after the window empties (the last one measured over at
 least `warmup_seconds` of established sessions), so a quiet process remembers what a
 session costs. A process that has never measured one admits on the connection limit
-alone until it has.
+alone until it has, and a process without sessions always admits one.
 """
 
 from __future__ import annotations
@@ -145,7 +145,9 @@ class CapacityGate:
         if demand is not None and figures is not None:
             projected = (sessions + 1) * demand / figures.workers
         reasons: list[str] = []
-        if policy.enabled and figures is not None:
+        # An idle process always takes a session: nothing to protect, and refusing on
+        # stale figures (or a demand larger than the bound) would leave it unused.
+        if policy.enabled and figures is not None and sessions > 0:
             p95 = figures.final_p95_seconds
             if p95 is not None and figures.finals >= policy.min_finals and p95 > policy.final_p95_bound:
                 reasons.append(f"finals p95 {p95:.2f} s is over the bound of {policy.final_p95_bound:g} s")

@@ -147,10 +147,22 @@ class TestPredictedLoad:
         for token in tokens:
             process.gate.left(token)
         process.clock.advance(120)
+        process.sessions(1, prefix="later")
         verdict = process.gate.verdict()
-        assert verdict.figures.final_busy_seconds == 0 and verdict.sessions == 0
+        assert verdict.figures.final_busy_seconds == 0 and verdict.sessions == 1
         assert verdict.demand_per_session == demand
-        assert verdict.projected_load == pytest.approx(demand)
+        assert verdict.projected_load == pytest.approx(2 * demand)
+
+    def test_an_idle_process_always_takes_a_session_whatever_it_measured(self, decode_seconds):
+        process = Process()
+        tokens = process.sessions(2)
+        process.work(30, [d * 10 for d in decode_seconds], finals_take=4.0)
+        assert process.gate.verdict().full
+        for token in tokens:
+            process.gate.left(token)
+        verdict = process.gate.verdict()
+        assert verdict.figures.final_p95_seconds == 4.0 and verdict.projected_load > POLICY.max_load
+        assert not verdict.full, "nothing to protect: refusing would leave the process unused"
 
     def test_a_process_that_never_measured_admits(self):
         process = Process()
