@@ -336,12 +336,14 @@ SHUTDOWN_GRACE_SECONDS = env_float("SHUTDOWN_GRACE_SECONDS", 20.0)
 CAPACITY_ADMISSION = env_bool("CAPACITY_ADMISSION", True)
 # Bound on the engine's finals p95 (request to answer: queue wait and decode), in
 # seconds, over the window; above it new sessions are refused. Clients see
-# final_chunk_duration (0.5 s) more: 1.0 keeps end-of-speech to final near 1.5 s.
-CAPACITY_FINAL_P95_BOUND = env_float("CAPACITY_FINAL_P95_BOUND", 1.0)
+# final_chunk_duration (0.5 s) more: 0.8 refuses before end-of-speech to final passes
+# 1.5 s (docs/capacity.md).
+CAPACITY_FINAL_P95_BOUND = env_float("CAPACITY_FINAL_P95_BOUND", 0.8)
 # Final-path load (decode seconds of finals per wall second per inference worker) that
 # one more session may bring the engine to, predicted from each session's measured
-# demand; the rest of the time goes to partials. See docs/capacity.md.
-CAPACITY_MAX_LOAD = env_float("CAPACITY_MAX_LOAD", 0.6)
+# demand; the rest of the time goes to partials, which finals wait behind: measured on
+# 2 cores, finals p95 held at 0.2 and broke at 0.38 (docs/capacity.md).
+CAPACITY_MAX_LOAD = env_float("CAPACITY_MAX_LOAD", 0.3)
 # Finals the window must hold before their p95 is judged.
 CAPACITY_MIN_FINALS = env_int("CAPACITY_MIN_FINALS", 8)
 # A session's first seconds do not count in its measured demand (it has not spoken yet).

@@ -40,8 +40,8 @@ from stt.errors import SttError
 @dataclass(frozen=True)
 class CapacityPolicy:
     enabled: bool = True
-    final_p95_bound: float = 1.0  # seconds, the engine's part of a final (request to answer)
-    max_load: float = 0.6  # final-path decode seconds per wall second per worker
+    final_p95_bound: float = 0.8  # seconds, the engine's part of a final (request to answer)
+    max_load: float = 0.3  # final-path decode seconds per wall second per worker
     min_finals: int = 8  # finals in the window before their p95 counts
     warmup_seconds: float = 5.0  # a session's first seconds, not counted in its demand
     retry_after: float = 5.0  # told to refused clients
