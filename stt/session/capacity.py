@@ -17,10 +17,13 @@ sliding window, not on a connection count:
   count: they are elastic (under load a stream's partials come less often), but the
   load left to them is reported.
 
-The demand figure is kept after the window empties (the last one measured over at
-least `warmup_seconds` of established sessions), so a quiet process remembers what a
-session costs. A process that has never measured one admits on the connection limit
-alone until it has, and a process without sessions always admits one.
+- **Slow start.** Until a session's demand has been measured once (sessions past
+  their warmup, and some final-path work), a process admits one session per
+  `warmup_seconds`: it does not let a burst in blind.
+
+The demand figure is kept after the window empties or goes silent (the last one
+measured), so a quiet process remembers what a session costs and does not start slow
+again. A process without sessions always admits one.
 """
 
 from __future__ import annotations
@@ -98,6 +101,11 @@ class SessionTimes:
     def count(self) -> int:
         return len(self._live)
 
+    def younger_than(self, seconds: float) -> int:
+        """Live sessions that joined less than `seconds` ago."""
+        now = self._clock()
+        return sum(1 for joined in self._live.values() if now - joined < seconds)
+
     def lived(self, window: float, skip: float) -> float:
         """Session-seconds within the last `window` seconds, each session's first `skip`
         seconds left out."""
@@ -136,9 +144,12 @@ class CapacityGate:
         figures = self._figures()
         with self._lock:
             sessions = self._times.count
+            young = self._times.younger_than(policy.warmup_seconds)
             if figures is not None and figures.span_seconds > 0:
                 lived = self._times.lived(figures.span_seconds, policy.warmup_seconds)
-                if lived >= policy.warmup_seconds:
+                # A measure once sessions have lived past their warmup and the final
+                # path did some work; a silent window keeps the last one.
+                if lived >= policy.warmup_seconds and figures.final_busy_seconds > 0:
                     self._demand = figures.final_busy_seconds / lived
             demand = self._demand
         projected = None
@@ -148,14 +159,26 @@ class CapacityGate:
         # An idle process always takes a session: nothing to protect, and refusing on
         # stale figures (or a demand larger than the bound) would leave it unused.
         if policy.enabled and figures is not None and sessions > 0:
-            p95 = figures.final_p95_seconds
-            if p95 is not None and figures.finals >= policy.min_finals and p95 > policy.final_p95_bound:
-                reasons.append(f"finals p95 {p95:.2f} s is over the bound of {policy.final_p95_bound:g} s")
-            if projected is not None and projected > policy.max_load:
-                reasons.append(f"one more session would load the engine to {projected:.0%} "
-                               f"(bound {policy.max_load:.0%})")
+            reasons = self._reasons(policy, figures, projected, young if demand is None else 0)
         return CapacityVerdict(bool(reasons), tuple(reasons), sessions, demand, projected, figures,
                                policy.retry_after)
+
+    @staticmethod
+    def _reasons(policy: CapacityPolicy, figures: LoadFigures, projected: float | None,
+                 unmeasured: int) -> list[str]:
+        reasons = []
+        p95 = figures.final_p95_seconds
+        if p95 is not None and figures.finals >= policy.min_finals and p95 > policy.final_p95_bound:
+            reasons.append(f"finals p95 {p95:.2f} s is over the bound of {policy.final_p95_bound:g} s")
+        if projected is not None and projected > policy.max_load:
+            reasons.append(f"one more session would load the engine to {projected:.0%} "
+                           f"(bound {policy.max_load:.0%})")
+        if unmeasured:
+            # Slow start: until a session's cost has been measured once, sessions are
+            # admitted one warmup apart, so a burst on a fresh process is not let in blind.
+            reasons.append(f"measuring what a session costs: {unmeasured} session(s) joined in the last "
+                           f"{policy.warmup_seconds:g} s, and none has been measured yet")
+        return reasons
 
     def refusal(self) -> SttError | None:
         """The error to refuse a new session with, or None to admit it."""

@@ -176,8 +176,12 @@ class TestReadyForNewSessions:
     async def test_a_process_at_capacity_is_not_ready_and_says_why(self, engine, jfk_audio, settings):
         # Any real final is slower than this bound: the engine's own measurement trips it.
         settings.CAPACITY_ADMISSION, settings.CAPACITY_FINAL_P95_BOUND, settings.CAPACITY_MIN_FINALS = True, 1e-4, 1
-        await engine.transcribe(unique(jfk_audio[:32000]), DecodeOptions.final("en", True))
-        response = await AsyncClient().get("/health")
+        session = await live_session(engine, "capacity-1")  # a process without sessions is never full
+        try:
+            await engine.transcribe(unique(jfk_audio[:32000]), DecodeOptions.final("en", True))
+            response = await AsyncClient().get("/health")
+        finally:
+            await session.end("session_end", ended_reason="test")
         report = response.json()
         assert response.status_code == 503
         assert (report["status"], report["ready"], report["not_ready"]) == ("healthy", False, ["at_capacity"])

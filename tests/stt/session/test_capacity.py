@@ -80,6 +80,7 @@ class TestMeasuredBound:
     def test_a_few_late_finals_are_not_judged_before_min_finals(self):
         process = Process()
         process.sessions(1)
+        process.clock.advance(10)
         process.work(3, [0.0], finals_take=3.0)
         assert process.gate.verdict().figures.finals == 3 < POLICY.min_finals
         assert not process.gate.verdict().full
@@ -164,11 +165,21 @@ class TestPredictedLoad:
         assert verdict.figures.final_p95_seconds == 4.0 and verdict.projected_load > POLICY.max_load
         assert not verdict.full, "nothing to protect: refusing would leave the process unused"
 
-    def test_a_process_that_never_measured_admits(self):
+    def test_a_process_that_has_measured_nothing_admits_one_session_per_warmup(self, decode_seconds):
         process = Process()
-        process.sessions(30)
+        process.sessions(1)
         verdict = process.gate.verdict()
-        assert not verdict.full and verdict.demand_per_session is None and verdict.projected_load is None
+        assert verdict.full and verdict.demand_per_session is None
+        assert verdict.reasons == ("measuring what a session costs: 1 session(s) joined in the last 5 s, "
+                                   "and none has been measured yet",)
+        process.clock.advance(POLICY.warmup_seconds)
+        assert not process.gate.verdict().full, "past its warmup, though silent: the next one may come"
+        process.sessions(1, prefix="second")
+        assert process.gate.verdict().full
+        process.work(8, decode_seconds)  # now they speak: measured
+        verdict = process.gate.verdict()
+        assert verdict.demand_per_session is not None
+        assert not any(reason.startswith("measuring") for reason in verdict.reasons)
 
 
 def test_a_disabled_gate_admits_but_still_reports_its_figures(decode_seconds):
