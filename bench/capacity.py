@@ -168,7 +168,8 @@ def print_admission(results: list[StreamFigures], streams: int, capacity: list[d
     p95 = quantile(finals, 0.95)
     codes = sorted({(r.close_code, r.refused.get("code"), r.refused.get("retry_after")) for r in refused},
                    key=str)
-    print(f"\nadmission by capacity (one process, CAPACITY_ADMISSION=1, {streams} streams joining 2 s apart):")
+    print(f"\nadmission by capacity (one process, CAPACITY_ADMISSION=1 with its defaults, {streams} streams "
+          f"joining 2 s apart, refused ones not retried):")
     print(f"  admitted {len(admitted)}, refused {len(refused)} {codes}")
     print(f"  admitted streams: finals {len(finals)}, p50/p95 "
           f"{(quantile(finals, 0.5) or 0) * 1000:.0f}/{(p95 or 0) * 1000:.0f} ms, "
@@ -186,6 +187,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per trial (default 40, quick 20)")
     parser.add_argument("--admission-streams", type=int, default=0,
                         help="streams for the admission run (default: twice the 1-process figure)")
+    parser.add_argument("--admission-config", default=None,
+                        help="WxT of the admission run (default: the best 1-process config measured, else 1x0)")
     parser.add_argument("--admission-only", action="store_true")
     parser.add_argument("--no-admission", action="store_true")
     args = parser.parse_args()
@@ -212,11 +215,17 @@ def main() -> None:
                     rows.append((count, workers, per, passed, failed))
             print_table(rows)
         if not args.no_admission:
-            sustained = next((r[3].streams for r in rows if r[0] == 1 and r[3] is not None), 2)
+            single = sorted((r for r in rows if r[0] == 1), key=lambda r: r[3].streams if r[3] else 0)
+            workers, threads = (single[-1][1], single[-1][2]) if single else (1, 0)
+            if args.admission_config:
+                workers, threads = (int(x) for x in args.admission_config.split("x"))
+            sustained = single[-1][3].streams if single and single[-1][3] else 2
             streams = args.admission_streams or max(4, 2 * sustained)
-            processes = Processes(1, {"CAPACITY_ADMISSION": "1"}, Path(log_dir))
+            processes = Processes(1, {"CAPACITY_ADMISSION": "1", "STT_INFERENCE_WORKERS": str(workers),
+                                      "STT_CPU_THREADS": str(thread_split(threads, 1))}, Path(log_dir))
             try:
                 results = asyncio.run(admission_run(processes.urls[0], clips, streams, duration * 1.5, 5000))
+                print(f"  ({workers} worker(s) x {thread_split(threads, 1)} thread(s))")
                 print_admission(results, streams, processes.capacity())
             finally:
                 processes.stop()
