@@ -47,7 +47,7 @@ def server(tmp_path_factory):
            "CAPACITY_RETRY_AFTER": str(RETRY_AFTER),
            # One inference thread: on a machine shared with other work, CTranslate2's
            # threads wait for each other at every step whenever one is descheduled
-           # (finals p95 11 s with 2 threads at load 8 on 2 cores, 1.3 s with 1).
+           # (two streams at load 7-8 on 2 cores: finals p95 11.4 s with 2 threads, 1.5-1.8 s with 1).
            "STT_CPU_THREADS": "1"}
     running = Server(env, tmp_path_factory.mktemp("capacity-server"))
     yield running
