@@ -16,7 +16,6 @@ sliding window, not on a connection count:
   (sessions + 1) x demand / workers; above `max_load`, it is refused. Partials do not
   count: they are elastic (under load a stream's partials come less often), but the
   load left to them is reported.
-
 - **Slow start.** Until a session's demand has been measured once (sessions past
   their warmup, and some final-path work), a process admits one session per
   `warmup_seconds`: it does not let a burst in blind.
