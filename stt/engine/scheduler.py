@@ -106,6 +106,8 @@ class Scheduler:
         except asyncio.TimeoutError:
             if job is not None:
                 self._withdraw(job)
+            if options.kind is JobKind.FINAL and not health_probe:
+                self.load.record_final(time.perf_counter() - asked)  # late at least this much
             self.stats.timeouts += 1
             # The model hung; a job still queued is overload, and a health probe not a client's.
             hung = job is not None and job.started and not health_probe

@@ -8,6 +8,7 @@ import pytest
 
 from stt.engine import DecodeOptions, SpeechEngine
 from stt.engine.load import LoadMeter, quantile
+from stt.errors import SttError
 from tests.stt.engine.helpers import unique
 
 
@@ -111,3 +112,15 @@ def test_quantile_is_the_nearest_rank():
     assert quantile([3.0], 0.95) == 3.0
     assert quantile([float(i) for i in range(1, 21)], 0.95) == 19.0
     assert quantile([4.0, 1.0, 3.0, 2.0], 0.5) == 3.0
+
+
+async def test_a_final_that_timed_out_counts_with_the_time_it_was_given(jfk_audio):
+    engine = SpeechEngine("tiny.en", cache_size=0, transcription_timeout=0.001)
+    await engine.ready()
+    try:
+        with pytest.raises(SttError):
+            await engine.transcribe(unique(jfk_audio), DecodeOptions.final("en", True))
+        figures = engine.load.figures()
+        assert figures.finals == 1 and figures.final_p95_seconds >= 0.001, "a final that never came is late"
+    finally:
+        engine.close()
