@@ -171,6 +171,9 @@ def print_admission(results: list[StreamFigures], streams: int, capacity: list[d
     print(f"\nadmission by capacity (one process, CAPACITY_ADMISSION=1 with its defaults, {streams} streams "
           f"joining 2 s apart, refused ones not retried):")
     print(f"  admitted {len(admitted)}, refused {len(refused)} {codes}")
+    for index, result in enumerate(results):
+        why = result.refused.get("message", "") if result.refused is not None else "admitted"
+        print(f"    stream {index} (joined at {2 * index} s): {why}")
     print(f"  admitted streams: finals {len(finals)}, p50/p95 "
           f"{(quantile(finals, 0.5) or 0) * 1000:.0f}/{(p95 or 0) * 1000:.0f} ms, "
           f"max lag {max((r.lag for r in admitted), default=0) * 1000:.0f} ms")

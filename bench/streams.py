@@ -86,7 +86,10 @@ async def paced_stream(url: str, audio: np.ndarray, wait_s: float = 30.0,
     figures = StreamFigures()
     config = {"language": "en", "enable_timestamps": True, **(config or {})}
     async with websockets.connect(url, max_size=None, open_timeout=60) as ws:
-        await ws.send(json.dumps({"type": "start_session", "session_config": config}))
+        try:
+            await ws.send(json.dumps({"type": "start_session", "session_config": config}))
+        except websockets.ConnectionClosed:
+            pass  # refused before it spoke: the error is waiting to be read
         try:
             first = json.loads(await asyncio.wait_for(ws.recv(), 60))
         except websockets.ConnectionClosed:

@@ -341,9 +341,10 @@ CAPACITY_ADMISSION = env_bool("CAPACITY_ADMISSION", True)
 CAPACITY_FINAL_P95_BOUND = env_float("CAPACITY_FINAL_P95_BOUND", 0.8)
 # Final-path load (decode seconds of finals per wall second per inference worker) that
 # one more session may bring the engine to, predicted from each session's measured
-# demand; the rest of the time goes to partials, which finals wait behind: measured on
-# 2 cores, finals p95 held at 0.2 and broke at 0.38 (docs/capacity.md).
-CAPACITY_MAX_LOAD = env_float("CAPACITY_MAX_LOAD", 0.3)
+# demand; the rest of the time goes to partials, which finals wait behind. On 2 cores
+# every stream count that broke finals p95 was predicted at 0.26 or more, under light
+# and heavy load (docs/capacity.md).
+CAPACITY_MAX_LOAD = env_float("CAPACITY_MAX_LOAD", 0.25)
 # Finals the window must hold before their p95 is judged.
 CAPACITY_MIN_FINALS = env_int("CAPACITY_MIN_FINALS", 8)
 # A session's first seconds do not count in its measured demand (it has not spoken yet);

@@ -16,9 +16,9 @@ sliding window, not on a connection count:
   (sessions + 1) x demand / workers; above `max_load`, it is refused. Partials do not
   count: they are elastic (under load a stream's partials come less often), but the
   load left to them is reported.
-- **Slow start.** Until a session's demand has been measured once (sessions past
-  their warmup, and some final-path work), a process admits one session per
-  `warmup_seconds`: it does not let a burst in blind.
+- **Slow start.** Until a session's demand has been measured once (three warmups'
+  worth of session-seconds past their warmup, and some final-path work), a process
+  admits one session per `warmup_seconds`: it does not let a burst in blind.
 
 The demand figure is kept after the window empties or goes silent (the last one
 measured), so a quiet process remembers what a session costs and does not start slow
@@ -39,11 +39,16 @@ from stt.engine.load import LoadFigures
 from stt.errors import SttError
 
 
+# Session-seconds past their warmup, in warmups, before a demand is measured from them:
+# over the first ones it came out about three times its steady value (bench/capacity.py).
+TRUSTED_WARMUPS = 3
+
+
 @dataclass(frozen=True)
 class CapacityPolicy:
     enabled: bool = True
     final_p95_bound: float = 0.8  # seconds, the engine's part of a final (request to answer)
-    max_load: float = 0.3  # final-path decode seconds per wall second per worker
+    max_load: float = 0.25  # final-path decode seconds per wall second per worker
     min_finals: int = 8  # finals in the window before their p95 counts
     warmup_seconds: float = 5.0  # a session's first seconds, not counted in its demand
     retry_after: float = 5.0  # told to refused clients
@@ -146,9 +151,11 @@ class CapacityGate:
             young = self._times.younger_than(policy.warmup_seconds)
             if figures is not None and figures.span_seconds > 0:
                 lived = self._times.lived(figures.span_seconds, policy.warmup_seconds)
-                # A measure once sessions have lived past their warmup and the final
-                # path did some work; a silent window keeps the last one.
-                if lived >= policy.warmup_seconds and figures.final_busy_seconds > 0:
+                # A measure once sessions have lived past their warmup long enough
+                # (the first seconds after a warmup cost more: a session's first
+                # utterances close then) and the final path did some work; a silent
+                # window keeps the last one.
+                if lived >= TRUSTED_WARMUPS * policy.warmup_seconds and figures.final_busy_seconds > 0:
                     self._demand = figures.final_busy_seconds / lived
             demand = self._demand
         projected = None
