@@ -340,6 +340,33 @@ SESSION_END_WARNING = env_float("SESSION_END_WARNING", 60.0)
 # (finals stored and sent, close 1012) and writes its history within this many seconds.
 SHUTDOWN_GRACE_SECONDS = env_float("SHUTDOWN_GRACE_SECONDS", 20.0)
 
+# --- Admission by measured capacity (stt/session/capacity.py, stt/engine/load.py) -----
+
+# A process that can no longer keep its finals within bounds refuses new sessions
+# (capacity_exhausted, close 1013, retry_after) and reports ready: false on /health;
+# admitted sessions are never touched. false: only WEBSOCKET_MAX_CONNECTIONS limits.
+CAPACITY_ADMISSION = env_bool("CAPACITY_ADMISSION", True)
+# Bound on the engine's finals p95 (request to answer: queue wait and decode), in
+# seconds, over the window; above it new sessions are refused. Clients see
+# final_chunk_duration (0.5 s) more: 0.8 refuses before end-of-speech to final passes
+# 1.5 s (docs/capacity.md).
+CAPACITY_FINAL_P95_BOUND = env_float("CAPACITY_FINAL_P95_BOUND", 0.8)
+# Final-path load (decode seconds of finals per wall second per inference worker) that
+# one more session may bring the engine to, predicted from each session's measured
+# demand; the rest of the time goes to partials, which finals wait behind. On 2 cores
+# every stream count that broke finals p95 was predicted at 0.26 or more, under light
+# and heavy load (docs/capacity.md).
+CAPACITY_MAX_LOAD = env_float("CAPACITY_MAX_LOAD", 0.25)
+# Finals the window must hold before their p95 is judged.
+CAPACITY_MIN_FINALS = env_int("CAPACITY_MIN_FINALS", 8)
+# A session's first seconds do not count in its measured demand (it has not spoken yet);
+# until a demand has been measured once, sessions are admitted one this far apart.
+CAPACITY_WARMUP_SECONDS = env_float("CAPACITY_WARMUP_SECONDS", 5.0)
+# The sliding window of the engine's load figures (read when the engine is built).
+CAPACITY_WINDOW_SECONDS = env_float("CAPACITY_WINDOW_SECONDS", 30.0)
+# retry_after told to a refused client.
+CAPACITY_RETRY_AFTER = env_float("CAPACITY_RETRY_AFTER", 5.0)
+
 # --- Monitoring -------------------------------------------------------------------
 
 # A second listener of each server process that serves only /health and Prometheus

@@ -150,13 +150,14 @@ def check_breakers(engine: Any) -> dict[str, Any]:
     return {"status": "ok" if all(p["status"] == "ok" for p in parts.values()) else "error", **parts}
 
 
-def readiness(engine: Any, draining: bool) -> dict[str, Any]:
+def readiness(engine: Any, draining: bool, capacity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Whether a load balancer should send this process new sessions: only what is true
-    of this process (shutting down, model loading or failed, transcription breaker open), never
-    a shared dependency. A Redis or database outage affects every process alike, and a
-    balancer that took them all out would refuse sessions the processes can still serve
-    (degraded). A model not loaded yet and not loading (STT_PRELOAD_MODEL off) loads with
-    the first session, which must be let in. Cheap: no I/O, polled every half second."""
+    of this process (shutting down, model loading or failed, transcription breaker open,
+    at its measured capacity), never a shared dependency. A Redis or database outage
+    affects every process alike, and a balancer that took them all out would refuse
+    sessions the processes can still serve (degraded). A model not loaded yet and not
+    loading (STT_PRELOAD_MODEL off) loads with the first session, which must be let in.
+    Cheap: no I/O, polled every half second."""
     if draining:
         reason: str | None = "draining"
     elif engine.info is None and engine.load_error is not None:
@@ -165,19 +166,22 @@ def readiness(engine: Any, draining: bool) -> dict[str, Any]:
         reason = "model_loading"  # preloaded at start (STT_PRELOAD_MODEL): ready once loaded
     elif engine.transcription_breaker.state.value == "open":
         reason = "transcription_breaker_open"
+    elif capacity and capacity.get("full"):
+        reason = "at_capacity"
     else:
         reason = None
     return {"ready": reason is None, "reason": reason}
 
 
 async def overall_health(sources: ServiceSources, draining: bool = False) -> tuple[dict[str, Any], bool]:
-    """The health report and whether the service can serve transcription now.
+    """The health report and whether this process is ready for new sessions.
 
     Serving needs the model and the channel layer, and the transcription breaker not
     open; a database or broker outage, or a GPU breaker open (the CPU stands in),
-    degrades the service without stopping it. A process that is shutting down
-    (`draining`) reports `draining` and is not serving: it finishes the sessions it
-    holds but takes no new ones.
+    degrades the service without stopping it (`status`). Ready for new sessions
+    (`ready`) also needs the process not draining (shutting down) and not at its
+    measured capacity: a load balancer sends new sessions elsewhere while it is not
+    (sessions already here go on). `/ready` (readiness) is the load balancer's check.
     """
     database, channel_layer, broker = await asyncio.gather(
         check_database(sources.history), check_channel_layer(), check_celery_broker(sources.celery_app))
@@ -185,7 +189,6 @@ async def overall_health(sources: ServiceSources, draining: bool = False) -> tup
               "celery_broker": broker, "breakers": check_breakers(sources.engine())}
     serving = (checks["model"]["status"] == "ok" and channel_layer["status"] == "ok"
                and checks["breakers"]["transcription"]["state"] != "open")
-    ready = readiness(sources.engine(), draining)
     if draining:
         serving, status = False, "draining"
     elif not serving:
@@ -194,4 +197,11 @@ async def overall_health(sources: ServiceSources, draining: bool = False) -> tup
         status = "degraded"
     else:
         status = "healthy"
-    return {"status": status, "ready": ready["ready"] and serving, "checks": checks}, serving
+    capacity = sources.capacity()
+    full = bool(capacity and capacity.get("full"))
+    not_ready = [why for why, applies in (("unhealthy", not serving and not draining), ("draining", draining),
+                                          ("at_capacity", full)) if applies]
+    report = {"status": status, "ready": not not_ready, "not_ready": not_ready, "checks": checks}
+    if capacity is not None:
+        report["capacity"] = capacity
+    return report, not not_ready

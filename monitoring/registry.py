@@ -70,6 +70,12 @@ class SessionRegistry:
             metrics.connections_active.set(len(self._live))
             return True
 
+    def count_rejection(self) -> None:
+        """A connection turned away before registering (the process is at capacity)."""
+        with self._lock:
+            self.rejected_connections += 1
+        metrics.connections_rejected.inc()
+
     def unregister(self, session: TrackedSession) -> None:
         with self._lock:
             self._live.pop(session.connection_id, None)

@@ -17,3 +17,6 @@ class ServiceSources:
     sample_rate: int
     # The API key an `Authorization` header names, or None (blocking: called in a pool thread).
     api_key_of: Callable[[str], Any] = lambda authorization: None
+    # Whether this process takes new sessions by its measured capacity: a dict with at
+    # least `full` (bool) and `retry_after`, or None when it is not judged.
+    capacity: Callable[[], dict[str, Any] | None] = lambda: None

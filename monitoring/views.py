@@ -56,14 +56,15 @@ async def index(request: HttpRequest, sources: ServiceSources):
 
 
 async def health(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
-    report, serving = await overall_health(sources, draining=registry.draining)
-    return JsonResponse(report, status=200 if serving else 503)
+    report, ready = await overall_health(sources, draining=registry.draining)
+    # 503 whenever new sessions should go elsewhere (a load balancer's health check).
+    return JsonResponse(report, status=200 if ready else 503)
 
 
 async def ready(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
     """Readiness for a load balancer's health check (deploy/haproxy.cfg): 200 while this
     process takes new sessions, 503 from the moment it starts shutting down."""
-    state = readiness(sources.engine(), registry.draining)
+    state = readiness(sources.engine(), registry.draining, sources.capacity())
     state["active_connections"] = registry.active_connections
     return JsonResponse(state, status=200 if state["ready"] else 503)
 

@@ -82,6 +82,10 @@ _SPECS = [
     # Resources and limits.
     ErrorSpec("server_overloaded", Category.RESOURCE, Severity.HIGH, False, 5.0,
               "This server process holds WEBSOCKET_MAX_CONNECTIONS connections; closed with 1013."),
+    ErrorSpec("capacity_exhausted", Category.RESOURCE, Severity.HIGH, False, 5.0,
+              "This server process can no longer keep its sessions' finals within bounds (measured: finals "
+              "p95 over CAPACITY_FINAL_P95_BOUND, or one more session would load the engine past "
+              "CAPACITY_MAX_LOAD); closed with 1013. Connect again after retry_after, or to another process."),
     ErrorSpec("idle_timeout", Category.TIMEOUT, Severity.LOW, False, None,
               "Nothing came from the client for SESSION_IDLE_TIMEOUT; the session is ended (1000)."),
     ErrorSpec("session_time_limit", Category.RESOURCE, Severity.LOW, True, None,

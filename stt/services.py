@@ -18,7 +18,9 @@ from stt.openai_api.transcriber import FileSettings, FileTranscriber
 from stt.persistence import history
 from stt.runtime_config import store as runtime_store
 from stt.session import SessionServices
+from stt.engine.load import LoadFigures
 from stt.session.budget import AudioBudget
+from stt.session.capacity import CapacityGate
 from stt.streaming.transcriber import segmenter_pool
 
 
@@ -27,13 +29,25 @@ def _audio_budget() -> AudioBudget:
     return AudioBudget(lambda: settings.AUDIO_BUDGET_PER_SESSION)
 
 
+def _engine_load() -> LoadFigures | None:
+    engine = get_engine()  # looked up each time: tests replace the process's engine
+    return engine.load.figures() if engine.loaded else None
+
+
+@functools.cache
+def process_capacity_gate() -> CapacityGate:
+    """This process's admission by capacity (its policy read from settings each time)."""
+    return CapacityGate(_engine_load)
+
+
 def process_session_services(engine: SpeechEngine | None = None) -> SessionServices:
     """This process's services; `engine` defaults to the process's engine (get_engine),
     looked up on each call so that a replaced engine (tests) is the one sessions get."""
     return SessionServices(engine=engine or get_engine(), history=history, registry=registry,
                            rate_limiter=rate_limiter, audio_budget=_audio_budget(),
                            runtime=runtime_store, metrics=SessionMetrics(),
-                           segmenter_executor=segmenter_pool(), server_id=current_server_id())
+                           segmenter_executor=segmenter_pool(), server_id=current_server_id(),
+                           capacity=process_capacity_gate())
 
 
 @functools.cache

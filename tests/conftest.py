@@ -145,6 +145,14 @@ def refinement_off(settings):
 
 
 @pytest.fixture(autouse=True)
+def capacity_admission_off(settings):
+    """Sessions are admitted by the connection limit alone unless a test is about
+    capacity (tests/stt/session/test_capacity.py, tests/test_capacity_process.py): the
+    suite's own load on the shared engine would otherwise turn later tests' sessions away."""
+    settings.CAPACITY_ADMISSION = False
+
+
+@pytest.fixture(autouse=True)
 def open_mode(settings):
     """Tests connect without credentials unless they are about authentication
     (tests/stt/test_auth.py turns AUTH_REQUIRED back on)."""

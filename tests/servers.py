@@ -251,13 +251,17 @@ class TcpProxy:
 def base_env() -> dict[str, str]:
     """The test run's environment for a server process; finals are not re-transcribed
     unless a test asks (REFINE_FINALS=1 with a worker of its own), and audio is not
-    budgeted unless a test asks (AUDIO_BUDGET_PER_SESSION)."""
+    budgeted (AUDIO_BUDGET_PER_SESSION) nor sessions admitted by capacity
+    (CAPACITY_ADMISSION) unless a test asks."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
     env.setdefault("REFINE_FINALS", "0")
     env.setdefault("AUTH_REQUIRED", "0")  # the authentication tests ask for it
     # Many tests push audio at full speed and time what follows: the audio budget tests
     # (tests/test_audio_budget_process.py) ask for one.
     env.setdefault("AUDIO_BUDGET_PER_SESSION", "0")
+    # Those pushes overload the engine on purpose: admission by capacity would turn the
+    # next sessions away. tests/test_capacity_process.py asks for it.
+    env.setdefault("CAPACITY_ADMISSION", "0")
     return env
 
 

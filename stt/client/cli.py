@@ -3,7 +3,7 @@
     python -m stt.client stream speech.mp3                 # partials in place, finals as lines
     python -m stt.client stream speech.wav --json          # one JSON server message per line
     python -m stt.client stream --mic                      # needs the sounddevice package
-    python -m stt.client perf speech.wav --clients 4 --duration 30
+    python -m stt.client perf speech.wav [more.wav ...] --clients 4 --duration 30
 
 The server URL comes from --url or FASTTALK_URL, the API key from --api-key or
 FASTTALK_API_KEY (not needed when the server runs open, AUTH_REQUIRED=false).
@@ -171,7 +171,7 @@ async def _microphone(device: str | None) -> AsyncIterator[np.ndarray]:
 
 
 async def perf_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    audio = load_audio(args.file) if args.file else None
+    audio = [load_audio(path) for path in args.files] if args.files else None
     tester = STTPerformanceTester(args.url, api_key=args.api_key, clients=args.clients, audio=audio,
                                   language=args.language)
     try:
@@ -206,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--retries", type=int, default=5, help="connection attempts (default 5)")
 
     perf = commands.add_parser("perf", parents=[common], help="measure latency with simulated clients")
-    perf.add_argument("file", nargs="?", help="speech to loop (default: synthesized with espeak-ng)")
+    perf.add_argument("files", nargs="*", metavar="file",
+                      help="speech to loop; several files are taken by the clients in turn "
+                           "(default: synthesized with espeak-ng)")
     perf.add_argument("--clients", type=int, default=1, help="concurrent simulated clients")
     perf.add_argument("--duration", type=float, default=30.0, help="seconds of streaming per client")
     return parser

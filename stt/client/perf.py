@@ -6,6 +6,10 @@ server and report partial/final latencies and message counts.
     results = await tester.run_performance_test(duration_seconds=30)
     print(results["avg_partial_latency_ms"], results["avg_final_latency_ms"], results["total_messages"])
 
+Each client streams its own audio: the speech given (a recording, a list of recordings
+taken in turn, or a synthesized sentence) at a gain of its own, so no two clients send
+identical audio (the server's result cache would answer the copies without decoding).
+
 Latencies are measured by the client, as a backend experiences them:
 - partial latency: from the moment the audio a partial covers had been sent to the
   partial's arrival;
@@ -25,7 +29,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -57,13 +61,16 @@ class ClientRecord:
 
 class STTPerformanceTester:
     def __init__(self, stt_endpoint: str = DEFAULT_URL, *, api_key: str | None = None, clients: int = 1,
-                 audio: np.ndarray | None = None, language: str | None = None, pace: float = 1.0) -> None:
+                 audio: np.ndarray | Sequence[np.ndarray] | None = None, language: str | None = None,
+                 pace: float = 1.0) -> None:
+        """`audio`: 16 kHz float32 speech, or several recordings (client i streams the
+        i-th, in turn); default a sentence synthesized with espeak-ng."""
         self.stt_endpoint = stt_endpoint
         self.api_key = api_key
         self.clients = clients
         self.language = language
         self.pace = pace
-        self._audio = audio
+        self._audio = [audio] if isinstance(audio, np.ndarray) else (list(audio) if audio is not None else None)
         self.server: messages.SessionStartedData | None = None
 
     async def connect(self) -> None:
@@ -75,16 +82,16 @@ class STTPerformanceTester:
 
     async def run_performance_test(self, duration_seconds: float = 30) -> dict[str, Any]:
         """Stream `duration_seconds` of speech from each client at once; the results dict."""
-        speech = self._speech()
+        speeches = self._speech()
         gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), np.float32)
-        loop_audio = np.concatenate([speech, gap])
-        repeats = max(1, int(np.ceil(duration_seconds * SAMPLE_RATE / len(loop_audio))))
-        audio = np.tile(loop_audio, repeats)[: max(len(loop_audio), int(duration_seconds * SAMPLE_RATE))]
         started = time.monotonic()
-        records = await asyncio.gather(*(self._client(index, audio) for index in range(self.clients)))
+        records = await asyncio.gather(*(
+            self._client(index, client_audio(index, np.concatenate([speeches[index % len(speeches)], gap]),
+                                             duration_seconds))
+            for index in range(self.clients)))
         return self._results(records, time.monotonic() - started, duration_seconds)
 
-    async def _client(self, index: int, audio: np.ndarray) -> ClientRecord:
+    async def _client(self, index: int, audio: Iterator[np.ndarray]) -> ClientRecord:
         record = ClientRecord()
         holder: dict[str, SttSession] = {}
 
@@ -130,9 +137,9 @@ class STTPerformanceTester:
             chosen["language"] = self.language
         return SessionConfig(**chosen)
 
-    def _speech(self) -> np.ndarray:
-        if self._audio is None:
-            self._audio = synthesize(SYNTHETIC_TEXT)
+    def _speech(self) -> list[np.ndarray]:
+        if not self._audio:
+            self._audio = [synthesize(SYNTHETIC_TEXT)]
         return self._audio
 
     def _results(self, records: list[ClientRecord], wall: float, duration: float) -> dict[str, Any]:
@@ -165,6 +172,18 @@ class STTPerformanceTester:
             "errors_by_code": dict(sorted(errors.items())),
             "max_send_lag_seconds": round(max((r.send_lag for r in records), default=0.0), 3),
         }
+
+
+def client_audio(index: int, loop_audio: np.ndarray, duration_seconds: float) -> Iterator[np.ndarray]:
+    """Client `index`'s audio: `loop_audio` at a gain of its own, repeated to fill
+    `duration_seconds` (at least once), in chunks (one copy per client in memory)."""
+    mine = (loop_audio * np.float32(1.0 - (index % 4000 + 1) * 1e-4)).astype(np.float32)
+    total = max(mine.size, int(duration_seconds * SAMPLE_RATE))
+    sent = 0
+    while sent < total:
+        chunk = mine[: total - sent]
+        yield chunk
+        sent += chunk.size
 
 
 def synthesize(text: str) -> np.ndarray:

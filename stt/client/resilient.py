@@ -5,7 +5,10 @@ the connection drops or the server process restarts midway. `transcribe()` strea
 audio, and when the connection ends early with a retryable close (1006 dropped, 1011,
 1012 restarting, 1013 busy) it opens a new session, with backoff, and resends the audio
 from the end of the last final it received: what was confirmed is not sent twice, what
-was in flight is transcribed again.
+was in flight is transcribed again. A process that refuses the new session because it
+is full (1013, `server_overloaded` or `capacity_exhausted`) is asked again no sooner
+than the `retry_after` it gave (open_session's Backoff); behind a load balancer the
+next attempt usually lands on a process with room.
 """
 
 from __future__ import annotations

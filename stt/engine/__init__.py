@@ -14,6 +14,7 @@ one priority queue with finals first, batches, and a result cache (scheduler.py)
   decoding.py       pure decode functions: windows, token caps, loop trimming, words
   jobs.py           a queued job, the result cache, the batch limit, admissions
   scheduler.py      the queue, batching, joins, worker threads, the breaker's verdicts
+  load.py           the engine's own load: finals p95, decode time per second (admission)
   gpu.py            out-of-memory halving and the CPU fallback behind the GPU breaker
   breaker.py        the circuit breaker
   speech_engine.py  SpeechEngine, which puts these together

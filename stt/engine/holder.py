@@ -29,6 +29,7 @@ def build_engine_from_settings() -> SpeechEngine:
         min_window_seconds=settings.STT_MIN_WINDOW_SECONDS,
         # Read at each request, as before the engine took it as an argument.
         transcription_timeout=lambda: settings.STT_TRANSCRIPTION_TIMEOUT,
+        load_window_seconds=settings.CAPACITY_WINDOW_SECONDS,
     )
 
 

@@ -34,6 +34,7 @@ from monitoring import metrics
 from stt.engine.breaker import BreakerState, CircuitBreaker
 from stt.engine.decoding import Decoded, bucket, is_silent
 from stt.engine.jobs import Admission, BatchLimit, Job, ResultCache, Verdict, batch_group, digest
+from stt.engine.load import LoadMeter
 from stt.engine.types import (
     SAMPLE_RATE,
     AudioSource,
@@ -56,7 +57,7 @@ class Scheduler:
 
     def __init__(self, decode: BatchDecoder, breaker: CircuitBreaker, stats: EngineStats,
                  batch_limit: BatchLimit, cache_size: int, min_window: float,
-                 timeout: Callable[[], float]) -> None:
+                 timeout: Callable[[], float], load: LoadMeter | None = None) -> None:
         self._decode = decode
         self.breaker = breaker
         self.stats = stats
@@ -64,6 +65,7 @@ class Scheduler:
         self._cache = ResultCache(cache_size)
         self._min_window = min_window
         self._timeout = timeout  # seconds an inference may take, read per request
+        self.load = load or LoadMeter(1)  # final latencies and busy time, for admission
         self._queue: list[Job] = []
         self._queued_partials: dict[Any, Job] = {}
         self._in_flight: dict[tuple, Job] = {}  # by key: queued or running, joinable
@@ -93,13 +95,19 @@ class Scheduler:
                       health_probe: bool = False) -> Transcript:
         """Queue a decode and wait for it (see SpeechEngine.transcribe)."""
         admission = self._admit(health_probe)
+        asked = time.perf_counter()
         future, job = self._submit(source, options, stream_key, admission)
         timeout = self._timeout()
         try:
-            return await self._wait(future, job, timeout)
+            transcript = await self._wait(future, job, timeout)
+            if options.kind is JobKind.FINAL and not health_probe:
+                self.load.record_final(time.perf_counter() - asked)
+            return transcript
         except asyncio.TimeoutError:
             if job is not None:
                 self._withdraw(job)
+            if options.kind is JobKind.FINAL and not health_probe:
+                self.load.record_final(time.perf_counter() - asked)  # late at least this much
             self.stats.timeouts += 1
             # The model hung; a job still queued is overload, and a health probe not a client's.
             hung = job is not None and job.started and not health_probe
@@ -330,12 +338,14 @@ class Scheduler:
             results = self._decode(todo)
         except Exception as exc:
             logger.exception("inference failed")
+            self.load.record_batch(todo[0].kind is not JobKind.PARTIAL, time.perf_counter() - started)
             self.stats.failures += 1
             self._report(Verdict.FAILED, admissions)
             for job in todo:
                 self._fail(job, SttError("transcription_failed", f"the model failed: {exc}"))
             return
         elapsed = time.perf_counter() - started
+        self.load.record_batch(todo[0].kind is not JobKind.PARTIAL, elapsed)
         self.stats.batches += 1
         self.stats.last_inference_at = time.monotonic()
         self._report(Verdict.WORKED, admissions)

@@ -23,6 +23,7 @@ from stt.engine.breaker import CircuitBreaker
 from stt.engine.decoding import DEFAULT_MIN_WINDOW, Decoded, decode_batch
 from stt.engine.gpu import GpuGuard
 from stt.engine.jobs import BatchLimit, Job
+from stt.engine.load import LoadMeter
 from stt.engine.loading import LoadedModel, ModelFactory, ModelLoader, create_model
 from stt.engine.scheduler import Scheduler
 from stt.engine.types import AudioSource, DecodeOptions, EngineInfo, EngineStats, Transcript
@@ -50,10 +51,12 @@ class SpeechEngine:
         min_window_seconds: float = DEFAULT_MIN_WINDOW,
         transcription_timeout: float | Callable[[], float] = 30.0,
         model_factory: ModelFactory = create_model,
+        load_window_seconds: float = 30.0,
     ) -> None:
         """`transcription_timeout` is seconds, or a callable read at each request (the
         process engine follows STT_TRANSCRIPTION_TIMEOUT as it changes). `model_factory`
-        builds the faster-whisper model for a path, device and compute type."""
+        builds the faster-whisper model for a path, device and compute type.
+        `load_window_seconds`: the span of the load figures (`load`, stt/engine/load.py)."""
         self.model_reference = model
         self.cpu_threads = cpu_threads or os.cpu_count() or 1
         self.workers = max(1, workers)
@@ -74,8 +77,9 @@ class SpeechEngine:
         self._loader = ModelLoader(model, device, compute_type, self.cpu_threads, self.workers,
                                    model_factory, self._start_serving)
         timeout = transcription_timeout if callable(transcription_timeout) else (lambda: transcription_timeout)
+        self.load = LoadMeter(self.workers, load_window_seconds)
         self.scheduler = Scheduler(self._decode, self.transcription_breaker, self.stats, self._batch_limit,
-                                   cache_size, min_window_seconds, timeout)
+                                   cache_size, min_window_seconds, timeout, self.load)
 
     def set_failure_thresholds(self, transcription: int, gpu: int) -> None:
         """Breaker thresholds from the runtime configuration (they change at run time)."""

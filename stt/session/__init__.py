@@ -3,6 +3,7 @@
 - services.py: what a session is given (engine, history, registry, limiters, ...)
 - state.py: identity, connection state, transport, errors, figures
 - core.py: SttSession: admission, input, ending
+- capacity.py: admission by measured capacity (the process's CapacityGate)
 - handlers.py: what each client control message does
 - delivery.py: the transcriber's results to the client
 - limits.py: message rate, audio budget, idle and duration limits

@@ -54,10 +54,17 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
         if registry.draining:
             return (SttError("server_shutting_down", "this server process is shutting down"),
                     CloseCode.SERVICE_RESTART, "server shutting down")
+        capacity = self.services.capacity
+        full = capacity.refusal() if capacity is not None else None
+        if full is not None:
+            registry.count_rejection()
+            return full, CloseCode.TRY_AGAIN_LATER, "server at capacity"
         if not registry.try_register(self, limit):
             return (SttError("server_overloaded", f"this server holds its maximum of {limit} connections"),
                     CloseCode.TRY_AGAIN_LATER, "server at connection limit")
         self._registered = True
+        if capacity is not None:
+            capacity.joined(self.connection_id)
         self.services.audio_budget.join(self.budget_owner)
         self._start_watchdog()
         key_id, most = self.principal.key_id, self.principal.max_concurrent_sessions
@@ -190,6 +197,8 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
         if self._registered:
             self.services.audio_budget.leave(self.budget_owner)
             self.services.registry.unregister(self)
+            if self.services.capacity is not None:
+                self.services.capacity.left(self.connection_id)
             self._registered = False
         if not self.finished.done():
             self.finished.set_result(self.summary())

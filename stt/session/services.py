@@ -1,6 +1,6 @@
 """What a session works with, handed to it rather than imported: the engine, the
-history, the registry of live sessions, the limiters, the runtime config, the metrics
-and the clock. The server builds one SessionServices per process (stt/services.py);
+history, the registry of live sessions, the limiters, the runtime config, the metrics,
+the clock and the capacity gate. The server builds one SessionServices per process (stt/services.py);
 a test builds its own from real parts and small fakes."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from stt.auth import RateLimiter
 from stt.engine import SpeechEngine
 from stt.runtime_config import RuntimeValues
 from stt.session.budget import AudioBudget
+from stt.session.capacity import CapacityGate
 
 
 class HistorySink(Protocol):
@@ -56,3 +57,5 @@ class SessionServices:
     clock: Callable[[], float] = field(default=time.monotonic)
     # The server process's id (stt/liveness.py), written with each session's row.
     server_id: str | None = None
+    # Admission by measured capacity (stt/session/capacity.py); None: not judged.
+    capacity: CapacityGate | None = None

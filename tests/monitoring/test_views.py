@@ -11,8 +11,10 @@ from django.test import AsyncClient
 
 from monitoring.logs import JsonFormatter
 from monitoring.registry import registry
+from stt.engine import DecodeOptions
 from stt.services import process_session_services
 from stt.session import SttSession
+from tests.stt.engine.helpers import unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -241,3 +243,43 @@ class TestStatsWithAuthentication:
             await session.end("session_end", ended_reason="test")
         assert response.status_code in (200, 503)
         assert b"secret-session" not in response.content and b"10.1.2.3" not in response.content
+
+
+class TestReadyForNewSessions:
+    """/health's `ready`: whether this process takes new sessions. A load balancer's
+    health check follows the HTTP status, so it is 503 whenever new sessions should go
+    elsewhere, even while the process serves the sessions it has."""
+
+    async def test_a_healthy_process_is_ready(self, engine):
+        response = await AsyncClient().get("/health")
+        report = response.json()
+        assert response.status_code == 200 and report["ready"] is True and report["not_ready"] == []
+        assert report["capacity"]["full"] is False
+
+    async def test_a_draining_process_is_not_ready_though_it_still_serves(self, engine):
+        registry.draining = True
+        try:
+            response = await AsyncClient().get("/health")
+        finally:
+            registry.draining = False
+        report = response.json()
+        assert response.status_code == 503
+        assert (report["status"], report["ready"], report["not_ready"]) == ("healthy", False, ["draining"])
+
+    async def test_a_process_at_capacity_is_not_ready_and_says_why(self, engine, jfk_audio, settings):
+        # Any real final is slower than this bound: the engine's own measurement trips it.
+        settings.CAPACITY_ADMISSION, settings.CAPACITY_FINAL_P95_BOUND, settings.CAPACITY_MIN_FINALS = True, 1e-4, 1
+        session = await live_session(engine, "capacity-1")  # a process without sessions is never full
+        try:
+            await engine.transcribe(unique(jfk_audio[:32000]), DecodeOptions.final("en", True))
+            response = await AsyncClient().get("/health")
+        finally:
+            await session.end("session_end", ended_reason="test")
+        report = response.json()
+        assert response.status_code == 503
+        assert (report["status"], report["ready"], report["not_ready"]) == ("healthy", False, ["at_capacity"])
+        assert report["capacity"]["full"] and "finals p95" in report["capacity"]["reasons"][0]
+        assert report["capacity"]["retry_after"] == settings.CAPACITY_RETRY_AFTER
+        assert report["capacity"]["engine"]["finals"] >= 1
+        settings.CAPACITY_ADMISSION = False
+        assert (await AsyncClient().get("/health")).status_code == 200, "admission off: ready again"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from stt.client import STTPerformanceTester
@@ -24,3 +25,15 @@ async def test_run_performance_test_reports_latency_and_counts_with_synthesized_
     assert results["max_send_lag_seconds"] < 1.0, "the clients kept real-time pace"
     report = format_results(results)
     assert "Partial Latency:" in report and "Final Latency:" in report and "Total Messages:" in report
+
+
+def test_each_simulated_client_streams_audio_of_its_own(jfk_audio):
+    """The server's result cache answers identical audio at once: clients sending the same
+    bytes would look cheap. Every client's audio differs, and fills the duration."""
+    from stt.client.perf import client_audio
+
+    loop = jfk_audio[:16000 * 3]
+    audios = [np.concatenate(list(client_audio(index, loop, duration_seconds=7.5))) for index in range(50)]
+    assert all(audio.size == 16000 * 7.5 for audio in audios)
+    assert len({audio.tobytes() for audio in audios}) == 50
+    assert np.allclose(audios[0][:loop.size], loop, atol=1e-3), "the same speech, at a gain of its own"
