@@ -256,7 +256,7 @@ class TestReadyForNewSessions:
         assert response.status_code == 200 and report["ready"] is True and report["not_ready"] == []
         assert report["capacity"]["full"] is False
 
-    async def test_a_draining_process_is_not_ready_though_it_still_serves(self, engine):
+    async def test_a_draining_process_says_draining_and_is_not_ready(self, engine):
         registry.draining = True
         try:
             response = await AsyncClient().get("/health")
@@ -264,7 +264,7 @@ class TestReadyForNewSessions:
             registry.draining = False
         report = response.json()
         assert response.status_code == 503
-        assert (report["status"], report["ready"], report["not_ready"]) == ("healthy", False, ["draining"])
+        assert (report["status"], report["ready"], report["not_ready"]) == ("draining", False, ["draining"])
 
     async def test_a_process_at_capacity_is_not_ready_and_says_why(self, engine, jfk_audio, settings):
         # Any real final is slower than this bound: the engine's own measurement trips it.
