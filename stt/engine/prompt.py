@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from stt.engine.decoding import MAX_CONTEXT_TOKENS
+# The protocol's limits (a session may send MAX_KEYTERMS, a profile may hold as many;
+# merged, the first MAX_KEYTERMS count).
+from stt.messages import MAX_KEYTERM_CHARS, MAX_KEYTERMS
 
-# At most this many keyterms in one prompt (a session may send this many, a profile may
-# hold this many; merged, the first this many count), each at most this long.
-MAX_KEYTERMS = 100
-MAX_KEYTERM_CHARS = 64
+__all__ = ["MAX_KEYTERMS", "MAX_KEYTERM_CHARS", "ComposedPrompt", "compose_prompt", "merge_keyterms",
+           "token_counter"]
 
 TokenCounter = Callable[[str], int]
 
