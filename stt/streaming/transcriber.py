@@ -176,7 +176,8 @@ class StreamingTranscriber:
         return pending
 
     def _final_options(self) -> DecodeOptions:
-        return DecodeOptions.final(self.params.language, self.params.word_timestamps, self.params.final_beam_size)
+        p = self.params
+        return DecodeOptions.final(p.language, p.word_timestamps, p.final_beam_size, prompt=p.prompt)
 
     def _progress_of(self, utterance: Utterance) -> _Progress:
         return self._progress.setdefault(utterance, _Progress())
@@ -280,7 +281,8 @@ class StreamingTranscriber:
             return buffer.slice(start, buffer.end)
 
         agreement = progress.agreement
-        options = DecodeOptions.partial(self.params.language, agreement.prefix_tokens, self.params.partial_beam_size)
+        p = self.params
+        options = DecodeOptions.partial(p.language, agreement.prefix_tokens, p.partial_beam_size, prompt=p.prompt)
         try:
             transcript = await self.engine.transcribe(latest_audio, options, stream_key=self._key)
         except Superseded:
@@ -397,6 +399,7 @@ def _decode_facts(options: DecodeOptions, transcript: Transcript | None) -> dict
         "beam_size": options.beam_size,
         "word_timestamps": options.word_timestamps,
         "language": options.language,
+        "prompt": options.prompt,  # what biased it (keyterms), "" for none
         "window_seconds": transcript.window_seconds if transcript else None,
         "speculative": bool(transcript and transcript.cached),
         # This final's share of its (possibly batched) decode: the real-time factor.
