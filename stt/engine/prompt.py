@@ -73,12 +73,16 @@ def compose_prompt(keyterms: Sequence[str], context: str = "", *, count_tokens: 
     budget = max(0, min(max_tokens, MAX_CONTEXT_TOKENS))
     candidates = merge_keyterms(keyterms)
     taken: list[str] = []
-    dropped: list[str] = []
+    used = 0
     for term in candidates:
-        if len(taken) < MAX_KEYTERMS and count_tokens(keyterm_text([*taken, term])) <= budget:
+        cost = count_tokens(term) + 1  # the term and its comma (the last one's period)
+        if len(taken) < MAX_KEYTERMS and used + cost <= budget:
             taken.append(term)
-        else:
-            dropped.append(term)
+            used += cost
+    while taken and count_tokens(keyterm_text(taken)) > budget:  # the estimate fell short
+        taken.pop()
+    kept = set(taken)
+    dropped = [term for term in candidates if term not in kept]
     terms_text = keyterm_text(taken)
     context_text = _latest_words_that_fit(context, terms_text, budget, count_tokens)
     text = " ".join(part for part in (context_text, terms_text) if part)

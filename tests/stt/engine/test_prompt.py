@@ -1,8 +1,8 @@
 """stt/engine/prompt.py: keyterms and context composed into the decoder prompt within a
-token budget. Most rules are shown with a counter of words (one token per word, easy to
-read); the budget is then checked with the model's own tokenizer."""
+token budget. Most rules are shown with a counter of words and punctuation marks (one
+token each, easy to read); the budget is then checked with the model's own tokenizer."""
 
-from types import SimpleNamespace
+import re
 
 import pytest
 
@@ -12,7 +12,8 @@ from stt.engine.loading import create_model
 
 
 def words(text: str) -> int:
-    return len(text.split())
+    """One token per word and per punctuation mark."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
 
 
 class TestMergingKeyterms:
@@ -30,7 +31,7 @@ class TestComposingThePrompt:
         prompt = compose_prompt(["Siobhan Nakamura", "Reykjavik"], count_tokens=words)
         assert prompt.text == "Siobhan Nakamura, Reykjavik."
         assert prompt.terms == ("Siobhan Nakamura", "Reykjavik") and prompt.dropped == ()
-        assert prompt.tokens == 3
+        assert prompt.tokens == 5
 
     def test_no_keyterms_and_no_context_is_no_prompt(self):
         prompt = compose_prompt([], "   ", count_tokens=words)
@@ -42,14 +43,14 @@ class TestComposingThePrompt:
 
     def test_terms_that_do_not_fit_the_budget_are_dropped_whole_later_ones_still_fit(self):
         terms = ["Anneliese Vandermolen", "Xiomara Del Carmen Castellanos", "Oslo"]
-        prompt = compose_prompt(terms, count_tokens=words, max_tokens=4)
+        prompt = compose_prompt(terms, count_tokens=words, max_tokens=5)
         assert prompt.terms == ("Anneliese Vandermolen", "Oslo")
         assert prompt.dropped == ("Xiomara Del Carmen Castellanos",)
-        assert prompt.text == "Anneliese Vandermolen, Oslo." and prompt.tokens <= 4
+        assert prompt.text == "Anneliese Vandermolen, Oslo." and prompt.tokens == 5
 
     def test_keyterms_take_the_budget_first_and_the_context_keeps_its_latest_words(self):
         prompt = compose_prompt(["Zyphora", "Quorvex"], "one two three four five six", count_tokens=words,
-                                max_tokens=5)
+                                max_tokens=7)
         assert prompt.text == "four five six Zyphora, Quorvex."
         assert prompt.terms == ("Zyphora", "Quorvex")
 
@@ -63,9 +64,10 @@ class TestComposingThePrompt:
         assert len(prompt.terms) == MAX_KEYTERMS and prompt.dropped == tuple(terms[MAX_KEYTERMS:])
 
     def test_the_budget_never_exceeds_what_the_decoder_keeps(self):
-        terms = [f"T{index}" for index in range(MAX_KEYTERMS)]
+        terms = [f"Name {index}" for index in range(MAX_KEYTERMS)]  # 3 tokens each with its comma
         prompt = compose_prompt(terms, count_tokens=words, max_tokens=10_000)
-        assert prompt.tokens == MAX_KEYTERMS <= MAX_CONTEXT_TOKENS
+        assert prompt.tokens <= MAX_CONTEXT_TOKENS == 223
+        assert len(prompt.terms) == 74 and prompt.dropped == tuple(terms[74:])
         assert compose_prompt(terms, count_tokens=words, max_tokens=-3).text == ""
 
 
