@@ -77,6 +77,9 @@ class _Progress:
 class _PendingFinal:
     closed: UtteranceClosed
     progress: _Progress
+    # Decoded with the options in force when the utterance closed (a configure that
+    # arrives while it waits for the model applies to the next one).
+    options: DecodeOptions
     # Resolved once the listener has been given this utterance's final.
     delivered: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -170,7 +173,7 @@ class StreamingTranscriber:
     def _queue_final(self, closed: UtteranceClosed) -> _PendingFinal:
         if self._partial_for is closed.utterance:
             self._partial_for = None
-        pending = _PendingFinal(closed, self._progress_of(closed.utterance))
+        pending = _PendingFinal(closed, self._progress_of(closed.utterance), self._final_options())
         self._finals.append(pending)
         self._final_wake.set()
         return pending
@@ -340,7 +343,7 @@ class StreamingTranscriber:
     async def _run_final(self, pending: _PendingFinal) -> FinalResult:
         closed, progress = pending.closed, pending.progress
         utterance = closed.utterance
-        options = self._final_options()
+        options = pending.options
         transcript, error = await self._transcribe_with_retries(closed.audio, options)
         elapsed = time.perf_counter() - closed.closed_at
         audio_samples = closed.end - utterance.start

@@ -190,7 +190,7 @@ class TestPrompt:
         assert "Siobhan Nakamura" in steered.final_text
         assert steered.finals[0].decode["prompt"] == "Siobhan Nakamura." and plain.finals[0].decode["prompt"] == ""
 
-    async def test_a_new_prompt_applies_from_the_next_decode(self, engine, speak):
+    async def test_a_new_prompt_applies_to_utterances_that_close_after_it(self, engine, speak):
         recorder = Recorder()
         transcriber = StreamingTranscriber(StreamParams.from_config(validate_config({})), engine, recorder)
         audio = np.concatenate([speak(self.SENTENCE), silence(1.0)])
