@@ -276,51 +276,74 @@ class _Job:
         return self.options.kind
 
 
+class InProcessModel:
+    """tiny.en in this process, decoding one job at a time (no service, no VAD)."""
+
+    def __init__(self) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+
+        from stt.engine import resolve_model, token_counter
+        from stt.engine.loading import create_model
+
+        self.model = create_model(resolve_model("tiny.en"), "cpu", "int8", 0, 1)
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, False)
+        self.count = token_counter(self.tokenizer)
+
+    def decode(self, audio: np.ndarray, options) -> object:
+        from stt.engine.decoding import decode_batch
+
+        return decode_batch(self.model, self.tokenizer, [_Job(audio, options)], False)[0]
+
+    def prompt(self, terms: list[str]) -> str:
+        from stt.engine import compose_prompt
+
+        return compose_prompt(terms, count_tokens=self.count).text
+
+
 def model_part(save: Path) -> None:
-    """The model in this process, without the service: partials (beam 1) over each whole
-    sentence, the decoding time a prompt adds to a final, and noise with no VAD to stop it."""
-    from dataclasses import replace
+    """Partials (beam 1) over each whole sentence, the decoding time a prompt adds to a
+    final, and noise with no VAD to stop it."""
+    from stt.engine import DecodeOptions
 
-    from faster_whisper.tokenizer import Tokenizer
-
-    from stt.engine import DecodeOptions, compose_prompt, resolve_model, token_counter
-    from stt.engine.decoding import decode_batch
-    from stt.engine.loading import create_model
-
-    model = create_model(resolve_model("tiny.en"), "cpu", "int8", 0, 1)
-    tokenizer = Tokenizer(model.hf_tokenizer, False)
-    count = token_counter(tokenizer)
+    model = InProcessModel()
     every_name = [name for sentence in SENTENCES for name in names_of(sentence)]
-    prompts = {"none": lambda _: "", "names": lambda _: compose_prompt(every_name, count_tokens=count).text,
-               "own": lambda s: compose_prompt(names_of(s), count_tokens=count).text,
-               "unrelated": lambda _: compose_prompt(UNRELATED, count_tokens=count).text}
-
-    def decode(audio: np.ndarray, options) -> object:
-        return decode_batch(model, tokenizer, [_Job(audio, options)], False)[0]
-
     clips = synthesize(save)
     print("\nPartials in this process: beam 1, no word times, each whole sentence\n")
     print("| keyterms | name-word error | other words | keyterm words not said |")
     print("| --- | --- | --- | --- |")
-    terms_of = {"none": [], "names": every_name, "own": every_name, "unrelated": UNRELATED}
-    for name, prompt_of in prompts.items():
-        text = " ".join(decode(clip, DecodeOptions.partial("en", prompt=prompt_of(s))).text
+    conditions = {"none": (lambda _: [], []), "names": (lambda _: every_name, every_name),
+                  "own": (names_of, every_name), "unrelated": (lambda _: UNRELATED, UNRELATED)}
+    reference = " ".join(SENTENCES)
+    for name, (terms_of, terms) in conditions.items():
+        text = " ".join(model.decode(clip, DecodeOptions.partial("en", prompt=model.prompt(terms_of(s)))).text
                         for clip, s in zip(clips, SENTENCES))
-        names_rate, other_rate = rates(" ".join(SENTENCES), text)
-        print(f"| {name} | {names_rate:.1%} | {other_rate:.1%} | {unsaid(terms_of[name], ' '.join(SENTENCES), text)} |")
+        names_rate, other_rate = rates(reference, text)
+        print(f"| {name} | {names_rate:.1%} | {other_rate:.1%} | {unsaid(terms, reference, text)} |")
+    decoding_cost(model, clips, model.prompt(every_name))
+    noise_without_vad(model, every_name)
 
-    names_prompt = prompts["names"]("")
+
+def decoding_cost(model: InProcessModel, clips: list[np.ndarray], prompt: str) -> None:
+    from stt.engine import DecodeOptions
+
     times: dict[str, list[float]] = {"none": [], "names": []}
     for _ in range(2):
         for clip in clips:  # interleaved, so the machine's load falls on both alike
-            for name, prompt in (("none", ""), ("names", names_prompt)):
+            for name, text in (("none", ""), ("names", prompt)):
                 started = time.perf_counter()
-                decode(clip, DecodeOptions.final("en", True, prompt=prompt))
+                model.decode(clip, DecodeOptions.final("en", True, prompt=text))
                 times[name].append(time.perf_counter() - started)
     print(f"\nDecoding time of a final (beam 5, word times), median of {len(times['none'])}: "
           f"{np.median(times['none']) * 1000:.0f} ms without a prompt, {np.median(times['names']) * 1000:.0f} ms "
-          f"with the {len(every_name)} names ({count(names_prompt)} tokens)")
+          f"with every name ({model.count(prompt)} tokens)")
 
+
+def noise_without_vad(model: InProcessModel, terms: list[str]) -> None:
+    from dataclasses import replace
+
+    from stt.engine import DecodeOptions
+
+    prompt = model.prompt(terms)
     rng = np.random.default_rng(0)
     seconds = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
     brown = np.cumsum(rng.standard_normal(seconds.size))
@@ -328,7 +351,7 @@ def model_part(save: Path) -> None:
     noises = {"white": rng.standard_normal(seconds.size), "brown": brown,
               "hum": sum(np.sin(2 * np.pi * 50 * k * seconds) / k for k in range(1, 6)) / 2,
               "clicks": np.where(rng.random(seconds.size) < 0.001, 1.0, 0.0)}
-    name_words = {w for name in every_name for w in normalize_text(name)}
+    term_words = {w for term in terms for w in normalize_text(term)}
     print("\nNoise decoded without VAD, every name as the prompt (3 s each, at -50, -30 and -15 dBFS; "
           "a final and a partial of each)\n")
     print("| noise | texts without prompt | texts with prompt | name words that came out |")
@@ -340,10 +363,10 @@ def model_part(save: Path) -> None:
             audio = (noise / np.abs(noise).max() * 10 ** (level / 20)).astype(np.float32)
             for options in (DecodeOptions.final("en", True), DecodeOptions.partial("en")):
                 for prompted in (False, True):
-                    decoded = decode(audio, replace(options, prompt=names_prompt if prompted else ""))
+                    decoded = model.decode(audio, replace(options, prompt=prompt if prompted else ""))
                     texts[prompted] += bool(decoded.text)
                     if prompted:
-                        leaked |= name_words & set(normalize_text(decoded.text))
+                        leaked |= term_words & set(normalize_text(decoded.text))
         print(f"| {name} | {texts[False]}/6 | {texts[True]}/6 | {', '.join(sorted(leaked)) or 'none'} |")
 
 
