@@ -16,7 +16,8 @@ For each: the name-word error rate and the other words' error rate of the finals
 of the last partial of each utterance: it depends on when that partial was computed,
 so on the machine's load), and the lag of each final behind the end of its speech.
 Real part: the recordings of ../shared/audio with keyterms that they say, and with the
-unrelated names; word error rate per recording. Model part (in this process, no
+unrelated names; word error rate per recording; the same with VAD off (vad-off part).
+Model part (in this process, no
 service): each sentence decoded whole as a partial (beam 1) per condition, the decoding
 time the names' prompt adds to a final, and noise decoded with no VAD to stop it, with
 every name as the prompt: the name words that come out.
@@ -126,13 +127,13 @@ class Session:
 
 
 async def stream_session(url: str, clips: list[np.ndarray], keyterms: list[str] | list[list[str]],
-                         gain: float) -> Session:
+                         gain: float, enable_vad: bool = True) -> Session:
     """The clips in one session at real-time pace, GAP apart; `keyterms` is one list for
     the session or one per clip (sent with configure just before the clip)."""
     per_clip = bool(keyterms) and isinstance(keyterms[0], list)
     result = Session()
     async with websockets.connect(url, max_size=None) as ws:
-        config = {"language": "en", "keyterms": [] if per_clip else keyterms}
+        config = {"language": "en", "keyterms": [] if per_clip else keyterms, "enable_vad": enable_vad}
         await ws.send(json.dumps({"type": "start_session", "session_config": config}))
         started = json.loads(await ws.recv())
         assert started["type"] == "session_started", started
@@ -171,7 +172,7 @@ async def stream_session(url: str, clips: list[np.ndarray], keyterms: list[str] 
 
 
 async def stream_conditions(url: str, clips: list[np.ndarray], conditions: dict, concurrency: int,
-                            what: str) -> dict[str, Session]:
+                            what: str, enable_vad: bool = True) -> dict[str, Session]:
     """One session per condition, `concurrency` of them at a time (each with its own tiny
     gain: identical audio would be answered from the server's result cache)."""
     results: dict[str, Session] = {}
@@ -180,8 +181,8 @@ async def stream_conditions(url: str, clips: list[np.ndarray], conditions: dict,
         batch = names[first:first + concurrency]
         print(f"streaming {what} ({sum(c.size for c in clips) / SAMPLE_RATE:.0f} s of audio) for: "
               f"{', '.join(batch)}", file=sys.stderr)
-        done = await asyncio.gather(*(stream_session(url, clips, conditions[name], 1.0 - 1e-4 * (first + i))
-                                      for i, name in enumerate(batch)))
+        done = await asyncio.gather(*(stream_session(url, clips, conditions[name], 1.0 - 1e-4 * (first + i),
+                                                     enable_vad) for i, name in enumerate(batch)))
         results.update(zip(batch, done))
     return results
 
@@ -236,15 +237,17 @@ async def synthetic_part(url: str, save: Path, concurrency: int) -> None:
               + (f"; missed: {', '.join(missed)}" if missed else ""))
 
 
-async def real_part(url: str, concurrency: int) -> None:
+async def real_part(url: str, concurrency: int, enable_vad: bool = True) -> None:
     from faster_whisper.audio import decode_audio
 
     clips = [decode_audio(str(AUDIO_DIR / name), sampling_rate=SAMPLE_RATE) for name in REAL]
     references = [JFK_TEXT if name == "jfk.flac" else (AUDIO_DIR / f"{Path(name).stem}.txt").read_text().strip()
                   for name in REAL]
     conditions = {"none": [[] for _ in REAL], "said": list(REAL.values()), "unrelated": [UNRELATED for _ in REAL]}
-    sessions = await stream_conditions(url, clips, conditions, concurrency, f"{len(clips)} real recordings")
-    print("\nReal recordings, word error rate of the finals (keyterms said: "
+    sessions = await stream_conditions(url, clips, conditions, concurrency, f"{len(clips)} real recordings",
+                                       enable_vad)
+    print(f"\nReal recordings{'' if enable_vad else ', VAD off (a final every 2 s)'}, word error rate of the "
+          "finals (keyterms said: "
           + "; ".join(f"{Path(n).stem}: {', '.join(t)}" for n, t in REAL.items()) + ")\n")
     print("| recording | none | keyterms said in it | 24 unrelated names |")
     print("| --- | --- | --- | --- |")
@@ -375,18 +378,20 @@ def main() -> None:
     parser.add_argument("--url", help="a running server (default: start one)")
     parser.add_argument("--concurrency", type=int, default=2, help="conditions streamed at once")
     parser.add_argument("--save", type=Path, default=ROOT / "var" / "bench-keyterms")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: synthetic,real,model")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: synthetic,real,vad-off,model")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     server = None
     url = args.url
-    if url is None and not {"synthetic", "real"} <= skip:
+    if url is None and not {"synthetic", "real", "vad-off"} <= skip:
         server, url = start_server()
     try:
         if "synthetic" not in skip:
             asyncio.run(synthetic_part(url, args.save, max(1, args.concurrency)))
         if "real" not in skip:
             asyncio.run(real_part(url, max(1, args.concurrency)))
+        if "vad-off" not in skip:
+            asyncio.run(real_part(url, max(1, args.concurrency), enable_vad=False))
     finally:
         if server is not None:
             server.terminate()
