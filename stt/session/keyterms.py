@@ -64,9 +64,17 @@ class SessionKeyterms(SessionState):
         return composed.text
 
     async def _follow_vocabulary(self) -> None:
-        """Take up a change of the profile's vocabulary saved while the session runs."""
+        """Take up a change of the profile's vocabulary saved while the session runs.
+        Never raises: it runs on the watchdog that also enforces the session's limits."""
         if self.stream is None or self._ending:
             return
+        try:
+            await self._take_up_vocabulary()
+        except Exception:
+            logger.exception("session %s: could not follow the profile's vocabulary", self._session_id,
+                             extra={"event": "fault", **self._log_ids()})
+
+    async def _take_up_vocabulary(self) -> None:
         try:
             current = await self.services.runtime.values(self.runtime.profile or None)
         except SttError:  # the profile was deleted meanwhile: keep what the session has

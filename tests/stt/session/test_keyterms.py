@@ -12,9 +12,9 @@ from asgiref.sync import sync_to_async
 
 from stt.evaluation import normalize_text, word_error_rate
 from stt.models import RuntimeProfile
-from stt.runtime_config import store
+from stt.runtime_config import RuntimeValues, store
 from tests.conftest import AUDIO_DIR, JFK_TEXT, SAMPLE_RATE, load_audio, silence
-from tests.stt.session.support import feed, open_session, send
+from tests.stt.session.support import feed, open_session, send, session_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -142,6 +142,29 @@ class TestTheProfilesVocabulary:
         await asyncio.sleep(1.5)  # a watchdog beat or more
         assert session.stream.params.prompt == "Zyphora." and not transport.errors()
         await send(session, {"type": "end_session"})
+
+
+class FailingAfterStart:
+    """Runtime values for the session's open and start, then a fault on every read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def values(self, profile: str | None = None) -> RuntimeValues:
+        self.reads += 1
+        if self.reads > 2:
+            raise RuntimeError("the runtime store broke")
+        return RuntimeValues.from_settings()
+
+
+async def test_a_fault_following_the_vocabulary_leaves_the_limits_watched(engine, settings):
+    settings.SESSION_IDLE_TIMEOUT = 2
+    runtime = FailingAfterStart()
+    session, transport = await open_session(engine, services=session_services(engine, runtime=runtime))
+    assert session.started
+    await seconds_until(lambda: transport.closed is not None, limit=6)
+    assert runtime.reads > 2, "the watchdog did ask"
+    assert transport.of("session_ended")[0]["data"]["reason"] == "idle_timeout"
 
 
 async def seconds_until(condition, limit: float = 5.0) -> float:
