@@ -447,6 +447,9 @@ STT_MIN_WINDOW_SECONDS = env_float("STT_MIN_WINDOW_SECONDS", 10.0)
 STT_MAX_BATCH = env_int("STT_MAX_BATCH", 0)
 # Results kept by audio digest, so identical audio is never decoded twice.
 STT_CACHE_SIZE = env_int("STT_CACHE_SIZE", 256)
+# Tokens of the decoder prompt built from a session's keyterms and its runtime profile's
+# vocabulary (stt/engine/prompt.py); at most 223, what Whisper's decoder reads of it.
+STT_PROMPT_MAX_TOKENS = env_int("STT_PROMPT_MAX_TOKENS", 223)
 # Start decoding a final while the end-of-utterance silence is still running out.
 STT_SPECULATIVE_FINALS = env_bool("STT_SPECULATIVE_FINALS", True)
 # Start loading the model when the ASGI application starts, not on first use.

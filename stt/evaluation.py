@@ -62,3 +62,35 @@ def word_diff(live: str, refined: str) -> list[dict[str, object]]:
         {"op": op, "live": live_words[i1:i2], "refined": refined_words[j1:j2]}
         for op, i1, i2, j1, j2 in matcher.get_opcodes()
     ]
+
+
+def marked_word_errors(reference: str, hypothesis: str) -> dict[str, tuple[int, int]]:
+    """Word errors split between the words of `reference` marked in [brackets] (names,
+    say) and the others: {"marked": (errors, words), "other": (errors, words)}. Each
+    substitution or deletion counts for the class of the reference word; an insertion
+    counts as marked when it stands next to a marked word ("Shivon, and I" for
+    "Siobhan"), else as other. Texts are normalized as for word_error_rate."""
+    ref: list[tuple[str, bool]] = []
+    for part in re.split(r"(\[[^\]]*\])", reference):
+        marked = part.startswith("[")
+        ref.extend((word, marked) for word in normalize_text(part.strip("[]")))
+    hyp = normalize_text(hypothesis)
+    table = [[i + j if i == 0 or j == 0 else 0 for j in range(len(hyp) + 1)] for i in range(len(ref) + 1)]
+    for i in range(1, len(ref) + 1):
+        for j in range(1, len(hyp) + 1):
+            table[i][j] = min(table[i - 1][j] + 1, table[i][j - 1] + 1,
+                              table[i - 1][j - 1] + (ref[i - 1][0] != hyp[j - 1]))
+    errors = {True: 0, False: 0}
+    i, j = len(ref), len(hyp)
+    while i > 0 or j > 0:  # walk the alignment back, charging each edit to a class
+        if i > 0 and j > 0 and table[i][j] == table[i - 1][j - 1] + (ref[i - 1][0] != hyp[j - 1]):
+            errors[ref[i - 1][1]] += ref[i - 1][0] != hyp[j - 1]
+            i, j = i - 1, j - 1
+        elif i > 0 and table[i][j] == table[i - 1][j] + 1:
+            errors[ref[i - 1][1]] += 1
+            i -= 1
+        else:
+            errors[any(ref[k][1] for k in (i - 1, i) if 0 <= k < len(ref))] += 1
+            j -= 1
+    counts = {marked: sum(1 for _, m in ref if m == marked) for marked in (True, False)}
+    return {"marked": (errors[True], counts[True]), "other": (errors[False], counts[False])}

@@ -15,7 +15,16 @@ import json
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 PROTOCOL_VERSION = "1.0"
 SAMPLE_RATE = 16000
@@ -36,6 +45,29 @@ _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 _SERVER = ConfigDict(extra="forbid")
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+
+# Keyterms (session_config.keyterms, a runtime profile's vocabulary): at most this many,
+# each at most this many characters.
+MAX_KEYTERMS = 100
+MAX_KEYTERM_CHARS = 64
+
+
+def _has_control_characters(value: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+
+
+def clean_keyterm(value: str) -> str:
+    """A keyterm as the server keeps it: whitespace runs collapsed, ends trimmed; a
+    ValueError for one that is empty or holds control characters."""
+    if _has_control_characters(value):
+        raise ValueError("must not contain control characters (one term per item)")
+    cleaned = " ".join(value.split())
+    if not cleaned:
+        raise ValueError("must not be empty")
+    return cleaned
+
+
+Keyterm = Annotated[str, StringConstraints(max_length=MAX_KEYTERM_CHARS), AfterValidator(clean_keyterm)]
 
 
 # --- Client → server -------------------------------------------------------------------
@@ -63,11 +95,15 @@ class SessionConfig(BaseModel):
     barge_in_enabled: bool | None = None
     send_legacy_transcription: bool = True
     profile: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    keyterms: list[Keyterm] = Field(
+        default_factory=list, max_length=MAX_KEYTERMS,
+        description=f"Words or phrases to recognise (names of people, products, places): at most "
+                    f"{MAX_KEYTERMS}, each 1-{MAX_KEYTERM_CHARS} characters; they bias partials and finals")
 
     @field_validator("user_id", "conversation_id")
     @classmethod
     def _printable(cls, value: str | None) -> str | None:
-        if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        if value is not None and _has_control_characters(value):
             raise ValueError("must not contain control characters")
         return value
 
@@ -194,6 +230,7 @@ class EffectiveConfig(BaseModel):
     barge_in_enabled: bool
     send_legacy_transcription: bool
     profile: str | None
+    keyterms: list[str]
 
 
 class SessionStartedData(BaseModel):

@@ -13,6 +13,7 @@ from django.db import models, transaction
 from django.db.models import Q
 
 from stt.languages import normalize_language
+from stt.messages import MAX_KEYTERM_CHARS, MAX_KEYTERMS, clean_keyterm
 
 
 class SessionRecord(models.Model):
@@ -211,6 +212,11 @@ class RuntimeProfile(models.Model):
                                                      help_text="[MAX_SESSION_ERRORS]")
     default_language = models.CharField(max_length=16, blank=True,
                                         help_text="Language for sessions that set none (blank: auto/model's).")
+    vocabulary = models.TextField(
+        blank=True,
+        help_text=f"Keyterms for every session of this profile, one word or phrase per line (names of people, "
+                  f"products, places; at most {MAX_KEYTERMS}, each at most {MAX_KEYTERM_CHARS} characters). "
+                  f"They follow a session's own keyterms in the decoder prompt, and reach running sessions too.")
     updated_at = models.DateTimeField(auto_now=True)
 
     # The tunables, in form order; each maps to the setting of the same name, upper-cased.
@@ -241,6 +247,10 @@ class RuntimeProfile(models.Model):
         bound = self.max_silence_duration or settings.MAX_SILENCE_DURATION
         if final is not None and final > bound:
             errors["final_chunk_duration"] = f"must be at most the maximum silence duration ({bound} s)"
+        try:
+            self.vocabulary = "\n".join(checked_vocabulary(self.vocabulary))
+        except ValueError as exc:
+            errors["vocabulary"] = str(exc)
         if errors:
             raise ValidationError(errors)
 
@@ -259,7 +269,32 @@ class RuntimeProfile(models.Model):
         values = {name: getattr(self, name) for name in self.TUNABLES if getattr(self, name) is not None}
         if self.default_language:
             values["default_language"] = self.default_language
+        terms = vocabulary_terms(self.vocabulary)
+        if terms:
+            values["vocabulary"] = tuple(terms)
         return values
+
+
+def vocabulary_terms(text: str) -> list[str]:
+    """A profile's vocabulary as its terms: one per line, whitespace tidied, blank lines skipped."""
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+def checked_vocabulary(text: str) -> list[str]:
+    """The terms of a vocabulary an admin typed, or a ValueError saying what is wrong."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > MAX_KEYTERMS:
+        raise ValueError(f"at most {MAX_KEYTERMS} terms (one per line); there are {len(lines)}")
+    terms = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            term = clean_keyterm(line.replace("\t", " "))
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from None
+        if len(term) > MAX_KEYTERM_CHARS:
+            raise ValueError(f"line {number} is longer than {MAX_KEYTERM_CHARS} characters: {term[:20]}…")
+        terms.append(term)
+    return terms
 
 
 class Refinement(models.Model):

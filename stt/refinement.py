@@ -2,8 +2,9 @@
 
 The streamed final is decided in a few hundred milliseconds by a small model; a worker
 later decodes the same audio with REFINE_MODEL (Whisper base by default) at beam 5 with
-word timestamps and the language passed explicitly, and stores the result beside the
-live text with the word-level difference.
+word timestamps, the language passed explicitly and the live final's prompt (its
+keyterms, kept in the utterance's decode facts), and stores the result beside the live
+text with the word-level difference.
 
 - One model per process, loaded on first use and kept (`get_refiner`), never per task.
 - Long audio goes in chunks of at most REFINE_CHUNK_SECONDS, cut at the quietest moment
@@ -91,7 +92,8 @@ class Refiner:
             return self._model
 
     def transcribe(self, audio: np.ndarray, language: str,
-                   on_chunk: Callable[[int, int], None] | None = None) -> RefinedTranscript:
+                   on_chunk: Callable[[int, int], None] | None = None, prompt: str = "") -> RefinedTranscript:
+        """`prompt`: the live final's decoder prompt (its keyterms), read before each chunk."""
         model = self.model()
         if not model.model.is_multilingual and language != "en":
             raise RefinementFailed(f"{self.model_reference} is English-only; the utterance is {language!r}")
@@ -105,7 +107,7 @@ class Refiner:
             started = time.perf_counter()
             segments, _ = model.transcribe(
                 audio[start:end], language=language, beam_size=self.beam_size, word_timestamps=True,
-                condition_on_previous_text=False, vad_filter=False,
+                condition_on_previous_text=False, vad_filter=False, initial_prompt=prompt.strip() or None,
             )
             segments = list(segments)  # the decode happens here
             decoding += time.perf_counter() - started
@@ -218,7 +220,9 @@ def run_refinement(utterance_id: str, model_name: str, task_id: str = "",
     try:
         audio = load_utterance_audio(utterance)
         language = refinement_language(utterance)
-        result = refiner.transcribe(audio, language, progress)
+        # The keyterms the live final was decoded with: the comparison is then about the model.
+        prompt = (utterance.decode or {}).get("prompt") or ""
+        result = refiner.transcribe(audio, language, progress, prompt=prompt)
     except PASSING_FAILURES:
         raise  # the task retries these (database away) or records them (time limit)
     except Exception as exc:

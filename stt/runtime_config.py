@@ -54,6 +54,8 @@ class RuntimeValues:
     gpu_failure_threshold: int
     max_session_errors: int
     default_language: str | None
+    # Keyterms of the profile (its vocabulary), merged after a session's own keyterms.
+    vocabulary: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls) -> "RuntimeValues":
@@ -88,7 +90,9 @@ class RuntimeValues:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values["vocabulary"] = list(self.vocabulary)  # as JSON carries it
+        return values
 
 
 def _load_profiles() -> tuple[dict[str, dict[str, Any]], str | None]:

@@ -24,11 +24,16 @@ class RuntimeProfileAdmin(admin.ModelAdmin):
                                                    "final_chunk_duration", "max_silence_duration",
                                                    "max_utterance_duration")}),
         ("Decoding", {"fields": ("partial_beam_size", "final_beam_size", "default_language")}),
+        ("Vocabulary", {"fields": ("vocabulary",),
+                        "description": "Keyterms that bias every partial and final of the profile's sessions "
+                                       "(Whisper's prompt): the session's own keyterms first, then these, as many "
+                                       "as fit in STT_PROMPT_MAX_TOKENS tokens."}),
         ("Limits and error thresholds", {"fields": ("max_connections", "max_session_errors",
                                                     "transcription_failure_threshold", "gpu_failure_threshold")}),
         ("In force", {"fields": ("effective_values", "updated_at"),
                       "description": "New sessions pick up a saved change within "
-                                     "RUNTIME_CONFIG_REFRESH_SECONDS, in every server process."}),
+                                     "RUNTIME_CONFIG_REFRESH_SECONDS, in every server process; running "
+                                     "sessions pick up the vocabulary (only) within the same time."}),
     )
 
     @admin.display(description="effective values (empty fields inherit the server settings)")

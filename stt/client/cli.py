@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 import numpy as np
+from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 
 from stt import messages
@@ -90,7 +91,14 @@ async def stream_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> 
         chosen["language"] = args.language
     if args.no_partials:
         chosen["enable_partial_transcription"] = False
-    config = SessionConfig(**chosen)
+    if args.keyterm:
+        chosen["keyterms"] = args.keyterm
+    try:
+        config = SessionConfig(**chosen)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"stt.client: {problems}", file=sys.stderr)
+        return EXIT_USAGE
     if args.mic:
         source: Any = _microphone(args.device)
         total, pace = None, None  # a microphone paces itself
@@ -203,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--pace", type=float, default=1.0, help="1.0 = real time (default), 2.0 = twice as fast")
     stream.add_argument("--fast", action="store_true", help="send as fast as the server takes it")
     stream.add_argument("--no-partials", action="store_true", help="finals only")
+    stream.add_argument("--keyterm", action="append", default=[], metavar="TERM",
+                        help="a name or phrase to spell right (repeat for more, at most 100)")
     stream.add_argument("--retries", type=int, default=5, help="connection attempts (default 5)")
 
     perf = commands.add_parser("perf", parents=[common], help="measure latency with simulated clients")

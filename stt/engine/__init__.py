@@ -10,6 +10,7 @@ How it is fast on a small CPU: short encoder windows and token caps (decoding.py
 one priority queue with finals first, batches, and a result cache (scheduler.py).
 
   types.py          what it takes and gives (DecodeOptions, Transcript, EngineInfo...)
+  prompt.py         the decoder prompt from keyterms and context, within a token budget
   loading.py        which model, on which device; loading it; the CPU stand-in copy
   decoding.py       pure decode functions: windows, token caps, loop trimming, words
   jobs.py           a queued job, the result cache, the batch limit, admissions
@@ -24,6 +25,14 @@ one priority queue with finals first, batches, and a result cache (scheduler.py)
 from stt.engine.decoding import is_doubled, trim_repetition, window_seconds
 from stt.engine.holder import build_engine_from_settings, get_engine, replace_engine
 from stt.engine.loading import BUNDLED_MODELS, pick_device, resolve_model
+from stt.engine.prompt import (
+    MAX_KEYTERM_CHARS,
+    MAX_KEYTERMS,
+    ComposedPrompt,
+    compose_prompt,
+    merge_keyterms,
+    token_counter,
+)
 from stt.engine.speech_engine import SpeechEngine
 from stt.engine.types import (
     AudioSource,
@@ -38,7 +47,8 @@ from stt.engine.types import (
 )
 
 __all__ = [
-    "AudioSource", "BUNDLED_MODELS", "DecodeOptions", "EngineInfo", "EngineStats", "JobKind", "Piece",
-    "SpeechEngine", "Superseded", "Transcript", "Word", "build_engine_from_settings", "get_engine",
-    "is_doubled", "pick_device", "replace_engine", "resolve_model", "trim_repetition", "window_seconds",
+    "AudioSource", "BUNDLED_MODELS", "ComposedPrompt", "DecodeOptions", "EngineInfo", "EngineStats", "JobKind",
+    "MAX_KEYTERMS", "MAX_KEYTERM_CHARS", "Piece", "SpeechEngine", "Superseded", "Transcript", "Word",
+    "build_engine_from_settings", "compose_prompt", "get_engine", "is_doubled", "merge_keyterms", "pick_device",
+    "replace_engine", "resolve_model", "token_counter", "trim_repetition", "window_seconds",
 ]

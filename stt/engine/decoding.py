@@ -13,6 +13,7 @@ stock long-form path.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, Sequence
@@ -113,6 +114,15 @@ def is_doubled(tokens: list[int]) -> bool:
     tiny models hallucinates on a clip; the stock long-form decode does not."""
     half, odd = divmod(len(tokens), 2)
     return not odd and half >= 4 and tokens[:half] == tokens[half:]
+
+
+def says_it_twice(text: str) -> bool:
+    """The text is one phrase of 3+ words said twice, case and punctuation aside ("And so,
+    my fellow Americans. And so, my fellow Americans"): the same hallucination as
+    is_doubled, which a prompt can dress with different punctuation in each half."""
+    words = re.findall(r"[\w']+", text.lower())
+    half, odd = divmod(len(words), 2)
+    return not odd and half >= 3 and words[:half] == words[half:]
 
 
 def compression_ratio(text: str) -> float:
@@ -218,12 +228,17 @@ def _generate(model: Any, tokenizer: Any, jobs: Sequence[Decodable], encoded: An
         text = tokenizer.decode(tokens).strip()
         if result.no_speech_prob > NO_SPEECH_PROB and score < LOW_LOGPROB:
             tokens, text = [], ""
-        suspicious = compression_ratio(text) > MAX_COMPRESSION_RATIO or is_doubled(tokens[prefix_length:])
-        if job.kind is not JobKind.PARTIAL and text and suspicious:
+        if job.kind is not JobKind.PARTIAL and text and _suspicious(tokenizer, text, tokens[prefix_length:]):
             drafts.append(None)
             continue
         drafts.append(_Draft(text, tokens, score))
     return drafts
+
+
+def _suspicious(tokenizer: Any, text: str, new_tokens: list[int]) -> bool:
+    """A short-window result that loops or says it all twice (to be redone the long way)."""
+    return (compression_ratio(text) > MAX_COMPRESSION_RATIO or is_doubled(new_tokens)
+            or says_it_twice(tokenizer.decode(new_tokens)))
 
 
 def _align(model: Any, tokenizer: Any, jobs: Sequence[Decodable], drafts: list[_Draft | None],

@@ -15,7 +15,8 @@ from stt.errors import SttError
 from stt.languages import normalize_language
 from stt.persistence import SessionFacts, session_write
 from stt.protocol import envelope, utc_timestamp
-from stt.session.state import CloseCode, SessionState, spawn
+from stt.session.keyterms import SessionKeyterms
+from stt.session.state import CloseCode, spawn
 from stt.streaming import FinalReason, FinalResult, StreamingTranscriber
 
 logger = logging.getLogger("stt.session")
@@ -36,7 +37,7 @@ def check_language(info: EngineInfo | None, language: str | None, field: str) ->
         )
 
 
-class ControlHandlers(SessionState):
+class ControlHandlers(SessionKeyterms):
     """`_on_<type>` for each client message type; SttSession.on_text dispatches."""
 
     def _require_started(self) -> None:
@@ -67,6 +68,7 @@ class ControlHandlers(SessionState):
             await self.fail(error, CloseCode.INTERNAL_ERROR)
             return
         check_language(info, config.language, "language")
+        self._check_keyterms(config, config.language or self.context.language_context)
         self.config, self.raw_config, self.runtime = config, raw, runtime
         if config.session_id:
             self._session_id = config.session_id
@@ -92,6 +94,7 @@ class ControlHandlers(SessionState):
         assert self.config is not None and self.stream is not None
         updated = self.config.merged(message.config, max_silence=self.runtime.max_silence_duration)
         check_language(self.engine.info, updated.language, "language")
+        self._check_keyterms(updated, updated.language or self.context.language_context)
         changed = sorted(k for k, v in updated.model_dump().items() if v != getattr(self.config, k))
         self.config = updated
         self.stream.reconfigure(self._stream_params())

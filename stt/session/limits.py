@@ -53,7 +53,8 @@ class SessionLimits(SessionState):
 
     async def _watch_limits(self) -> None:
         """Ends a session that went quiet (SESSION_IDLE_TIMEOUT) or ran too long
-        (MAX_SESSION_DURATION, with a warning SESSION_END_WARNING before)."""
+        (MAX_SESSION_DURATION, with a warning SESSION_END_WARNING before); on the same
+        beat, takes up a change of its profile's vocabulary."""
         warned = False
         while not self._ending:
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
@@ -63,6 +64,7 @@ class SessionLimits(SessionState):
                 await self._send_error(SttError("idle_timeout", f"nothing received for {idle_limit:g} s"))
                 await self.end(FinalReason.SESSION_END, ended_reason="idle_timeout")
                 return
+            await self._follow_vocabulary()
             longest = settings.MAX_SESSION_DURATION
             if not longest or self.started_at is None:
                 continue

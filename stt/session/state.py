@@ -149,7 +149,14 @@ class SessionState:
     def _stream_params(self) -> StreamParams:
         assert self.config is not None
         language = self.config.language or self.context.language_context
-        return StreamParams.from_config(self.config, language=language, runtime=self.runtime)
+        return StreamParams.from_config(self.config, language=language, runtime=self.runtime,
+                                        prompt=self._decoder_prompt(language))
+
+    def _decoder_prompt(self, language: str | None) -> str:
+        raise NotImplementedError  # SessionKeyterms
+
+    async def _follow_vocabulary(self) -> None:
+        raise NotImplementedError  # SessionKeyterms
 
     # --- transport -----------------------------------------------------------------
 

@@ -78,6 +78,9 @@ class _Progress:
 class _PendingFinal:
     closed: UtteranceClosed
     progress: _Progress
+    # Decoded with the options in force when the utterance closed (a configure that
+    # arrives while it waits for the model applies to the next one).
+    options: DecodeOptions
     # Resolved once the listener has been given this utterance's final.
     delivered: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -177,13 +180,14 @@ class StreamingTranscriber:
     def _queue_final(self, closed: UtteranceClosed) -> _PendingFinal:
         if self._partial_for is closed.utterance:
             self._partial_for = None
-        pending = _PendingFinal(closed, self._progress_of(closed.utterance))
+        pending = _PendingFinal(closed, self._progress_of(closed.utterance), self._final_options())
         self._finals.append(pending)
         self._final_wake.set()
         return pending
 
     def _final_options(self) -> DecodeOptions:
-        return DecodeOptions.final(self.params.language, self.params.word_timestamps, self.params.final_beam_size)
+        p = self.params
+        return DecodeOptions.final(p.language, p.word_timestamps, p.final_beam_size, prompt=p.prompt)
 
     def _progress_of(self, utterance: Utterance) -> _Progress:
         return self._progress.setdefault(utterance, _Progress())
@@ -287,7 +291,8 @@ class StreamingTranscriber:
             return buffer.slice(start, buffer.end)
 
         agreement = progress.agreement
-        options = DecodeOptions.partial(self.params.language, agreement.prefix_tokens, self.params.partial_beam_size)
+        p = self.params
+        options = DecodeOptions.partial(p.language, agreement.prefix_tokens, p.partial_beam_size, prompt=p.prompt)
         try:
             transcript = await self.engine.transcribe(latest_audio, options, stream_key=self._key)
         except Superseded:
@@ -345,7 +350,7 @@ class StreamingTranscriber:
     async def _run_final(self, pending: _PendingFinal) -> FinalResult:
         closed, progress = pending.closed, pending.progress
         utterance = closed.utterance
-        options = self._final_options()
+        options = pending.options
         transcript, error = await self._transcribe_with_retries(closed.audio, options)
         elapsed = time.perf_counter() - closed.closed_at
         audio_samples = closed.end - utterance.start
@@ -404,6 +409,7 @@ def _decode_facts(options: DecodeOptions, transcript: Transcript | None) -> dict
         "beam_size": options.beam_size,
         "word_timestamps": options.word_timestamps,
         "language": options.language,
+        "prompt": options.prompt,  # what biased it (keyterms), "" for none
         "window_seconds": transcript.window_seconds if transcript else None,
         "speculative": bool(transcript and transcript.cached),
         # This final's share of its (possibly batched) decode: the real-time factor.

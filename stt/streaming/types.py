@@ -46,12 +46,15 @@ class StreamParams:
     speculative_finals: bool
     partial_beam_size: int
     final_beam_size: int
+    # The decoder prompt of every partial and final (keyterms; stt.engine.compose_prompt).
+    # Kept as is between configure calls: jobs batch and share results only with an equal prompt.
+    prompt: str = ""
 
     @classmethod
     def from_config(cls, config: SessionConfig, language: str | None = None,
-                    runtime: RuntimeValues | None = None) -> "StreamParams":
+                    runtime: RuntimeValues | None = None, prompt: str = "") -> "StreamParams":
         """The session's config, with the tunables of its runtime profile (default: the
-        server settings)."""
+        server settings) and the decoder prompt composed for it."""
         runtime = runtime or RuntimeValues.from_settings()
         return cls(
             enable_vad=config.enable_vad,
@@ -69,6 +72,7 @@ class StreamParams:
             speculative_finals=settings.STT_SPECULATIVE_FINALS,
             partial_beam_size=runtime.partial_beam_size,
             final_beam_size=runtime.final_beam_size,
+            prompt=prompt,
         )
 
     @property

@@ -182,6 +182,8 @@ class TestRuntimeProfiles:
         ({"final_chunk_duration": "1.5", "max_silence_duration": "1.0"}, "final_chunk_duration", "at most"),
         ({"default_language": "klingon"}, "default_language", "unknown language"),
         ({"final_beam_size": "0"}, "final_beam_size", "greater than or equal to 1"),
+        ({"vocabulary": "Zyphora\n" + "x" * 65}, "vocabulary", "line 2 is longer than 64 characters"),
+        ({"vocabulary": "\n".join(f"term {i}" for i in range(101))}, "vocabulary", "at most 100 terms"),
     ])
     def test_invalid_values_are_refused_with_a_message(self, admin_client, values, field, message):
         response = admin_client.post(self.url, self.form(**values))
@@ -189,6 +191,14 @@ class TestRuntimeProfiles:
         errors = response.context["adminform"].form.errors
         assert field in errors and message in " ".join(errors[field])
         assert not RuntimeProfile.objects.exists()
+
+    def test_a_vocabulary_is_typed_one_term_per_line(self, admin_client):
+        response = admin_client.post(self.url, self.form(vocabulary="Siobhan  Nakamura\r\n\r\nZyphora\r\n"))
+        assert response.status_code == 302
+        profile = RuntimeProfile.objects.get(name="office")
+        assert profile.overrides()["vocabulary"] == ("Siobhan Nakamura", "Zyphora")
+        page = listed(admin_client.get(reverse("admin:stt_runtimeprofile_change", args=[profile.pk])))
+        assert "Siobhan Nakamura" in page and "<code>vocabulary</code>" in page
 
     def test_a_new_default_replaces_the_old_one_from_the_admin(self, admin_client):
         RuntimeProfile.objects.create(name="old", is_default=True)

@@ -53,3 +53,21 @@ def test_saving_a_new_default_retires_the_old_one():
     first.refresh_from_db()
     assert not first.is_default
     assert list(RuntimeProfile.objects.filter(is_default=True).values_list("name", flat=True)) == ["second"]
+
+
+class TestVocabulary:
+    def test_one_term_per_line_tidied_blank_lines_skipped(self):
+        profile = RuntimeProfile(name="p", vocabulary="Siobhan   Nakamura\n\n  Zyphora \r\nReykjavík\n")
+        profile.full_clean()
+        assert profile.vocabulary == "Siobhan Nakamura\nZyphora\nReykjavík"
+        assert profile.overrides() == {"vocabulary": ("Siobhan Nakamura", "Zyphora", "Reykjavík")}
+
+    def test_an_empty_vocabulary_overrides_nothing(self):
+        profile = RuntimeProfile(name="p", vocabulary="\n  \n")
+        profile.full_clean()
+        assert profile.overrides() == {}
+
+    def test_a_hundred_terms_of_sixty_four_characters_at_most(self):
+        RuntimeProfile(name="p", vocabulary="\n".join(f"{i:03d}" + "x" * 61 for i in range(100))).full_clean()
+        for vocabulary in ("\n".join(f"term {i}" for i in range(101)), "short\n" + "x" * 65, "tab\x00bed"):
+            assert "vocabulary" in invalid_fields(vocabulary=vocabulary)

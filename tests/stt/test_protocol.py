@@ -146,6 +146,47 @@ class TestSessionConfig:
         assert config.merged({"user_id": "u1"}).user_id == "u1", "restating the same value is fine"
 
 
+class TestKeyterms:
+    def test_none_by_default_and_a_list_of_names_is_kept_tidied(self):
+        assert protocol.validate_config({}).keyterms == []
+        config = protocol.validate_config({"keyterms": ["Siobhan  Nakamura ", "Zyphora", "Reykjavík"]})
+        assert config.keyterms == ["Siobhan Nakamura", "Zyphora", "Reykjavík"]
+
+    def test_a_hundred_terms_of_sixty_four_characters_are_accepted(self):
+        terms = [f"{index:03d}" + "x" * 61 for index in range(100)]
+        assert protocol.validate_config({"keyterms": terms}).keyterms == terms
+
+    @pytest.mark.parametrize("keyterms, field, words", [
+        ("Siobhan", "keyterms", "valid list"),
+        (None, "keyterms", "valid list"),
+        ({"name": "Siobhan"}, "keyterms", "valid list"),
+        (["Siobhan", 7], "keyterms.1", "valid string"),
+        (["Siobhan", ""], "keyterms.1", "must not be empty"),
+        (["   "], "keyterms.0", "must not be empty"),
+        (["Siobhan\nNakamura"], "keyterms.0", "control characters"),
+        (["x" * 65], "keyterms.0", "at most 64 characters"),
+        (["term"] * 101, "keyterms", "at most 100 items"),
+    ])
+    def test_bad_keyterms_are_refused_naming_the_item(self, keyterms, field, words):
+        with pytest.raises(SttError) as caught:
+            protocol.validate_config({"keyterms": keyterms})
+        error = caught.value.to_payload()
+        assert (error["code"], error["field"], error["recoverable"]) == ("invalid_config", field, True)
+        assert words in error["message"]
+
+    def test_configure_replaces_the_list_and_a_bad_list_changes_nothing(self):
+        config = protocol.validate_config({"keyterms": ["Siobhan Nakamura"]})
+        assert config.merged({"keyterms": ["Zyphora"]}).keyterms == ["Zyphora"]
+        assert config.merged({"keyterms": []}).keyterms == []
+        with pytest.raises(SttError):
+            config.merged({"keyterms": ["Zyphora", ""]})
+        assert config.keyterms == ["Siobhan Nakamura"]
+
+    def test_context_update_does_not_take_keyterms(self):
+        error = rejection({"type": "context_update", "data": {"keyterms": ["Zyphora"]}})
+        assert (error.code, error.field) == ("invalid_message", "data.keyterms")
+
+
 def test_timestamps_are_iso8601_utc_with_milliseconds():
     stamp = protocol.utc_timestamp()
     assert stamp.endswith("Z") and "T" in stamp and len(stamp) == len("2024-01-15T10:30:00.000Z")

@@ -27,7 +27,7 @@ def refiner() -> Refiner:
     return refiner
 
 
-def make_utterance(text: str, audio: np.ndarray | None, language: str = "en") -> Utterance:
+def make_utterance(text: str, audio: np.ndarray | None, language: str = "en", decode: dict | None = None) -> Utterance:
     session = SessionRecord.objects.create(session_id="s-1", started_at=NOW, config={"language": language})
     utterance_id = uuid.uuid4()
     name = ""
@@ -37,7 +37,7 @@ def make_utterance(text: str, audio: np.ndarray | None, language: str = "en") ->
         utterance_id=utterance_id, session=session, text=text, language=language, start_ms=0,
         end_ms=round(len(audio) / 16) if audio is not None else 1000,
         audio_duration_ms=round(len(audio) / 16) if audio is not None else 1000,
-        final_latency_ms=400, model="tiny.en", audio=name, created_at=NOW)
+        final_latency_ms=400, model="tiny.en", audio=name, created_at=NOW, decode=decode or {})
 
 
 class TestChunks:
@@ -107,6 +107,17 @@ class TestRunRefinement:
         assert refinement.chunks_done == refinement.chunks_total == 1
         assert refinement.processing_ms > 0 and 0 < refinement.real_time_factor < 1
         assert utterance.text == live, "the streamed text is kept as it was"
+
+    def test_the_live_finals_keyterms_prompt_the_refinement_too(self, refiner, speak):
+        audio = speak("Please send the invoice to Siobhan Nakamura today.")
+        texts = {}
+        for prompt in ("", "Siobhan Nakamura, Zyphora."):
+            utterance = make_utterance("Please send the invoice to Siobhan Nakamura today.", audio,
+                                       decode={"beam_size": 5, "prompt": prompt})
+            run_refinement(str(utterance.utterance_id), "base", refiner=refiner)
+            texts[prompt] = Refinement.objects.get(utterance=utterance).text
+        assert "Siobhan" not in texts[""]  # base hears "Shivon Akamura"
+        assert "Siobhan Nakamura" in texts["Siobhan Nakamura, Zyphora."]
 
     def test_a_second_delivery_changes_nothing(self, refiner, jfk_audio):
         utterance = make_utterance(JFK_TEXT, jfk_audio)

@@ -18,6 +18,7 @@ from stt.engine.decoding import (
     is_doubled,
     is_silent,
     merge_punctuation,
+    says_it_twice,
     token_cap,
     trim_repetition,
     window_seconds,
@@ -46,6 +47,12 @@ class TestShortWindows:
         # "thank you thank you", ended normally: two rounds only, and no cap was hit.
         assert trim_repetition([5, 6, 5, 6], hit_cap=False) == [5, 6, 5, 6]
         assert trim_repetition([1, 2, 3, 4, 5], hit_cap=True) == [1, 2, 3, 4, 5]
+
+    def test_a_phrase_said_twice_is_suspect_whatever_its_punctuation(self):
+        assert says_it_twice("And so, my fellow Americans. And so, my fellow Americans")
+        assert not says_it_twice("Thank you. Thank you.")  # two words: real speech says that
+        assert not says_it_twice("And so my fellow Americans, ask not what your country can do")
+        assert not says_it_twice("")
 
     def test_a_whole_output_said_twice_is_suspect_but_a_short_repeat_is_not(self):
         assert is_doubled([843, 523, 616, 5891, 3399, 13] * 2)  # "And so my fellow Americans." twice
@@ -145,6 +152,13 @@ class TestDecodeBatch:
         assert not partial.redone
         (speculative,) = decode(tiny, Clip(clip, DecodeOptions.final("en", True), kind=JobKind.SPECULATIVE))
         assert speculative.redone, "a speculative final is checked like the final it stands for"
+
+    def test_a_final_a_prompt_made_say_it_twice_is_redone_too(self, tiny, jfk_audio):
+        # 2.3 s of "And so my fellow Americans" with "Americans." as the prompt: the short window
+        # says "And so, my fellow Americans. And so, my fellow Americans" (the tokens differ by a period).
+        clip = jfk_audio[int(0.152 * 16000):int(2.44 * 16000)]
+        (final,) = decode(tiny, Clip(clip, DecodeOptions.final("en", True, prompt="Americans.")))
+        assert final.redone and word_error_rate("And so my fellow Americans.", final.text) == 0.0
 
     def test_noise_is_not_speech(self, tiny):
         noise = (np.random.default_rng(0).standard_normal(32000) * 0.05).astype(np.float32)

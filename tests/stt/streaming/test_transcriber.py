@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -66,13 +67,15 @@ async def stream(engine, audio: np.ndarray, frame: int = 1024, close: bool = Tru
     return transcriber, recorder
 
 
-async def stream_paced(engine, audio: np.ndarray, **config) -> Recorder:
+async def stream_paced(engine, audio: np.ndarray, prompt: str = "", frame_pause: float = 0.015,
+                       **config) -> Recorder:
     """Stream like a live client (frames spaced out), so the partial path gets its turns."""
     recorder = Recorder()
-    transcriber = StreamingTranscriber(StreamParams.from_config(validate_config(config)), engine, recorder)
+    params = StreamParams.from_config(validate_config(config), prompt=prompt)
+    transcriber = StreamingTranscriber(params, engine, recorder)
     for start in range(0, audio.size, 1024):
         await transcriber.push_audio(audio[start:start + 1024])
-        await asyncio.sleep(0.015)
+        await asyncio.sleep(frame_pause)
     await transcriber.close(FinalReason.SESSION_END)
     return recorder
 
@@ -191,6 +194,36 @@ class TestUtterances:
         _, recorder = await stream(engine, jfk_audio, enable_partial_transcription=False)
         assert recorder.of(PartialResult) == []
         assert recorder.finals
+
+
+class TestPrompt:
+    """The decoder prompt (keyterms) steers partials and finals alike."""
+
+    SENTENCE = "Please send the invoice to Siobhan Nakamura today."
+
+    async def test_partials_and_the_final_spell_the_keyterm_only_with_the_prompt(self, engine, speak):
+        audio = np.concatenate([silence(0.3), speak(self.SENTENCE), silence(1.0)])
+        real_time = 1024 / SAMPLE_RATE  # a short sentence: its partials need the time a live client gives
+        plain = await stream_paced(engine, audio, frame_pause=real_time)
+        steered = await stream_paced(engine, audio, prompt="Siobhan Nakamura.", frame_pause=real_time)
+        assert plain.of(PartialResult) and steered.of(PartialResult)
+        assert not any("Siobhan" in p.text for p in plain.of(PartialResult)) and "Siobhan" not in plain.final_text
+        assert any("Siobhan" in p.text for p in steered.of(PartialResult))
+        assert "Siobhan Nakamura" in steered.final_text
+        assert steered.finals[0].decode["prompt"] == "Siobhan Nakamura." and plain.finals[0].decode["prompt"] == ""
+
+    async def test_a_new_prompt_applies_to_utterances_that_close_after_it(self, engine, speak):
+        recorder = Recorder()
+        transcriber = StreamingTranscriber(StreamParams.from_config(validate_config({})), engine, recorder)
+        audio = np.concatenate([speak(self.SENTENCE), silence(1.0)])
+        for start in range(0, audio.size, 1024):
+            await transcriber.push_audio(audio[start:start + 1024])
+        transcriber.reconfigure(replace(transcriber.params, prompt="Siobhan Nakamura."))
+        for start in range(0, audio.size, 1024):
+            await transcriber.push_audio(audio[start:start + 1024])
+        await transcriber.close(FinalReason.SESSION_END)
+        first, second = recorder.finals
+        assert "Siobhan" not in first.transcript.text and "Siobhan Nakamura" in second.transcript.text
 
 
 class TestFlushInterruptAndLimits:
