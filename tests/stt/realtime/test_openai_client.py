@@ -64,7 +64,14 @@ async def events_until(connection, done, timeout: float = 60.0) -> list[dict]:
     events: list[dict] = []
     async with asyncio.timeout(timeout):
         while not done(events):
-            events.append(json.loads(await connection.recv_bytes()))
+            # Polled, not awaited for good: `done` may also turn on the sender finishing
+            # after the last event has come.
+            receiving = asyncio.ensure_future(connection.recv_bytes())
+            finished, _ = await asyncio.wait({receiving}, timeout=0.5)
+            if not finished:
+                receiving.cancel()
+                continue
+            events.append(json.loads(receiving.result()))
     return events
 
 
