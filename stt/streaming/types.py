@@ -49,6 +49,9 @@ class StreamParams:
     # The decoder prompt of every partial and final (keyterms; stt.engine.compose_prompt).
     # Kept as is between configure calls: jobs batch and share results only with an equal prompt.
     prompt: str = ""
+    # Semantic endpointing (stt.streaming.endpointing): "off" (a fixed end silence),
+    # "low", "medium" or "high" (how soon a finished-sounding sentence ends the utterance).
+    eagerness: str = "medium"
 
     @classmethod
     def from_config(cls, config: SessionConfig, language: str | None = None,

@@ -26,7 +26,7 @@ from stt.engine.decoding import (
 )
 from stt.engine.loading import create_model
 from stt.engine.types import SAMPLE_RATE
-from stt.evaluation import word_error_rate
+from stt.evaluation import normalize_text, word_error_rate
 from tests.conftest import JFK_TEXT, silence
 
 
@@ -170,7 +170,8 @@ class TestDecodeBatch:
         long = np.concatenate([jfk_audio, jfk_audio, jfk_audio])  # 33 s
         assert bucket(long) is None
         (result,) = decode(tiny, Clip(long, DecodeOptions.partial("en")))
-        assert result.text.lower().count("ask not") == 3 and not result.redone
+        # Punctuation varies between CPUs ("ask, not"); the words of all three copies must be there.
+        assert " ".join(normalize_text(result.text)).count("ask not") == 3 and not result.redone
 
     def test_a_temperature_samples_on_the_stock_path_and_zero_keeps_the_beam_search(self, tiny, jfk_audio):
         (greedy,) = decode(tiny, Clip(jfk_audio, DecodeOptions.file("en", True)))
