@@ -50,9 +50,10 @@ class DecodeOptions:
 
     @classmethod
     def final(cls, language: str | None, word_timestamps: bool, beam_size: int | None = None,
-              prompt: str = "") -> "DecodeOptions":
+              prompt: str = "", prefix: tuple[int, ...] = ()) -> "DecodeOptions":
+        """`prefix`: the words a stream's partials committed, which the final must keep."""
         return cls(JobKind.FINAL, beam_size or settings.STT_FINAL_BEAM_SIZE, word_timestamps, language,
-                   prompt=prompt)
+                   prefix, prompt)
 
     @classmethod
     def file(cls, language: str | None, word_timestamps: bool, prompt: str = "",

@@ -70,11 +70,26 @@ class LocalAgreement:
     def unstable_text(self) -> str:
         return "".join(p.text for p in self.tentative).strip()
 
-    def update(self, pieces: tuple[Piece, ...], forced_prefix: bool) -> tuple[str, str]:
-        """insert() then flush(); returns (stable text, unstable text)."""
+    def update(self, pieces: tuple[Piece, ...], forced_prefix: bool, commit: bool = True) -> tuple[str, str]:
+        """insert() then flush() (only a look at the hypothesis when `commit` is False:
+        the committed words are frozen while the final is decoded on them); returns
+        (stable text, unstable text)."""
         self.insert(pieces, forced_prefix)
-        self.flush()
+        if commit:
+            self.flush()
+        else:
+            self.tentative, self._new = self._new, []
         return self.stable_text, self.unstable_text
+
+
+def keep_committed(committed: str, final_text: str) -> str:
+    """The final's text starting with the committed words. A final decoded with them as
+    its forced prefix already does; one decoded without (too long to force, or redone
+    the long way) has its first words replaced by them, as many as were committed."""
+    committed_words, final_words = committed.split(), final_text.split()
+    if not committed_words or _norm(" ".join(final_words[:len(committed_words)])) == _norm(committed):
+        return final_text
+    return " ".join(committed_words + final_words[len(committed_words):])
 
 
 def _norm(text: str) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 
 from stt.audio import rms_energy, seconds_to_samples
 from stt.streaming.audio_buffer import AudioBuffer
+from stt.streaming.endpointing import judgement_silence
 from stt.streaming.types import FinalReason, SpeechStart, StreamParams, StreamStats
 from stt.vad import CHUNK_SAMPLES, SileroVad
 
@@ -50,16 +51,30 @@ class Utterance:
     closed: bool = False
     discarded: bool = False
     speculated_end: int = -1  # last_speech_end of the last speculative final
+    judged_end: int = -1  # last_speech_end of the last final decoded for the endpoint judgement
+    # Set by the endpoint judgement (Segmenter.endpoint) for the speech up to judged_end:
+    # the silence that ends the utterance, and where (None: the usual padded end).
+    required_silence: int | None = None
+    endpoint_end: int | None = None
     vad_history: deque = field(default_factory=lambda: deque(maxlen=int(CUT_SEARCH_SECONDS * 40)))
 
 
 @dataclass(frozen=True, eq=False)  # holds audio: compared by identity
 class SpeculativeFinal:
     """A pause long enough that the utterance probably ends: its final may be decoded
-    now, on exactly this audio, and be ready when the silence runs out."""
+    now, on exactly this audio, and be ready when the silence runs out. A `judge`
+    speculation comes earlier, for semantic endpointing: its text decides how much
+    silence ends the utterance (Segmenter.endpoint), and it ends at `end`."""
 
-    utterance_id: str
+    utterance: Utterance
     audio: np.ndarray
+    end: int
+    speech_end: int  # the utterance's last_speech_end when it was made
+    judge: bool = False
+
+    @property
+    def utterance_id(self) -> str:
+        return self.utterance.utterance_id
 
 
 @dataclass(frozen=True, eq=False)  # holds audio: compared by identity
@@ -148,6 +163,24 @@ class Segmenter:
         self.buffer.clear()
         return utterance
 
+    def endpoint(self, utterance: Utterance, speech_end: int, silence: int, end: int | None) -> UtteranceClosed | None:
+        """Apply the endpoint judgement of the speech up to `speech_end`: `silence`
+        samples of silence end the utterance, at `end` (None: the usual padded end).
+        Ignored when the utterance has closed or speech resumed since; returns the
+        close when that much silence has already passed."""
+        if utterance is not self.current or utterance.last_speech_end != speech_end:
+            return None
+        utterance.required_silence, utterance.endpoint_end = silence, end
+        if self._silence_run < silence:
+            return None
+        padded = min(utterance.last_speech_end + self.params.speech_pad, self.buffer.end)
+        return self.close(FinalReason.SILENCE, end if end is not None else padded)
+
+    @property
+    def silence_samples(self) -> int:
+        """Silence since the open utterance's last speech (VAD on; 0 otherwise)."""
+        return self._silence_run if self.current is not None else 0
+
     def reconfigure(self, params: StreamParams) -> None:
         """Apply new parameters from the next frame on; an open utterance stays open."""
         if params.enable_vad and self._vad is None:
@@ -186,22 +219,40 @@ class Segmenter:
             if probability >= p.vad_threshold - HYSTERESIS:
                 self._silence_run = 0
                 utterance.last_speech_end = window_end
+                utterance.required_silence = utterance.endpoint_end = None  # judged speech went on
                 continue
             self._silence_run += CHUNK_SAMPLES
             self._on_silence(utterance)
 
     def _on_silence(self, utterance: Utterance) -> None:
         p = self.params
-        end = min(utterance.last_speech_end + p.speech_pad, self.buffer.end)
-        if self._silence_run >= p.end_silence:
-            self._emit_close(FinalReason.SILENCE, end)
+        speech_end = utterance.last_speech_end
+        end = min(speech_end + p.speech_pad, self.buffer.end)
+        required = utterance.required_silence if utterance.required_silence is not None else p.end_silence
+        judge_at = judgement_silence(p.eagerness) if p.enable_vad else None
+        judging = judge_at is not None and utterance.judged_end == speech_end
+        if self._silence_run >= required:
+            self._emit_close(FinalReason.SILENCE, end if utterance.endpoint_end is None else utterance.endpoint_end)
+        elif judge_at is not None and self._silence_run >= judge_at and not judging:
+            # Decode the final now (its audio ends here, inside the pad): its text
+            # decides how long this pause must last to end the utterance.
+            utterance.judged_end = speech_end
+            judged = min(speech_end + self._silence_run, end)
+            self._speculate(utterance, judged, judge=True)
         elif (p.speculative_finals and self._silence_run >= p.speculation_silence
-              and utterance.speculated_end != utterance.last_speech_end):
+              and utterance.speculated_end != speech_end
+              and (not judging or (utterance.required_silence is not None and utterance.endpoint_end is None))):
             # Most pauses this long end the utterance: decode its final now, so it
             # is ready (cached) when the silence runs out. Wasted if speech resumes.
+            # While a judgement is pending it decides; a complete one ends earlier.
+            self._speculate(utterance, end)
+
+    def _speculate(self, utterance: Utterance, end: int, judge: bool = False) -> None:
+        if not judge:
             utterance.speculated_end = utterance.last_speech_end
-            self.stats.speculative_finals += 1
-            self._events.append(SpeculativeFinal(utterance.utterance_id, self._final_audio(utterance, end)))
+        self.stats.speculative_finals += 1
+        self._events.append(SpeculativeFinal(utterance, self._final_audio(utterance, end), end,
+                                             utterance.last_speech_end, judge))
 
     def _speech_onset(self, confirmed_at: int) -> SpeechStart:
         p = self.params

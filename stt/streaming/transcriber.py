@@ -9,10 +9,16 @@ pool shared by the process's streams: the event loop, which serves every session
 only schedules it. A stream's frames are segmented one at a time, in order; its
 control calls (flush, interrupt, reconfigure) wait for a frame in progress.
 
-Partials and finals run on two independent paths, so a final never waits behind its
-own stream's partial. Partials are stabilized by LocalAgreement: words that two
-consecutive hypotheses agree on are committed, forced as the decoder's prefix from
-then on, and never revised within the utterance.
+Partials and finals run on two independent paths (finals: stt/streaming/finals.py),
+so a final never waits behind its own stream's partial. Partials are stabilized by
+LocalAgreement: words that two consecutive hypotheses agree on are committed, forced
+as the decoder's prefix from then on (the final's too), and never revised. Partials
+pause while the speaker does.
+
+Semantic endpointing: early in a pause the final is decoded ahead of time, and its
+text decides how much silence ends the utterance (stt/streaming/endpointing.py); a
+finished sentence ends on that very decode. The committed words stay frozen while it
+runs, so the final that follows is the same decode, answered from the engine's cache.
 """
 
 from __future__ import annotations
@@ -23,21 +29,18 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
-from django.conf import settings
 
-from stt.audio import SAMPLE_RATE
-from stt.engine import DecodeOptions, SpeechEngine, Superseded, Transcript
+from stt.audio import SAMPLE_RATE, seconds_to_samples
+from stt.engine import DecodeOptions, SpeechEngine, Superseded
 from stt.errors import SttError
-from stt.streaming.agreement import LocalAgreement
+from stt.streaming.endpointing import JUDGEMENT_SILENCE_SECONDS, Completeness, completeness, required_silence
+from stt.streaming.finals import FinalPath, PendingFinal, UtteranceProgress
 from stt.streaming.segmenter import Segmenter, SegmentEvent, SpeculativeFinal, Utterance, UtteranceClosed
 from stt.streaming.types import (
     FinalReason,
-    FinalResult,
     InterruptOutcome,
     PartialResult,
     SpeechEnd,
@@ -48,6 +51,13 @@ from stt.streaming.types import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The first partial of an utterance: asked for once this much speech follows the
+# onset's pre-roll, and, while none has been shown, again after this much new audio.
+FIRST_PARTIAL_SPEECH = seconds_to_samples(0.16)
+FIRST_PARTIAL_RETRY = seconds_to_samples(0.096)
+# Partials pause while the speaker does: a pause adds no words to show.
+PAUSE_SAMPLES = seconds_to_samples(JUDGEMENT_SILENCE_SECONDS)
 
 _shared_pool: ThreadPoolExecutor | None = None
 _shared_pool_lock = threading.Lock()
@@ -62,27 +72,6 @@ def segmenter_pool() -> ThreadPoolExecutor:
             _shared_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                               thread_name_prefix="stt-segmenter")
         return _shared_pool
-
-
-@dataclass
-class _Progress:
-    """An utterance's partials so far."""
-
-    agreement: LocalAgreement = field(default_factory=LocalAgreement)
-    partial_count: int = 0
-    partial_audio_end: int = 0  # utterance length the last partial covered
-    first_partial_at: float | None = None
-
-
-@dataclass
-class _PendingFinal:
-    closed: UtteranceClosed
-    progress: _Progress
-    # Decoded with the options in force when the utterance closed (a configure that
-    # arrives while it waits for the model applies to the next one).
-    options: DecodeOptions
-    # Resolved once the listener has been given this utterance's final.
-    delivered: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class StreamingTranscriber:
@@ -103,15 +92,13 @@ class StreamingTranscriber:
         self._frame: asyncio.Future | None = None  # the frame being segmented and acted on
         self._accepting = True
         # Partials so far of each utterance; an entry goes with its utterance.
-        self._progress: weakref.WeakKeyDictionary[Utterance, _Progress] = weakref.WeakKeyDictionary()
-        self._finals: deque[_PendingFinal] = deque()
+        self._progress: weakref.WeakKeyDictionary[Utterance, UtteranceProgress] = weakref.WeakKeyDictionary()
         self._partial_for: Utterance | None = None  # the open utterance a partial is requested for
         self._partial_running = False
-        self._final_running = False
-        self._final_wake = asyncio.Event()
         self._partial_wake = asyncio.Event()
         self._stopping = False
-        self._final_task = asyncio.ensure_future(self._final_loop())
+        self._judgements: set[asyncio.Task] = set()
+        self._finals = FinalPath(engine, listener, self.stats, self._key)
         self._partial_task = asyncio.ensure_future(self._partial_loop())
 
     # --- state for monitoring ------------------------------------------------------
@@ -123,7 +110,7 @@ class StreamingTranscriber:
 
     @property
     def processing(self) -> bool:
-        return self._partial_running or self._final_running
+        return self._partial_running or self._finals.running
 
     @property
     def buffering(self) -> bool:
@@ -164,7 +151,11 @@ class StreamingTranscriber:
                 except Exception as exc:
                     fault = fault or exc
             elif isinstance(event, SpeculativeFinal):
-                self.engine.prefetch(event.audio, self._final_options(), self._key)
+                options = self._freeze_final_options(event.utterance, event.speech_end)
+                if event.judge:
+                    self._start_judgement(event, options)
+                else:
+                    self.engine.prefetch(event.audio, options, self._key)
             elif isinstance(event, UtteranceClosed):
                 try:  # told before the final is asked for, so it always precedes the final
                     await self.listener.on_speech_end(SpeechEnd(
@@ -177,30 +168,70 @@ class StreamingTranscriber:
         if fault is not None:
             raise fault
 
-    def _queue_final(self, closed: UtteranceClosed) -> _PendingFinal:
+    def _queue_final(self, closed: UtteranceClosed) -> PendingFinal:
         if self._partial_for is closed.utterance:
             self._partial_for = None
-        pending = _PendingFinal(closed, self._progress_of(closed.utterance), self._final_options())
-        self._finals.append(pending)
-        self._final_wake.set()
-        return pending
+        progress = self._progress_of(closed.utterance)
+        options = progress.final_options if progress.frozen_at == closed.utterance.last_speech_end else None
+        return self._finals.queue(closed, progress, options or self._finals.final_options(self.params, progress))
 
-    def _final_options(self) -> DecodeOptions:
-        p = self.params
-        return DecodeOptions.final(p.language, p.word_timestamps, p.final_beam_size, prompt=p.prompt)
+    def _freeze_final_options(self, utterance: Utterance, speech_end: int) -> DecodeOptions:
+        progress = self._progress_of(utterance)
+        if progress.frozen_at != speech_end or progress.final_options is None:
+            progress.frozen_at, progress.final_options = speech_end, self._finals.final_options(self.params, progress)
+        return progress.final_options
 
-    def _progress_of(self, utterance: Utterance) -> _Progress:
-        return self._progress.setdefault(utterance, _Progress())
+    def _progress_of(self, utterance: Utterance) -> UtteranceProgress:
+        return self._progress.setdefault(utterance, UtteranceProgress())
 
     def _maybe_request_partial(self) -> None:
         utterance = self._segmenter.current
         p = self.params
-        if utterance is None or not p.enable_partials or self._partial_for is not None or self._partial_running:
+        if (utterance is None or not p.enable_partials or self._partial_for is not None or self._partial_running
+                or self._segmenter.silence_samples >= PAUSE_SAMPLES):
             return
+        progress = self._progress_of(utterance)
         length = self._segmenter.buffer.end - utterance.start
-        if length >= p.min_audio and length - self._progress_of(utterance).partial_audio_end >= p.partial_interval:
+        if progress.first_partial_at is None:  # a first hypothesis soon, marked unstable
+            due = length >= min(p.min_audio, p.speech_pad + FIRST_PARTIAL_SPEECH) and (
+                length - progress.partial_audio_end >= min(p.partial_interval, FIRST_PARTIAL_RETRY))
+        else:
+            due = length >= p.min_audio and length - progress.partial_audio_end >= p.partial_interval
+        if due:
             self._partial_for = utterance
             self._partial_wake.set()
+
+    # --- semantic endpointing ------------------------------------------------------
+
+    def _start_judgement(self, event: SpeculativeFinal, options: DecodeOptions) -> None:
+        task = asyncio.ensure_future(self._judge(event, options))
+        self._judgements.add(task)
+        task.add_done_callback(self._judgements.discard)
+
+    async def _judge(self, event: SpeculativeFinal, options: DecodeOptions) -> None:
+        """Decode the final early; its text decides the silence that ends the utterance
+        (stt/streaming/endpointing.py). A complete one ends it on this very audio, so the
+        final is this decode, answered from the engine's cache."""
+        try:
+            transcript = await self.engine.transcribe(event.audio, options, stream_key=self._key)
+        except (Superseded, SttError):
+            return  # the usual end silence applies
+        if not self._accepting or event.utterance.closed:
+            return
+        verdict = completeness(transcript.text)
+        silence = required_silence(verdict, self.params.eagerness, self.params.end_silence)
+        end = event.end if verdict is Completeness.COMPLETE else None
+        self._frame = frame = asyncio.ensure_future(self._apply_endpoint(event, silence, end, self._frame))
+        await asyncio.shield(frame)
+
+    async def _apply_endpoint(self, event: SpeculativeFinal, silence: int, end: int | None,
+                              previous: asyncio.Future | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # in order with the frames
+        with self._segmenter_lock:
+            closed = self._segmenter.endpoint(event.utterance, event.speech_end, silence, end)
+        if closed is not None:
+            await self._dispatch([closed])
 
     # --- control -------------------------------------------------------------------
 
@@ -218,13 +249,7 @@ class StreamingTranscriber:
             closed = self._segmenter.close(reason)
         if closed is not None:
             return self._queue_final(closed).delivered
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-        if not self._finals:
-            done.set_result(None)
-        else:
-            # Nothing open, but earlier finals are on their way: resolve after them.
-            self._finals[-1].delivered.add_done_callback(lambda _: done.done() or done.set_result(None))
-        return done
+        return self._finals.after_pending()  # nothing open: resolves after earlier finals
 
     def interrupt(self) -> InterruptOutcome:
         """Drop the open utterance, its queued and in-flight partial work (barge-in).
@@ -253,9 +278,10 @@ class StreamingTranscriber:
             self.finalize_now(reason)
             self._stopping = True
             self.engine.cancel_stream(self._key)
-            self._final_wake.set()
             self._partial_wake.set()
-        await asyncio.shield(self._final_task)
+        await self._finals.stop()
+        for judgement in list(self._judgements):
+            judgement.cancel()
         if not self._partial_task.done():
             self._partial_task.cancel()
             try:
@@ -281,7 +307,7 @@ class StreamingTranscriber:
                 self._partial_running = False
             self._maybe_request_partial()
 
-    async def _run_partial(self, utterance: Utterance, progress: _Progress) -> None:
+    async def _run_partial(self, utterance: Utterance, progress: UtteranceProgress) -> None:
         requested_at = time.perf_counter()
         buffer = self._segmenter.buffer
         start = utterance.start
@@ -308,7 +334,8 @@ class StreamingTranscriber:
         elapsed = time.perf_counter() - requested_at
         if not transcript.cached:
             self.stats.processing_seconds += transcript.inference_seconds / transcript.batch_size
-        stable, unstable = agreement.update(transcript.pieces, transcript.prefix_forced)
+        frozen = progress.frozen_at == utterance.last_speech_end  # its final is being decoded
+        stable, unstable = agreement.update(transcript.pieces, transcript.prefix_forced, commit=not frozen)
         progress.partial_count += 1
         if progress.first_partial_at is None:
             progress.first_partial_at = time.perf_counter()
@@ -318,101 +345,3 @@ class StreamingTranscriber:
             utterance.utterance_id, transcript, start, covered, elapsed, progress.partial_count,
             stable_text=stable, unstable_text=unstable,
         ))
-
-    # --- the final path ----------------------------------------------------------------
-
-    async def _final_loop(self) -> None:
-        while True:
-            await self._final_wake.wait()
-            self._final_wake.clear()
-            while self._finals:
-                pending = self._finals[0]
-                self._final_running = True
-                result: FinalResult | None = None
-                try:
-                    result = await self._run_final(pending)
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-                    logger.exception("final path fault: a stray cancellation")
-                except Exception:
-                    # A fault delivering one final must not stop the stream's later ones.
-                    logger.exception("final path fault")
-                finally:
-                    self._final_running = False
-                    self._finals.popleft()
-                    if not pending.delivered.done():
-                        pending.delivered.set_result(result)
-            if self._stopping:
-                return
-
-    async def _run_final(self, pending: _PendingFinal) -> FinalResult:
-        closed, progress = pending.closed, pending.progress
-        utterance = closed.utterance
-        options = pending.options
-        transcript, error = await self._transcribe_with_retries(closed.audio, options)
-        elapsed = time.perf_counter() - closed.closed_at
-        audio_samples = closed.end - utterance.start
-        if transcript is not None:
-            self.stats.finals += 1
-            self.stats.samples_transcribed += audio_samples
-            # A final served from the cache was decoded speculatively: the work was still done.
-            self.stats.processing_seconds += transcript.inference_seconds / transcript.batch_size
-            self.stats.final_latencies.append(elapsed)
-        else:
-            self.stats.failed_finals += 1
-            assert error is not None
-            error.utterance_id = utterance.utterance_id
-        result = FinalResult(
-            utterance_id=utterance.utterance_id,
-            transcript=transcript,
-            error=error,
-            start_sample=utterance.start,
-            end_sample=closed.end,
-            reason=closed.reason,
-            frames=utterance.frames,
-            partial_count=progress.partial_count,
-            processing_seconds=elapsed,
-            announced=utterance.announced or progress.partial_count > 0,
-            audio=closed.audio[:audio_samples],
-            first_partial_seconds=(progress.first_partial_at - utterance.opened_at
-                                   if progress.first_partial_at is not None else None),
-            decode=_decode_facts(options, transcript),
-        )
-        await self.listener.on_final(result)
-        return result
-
-    async def _transcribe_with_retries(
-        self, audio: np.ndarray, options: DecodeOptions
-    ) -> tuple[Transcript | None, SttError | None]:
-        attempts = 1 + max(0, settings.STT_FINAL_RETRIES)
-        for attempt in range(attempts):
-            try:
-                return await self.engine.transcribe(audio, options, stream_key=self._key), None
-            except Superseded:
-                # The job this final had joined was withdrawn by its owner: ask again.
-                continue
-            except SttError as exc:
-                retryable = exc.code in {"transcription_failed", "transcription_timeout"}
-                if not retryable or attempt == attempts - 1:
-                    return None, exc
-                delay = settings.STT_RETRY_BASE_DELAY * (2 ** attempt)
-                logger.warning("final failed (%s); retry %d in %.1f s", exc.code, attempt + 1, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
-
-def _decode_facts(options: DecodeOptions, transcript: Transcript | None) -> dict:
-    """The decode settings of a final, as reported with it."""
-    return {
-        "beam_size": options.beam_size,
-        "word_timestamps": options.word_timestamps,
-        "language": options.language,
-        "prompt": options.prompt,  # what biased it (keyterms), "" for none
-        "window_seconds": transcript.window_seconds if transcript else None,
-        "speculative": bool(transcript and transcript.cached),
-        # This final's share of its (possibly batched) decode: the real-time factor.
-        "inference_ms": (round(transcript.inference_seconds / transcript.batch_size * 1000)
-                         if transcript else None),
-    }

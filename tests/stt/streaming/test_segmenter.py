@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stt.streaming import FinalReason, Segmenter, SpeculativeFinal, SpeechStart, StreamParams, UtteranceClosed
+from stt.streaming.endpointing import JUDGEMENT_SILENCE_SECONDS
 from stt.streaming.segmenter import LOOKBACK_SECONDS
 from tests.conftest import SAMPLE_RATE, silence
 
@@ -17,6 +18,7 @@ PARAMS = StreamParams(
     partial_interval=SAMPLE_RATE // 2, end_silence=SAMPLE_RATE // 2, segment_limit=5 * SAMPLE_RATE,
     min_audio=SAMPLE_RATE // 2, max_utterance=20 * SAMPLE_RATE, vad_threshold=0.5,
     vad_min_speech=1024, speech_pad=3200, speculative_finals=True, partial_beam_size=1, final_beam_size=5,
+    eagerness="off",  # a fixed end silence; TestSemanticEndpointing judges pauses
 )
 # jfk's four phrases, on the session timeline of jfk + 1 s of silence (PARAMS, 1024-sample frames).
 JFK_PHRASES = 4
@@ -108,6 +110,80 @@ class TestSpeculativeFinals:
         events = feed(segmenter, jfk_then_silence)
         assert of(events, SpeculativeFinal) == [] and segmenter.stats.speculative_finals == 0
         assert len(of(events, UtteranceClosed)) == JFK_PHRASES
+
+
+class TestSemanticEndpointing:
+    """With an eagerness, a pause is judged early: the transcriber decodes the judge
+    speculation and tells the segmenter (endpoint()) how much silence ends it."""
+
+    JUDGE = int(JUDGEMENT_SILENCE_SECONDS * SAMPLE_RATE)
+
+    def first_judgement(self, segmenter: Segmenter, audio: np.ndarray, frame: int = 512) -> tuple[list, int]:
+        events: list = []
+        for start in range(0, audio.size, frame):
+            events.extend(segmenter.push(audio[start:start + frame]))
+            if of(events, SpeculativeFinal):
+                return events, start + frame
+        raise AssertionError("no pause was judged")
+
+    def test_a_pause_is_judged_early_on_the_audio_up_to_its_start(self, jfk_audio):
+        segmenter = Segmenter(params(eagerness="medium"))
+        events, _ = self.first_judgement(segmenter, jfk_audio)
+        (judge,) = of(events, SpeculativeFinal)
+        assert judge.judge and of(events, UtteranceClosed) == []
+        utterance = segmenter.current
+        assert judge.utterance is utterance and judge.speech_end == utterance.last_speech_end
+        assert self.JUDGE <= judge.end - judge.speech_end <= PARAMS.speech_pad
+        assert judge.audio.size == judge.end - utterance.start
+
+    def test_a_complete_sentence_ends_on_the_judged_audio_after_the_short_silence(self, jfk_audio):
+        segmenter = Segmenter(params(eagerness="medium"))
+        events, position = self.first_judgement(segmenter, jfk_audio)
+        (judge,) = of(events, SpeculativeFinal)
+        short = 2 * self.JUDGE
+        assert segmenter.endpoint(judge.utterance, judge.speech_end, short, judge.end) is None, "not yet"
+        later = []
+        for start in range(position, jfk_audio.size, 512):
+            later.extend(segmenter.push(jfk_audio[start:start + 512]))
+            if of(later, UtteranceClosed):
+                break
+        (closed,) = of(later, UtteranceClosed)
+        assert closed.utterance is judge.utterance and closed.end == judge.end
+        np.testing.assert_array_equal(closed.audio, judge.audio)
+        assert closed.end - closed.utterance.last_speech_end < PARAMS.end_silence
+
+    def test_a_judgement_arriving_after_its_silence_closes_at_once(self, jfk_audio):
+        segmenter = Segmenter(params(eagerness="medium"))
+        events, _ = self.first_judgement(segmenter, jfk_audio)
+        (judge,) = of(events, SpeculativeFinal)
+        closed = segmenter.endpoint(judge.utterance, judge.speech_end, self.JUDGE, judge.end)
+        assert closed is not None and closed.reason == FinalReason.SILENCE and segmenter.current is None
+        np.testing.assert_array_equal(closed.audio, judge.audio)
+
+    def test_an_incomplete_sentence_waits_past_the_end_silence(self, jfk_audio):
+        # jfk's first pause is about 1 s long: three times the end silence keeps it open.
+        segmenter = Segmenter(params(eagerness="medium"))
+        events, position = self.first_judgement(segmenter, jfk_audio)
+        (judge,) = of(events, SpeculativeFinal)
+        assert segmenter.endpoint(judge.utterance, judge.speech_end, 3 * PARAMS.end_silence, None) is None
+        rest = feed(segmenter, np.concatenate([jfk_audio[position:], silence(1.5)]))
+        closes = of(rest, UtteranceClosed)
+        assert closes[0].utterance is judge.utterance
+        assert closes[0].utterance.last_speech_end > judge.speech_end + SAMPLE_RATE, "speech went on in it"
+        assert any(not e.judge and e.utterance is judge.utterance for e in of(rest, SpeculativeFinal)), (
+            "after a judgement that does not end it, the pause is speculated on as usual")
+
+    def test_a_judgement_of_speech_that_went_on_is_ignored(self, jfk_audio):
+        segmenter = Segmenter(params(eagerness="medium"))
+        events, _ = self.first_judgement(segmenter, jfk_audio)
+        (judge,) = of(events, SpeculativeFinal)
+        assert segmenter.endpoint(judge.utterance, judge.speech_end - 512, 0, judge.end) is None
+        assert segmenter.current is judge.utterance
+
+    def test_without_a_verdict_the_end_silence_closes_as_usual(self, jfk_then_silence):
+        medium = of(feed(Segmenter(params(eagerness="medium")), jfk_then_silence), UtteranceClosed)
+        off = of(feed(Segmenter(PARAMS), jfk_then_silence), UtteranceClosed)
+        assert [(c.utterance.start, c.end) for c in medium] == [(c.utterance.start, c.end) for c in off]
 
 
 class TestCuts:

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from stt.evaluation import word_error_rate
+from stt.evaluation import normalize_text, word_error_rate
 from stt.protocol import validate_config
 from stt.streaming import (
     FinalReason,
@@ -57,9 +57,13 @@ class Recorder:
         return " ".join(f.transcript.text for f in self.finals if f.transcript)
 
 
-async def stream(engine, audio: np.ndarray, frame: int = 1024, close: bool = True, **config):
+async def stream(engine, audio: np.ndarray, frame: int = 1024, close: bool = True, eagerness: str = "off",
+                 **config):
+    """Stream as fast as the transcriber takes it. Eagerness "off" (a fixed end silence)
+    unless a test is about semantic endpointing."""
     recorder = Recorder()
-    transcriber = StreamingTranscriber(StreamParams.from_config(validate_config(config)), engine, recorder)
+    params = replace(StreamParams.from_config(validate_config(config)), eagerness=eagerness)
+    transcriber = StreamingTranscriber(params, engine, recorder)
     for start in range(0, audio.size, frame):
         await transcriber.push_audio(audio[start:start + frame])
     if close:
@@ -68,10 +72,10 @@ async def stream(engine, audio: np.ndarray, frame: int = 1024, close: bool = Tru
 
 
 async def stream_paced(engine, audio: np.ndarray, prompt: str = "", frame_pause: float = 0.015,
-                       **config) -> Recorder:
+                       eagerness: str = "off", **config) -> Recorder:
     """Stream like a live client (frames spaced out), so the partial path gets its turns."""
     recorder = Recorder()
-    params = StreamParams.from_config(validate_config(config), prompt=prompt)
+    params = replace(StreamParams.from_config(validate_config(config), prompt=prompt), eagerness=eagerness)
     transcriber = StreamingTranscriber(params, engine, recorder)
     for start in range(0, audio.size, 1024):
         await transcriber.push_audio(audio[start:start + 1024])
@@ -165,7 +169,8 @@ class TestUtterances:
     async def test_a_final_is_decoded_while_its_silence_runs_out(self, engine, speak):
         audio = two_sentences(speak, pause=1.5)
         recorder = Recorder()
-        params = StreamParams.from_config(validate_config({"enable_partial_transcription": False}))
+        params = replace(StreamParams.from_config(validate_config({"enable_partial_transcription": False})),
+                         eagerness="off")
         transcriber = StreamingTranscriber(params, engine, recorder)
         for start in range(0, audio.size, 1024):
             await transcriber.push_audio(audio[start:start + 1024])
@@ -194,6 +199,53 @@ class TestUtterances:
         _, recorder = await stream(engine, jfk_audio, enable_partial_transcription=False)
         assert recorder.of(PartialResult) == []
         assert recorder.finals
+
+
+class TestSemanticEndpointing:
+    """With an eagerness, the final decoded early in a pause decides how long it must last."""
+
+    async def test_a_finished_sentence_ends_after_a_short_pause_on_its_early_decode(self, engine, speak):
+        audio = two_sentences(speak, pause=1.0)
+        fixed = await stream_paced(engine, audio, frame_pause=1024 / SAMPLE_RATE / 2, final_chunk_duration=1.5)
+        semantic = await stream_paced(engine, audio, frame_pause=1024 / SAMPLE_RATE / 2, eagerness="medium",
+                                      final_chunk_duration=1.5)
+        assert len(fixed.finals) == 1, "a 1 s pause is shorter than the 1.5 s end silence"
+        first, second = semantic.finals
+        assert word_error_rate(FIRST, first.transcript.text) <= 0.2
+        assert word_error_rate(SECOND, second.transcript.text) <= 0.2
+        assert first.reason == FinalReason.SILENCE
+        assert first.end_sample - first.start_sample < len(speak(FIRST)) + 0.5 * SAMPLE_RATE, (
+            "it ended on the audio decoded early in the pause, not after a full end silence")
+
+    async def test_a_plainly_unfinished_sentence_waits_longer_than_the_end_silence(self, engine, speak):
+        audio = np.concatenate([silence(0.3), speak("I would like to book a table for"), silence(0.8),
+                                speak("two people tonight."), silence(1.5)])
+        fixed = await stream_paced(engine, audio, frame_pause=1024 / SAMPLE_RATE / 2)
+        semantic = await stream_paced(engine, audio, frame_pause=1024 / SAMPLE_RATE / 2, eagerness="medium")
+        assert len(fixed.finals) == 2, "0.8 s is more than the 0.5 s end silence"
+        (final,) = semantic.finals
+        assert word_error_rate("I would like to book a table for two people tonight.", final.transcript.text) <= 0.2
+
+    async def test_the_final_keeps_the_words_its_partials_committed(self, engine, jfk_audio):
+        recorder = await stream_paced(engine, np.concatenate([jfk_audio, silence(1)]),
+                                      frame_pause=1024 / SAMPLE_RATE, eagerness="medium")
+        committed = 0
+        for final in recorder.finals:
+            final_words = normalize_text(final.transcript.text)
+            for partial in recorder.of(PartialResult):
+                if partial.utterance_id == final.utterance_id:
+                    stable = normalize_text(partial.stable_text)
+                    assert final_words[:len(stable)] == stable, (partial.stable_text, final.transcript.text)
+                    committed += len(stable)
+        assert committed, "some words were committed"
+        assert word_error_rate(JFK_TEXT, recorder.final_text) <= 0.1
+
+    async def test_a_final_reads_the_previous_finals_as_context(self, engine, speak):
+        audio = two_sentences(speak, pause=1.5)
+        _, recorder = await stream(engine, audio, enable_partial_transcription=False)
+        first, second = recorder.finals
+        assert first.decode["prompt"] == ""
+        assert second.decode["prompt"] == first.transcript.text
 
 
 class TestPrompt:
