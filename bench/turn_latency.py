@@ -38,7 +38,8 @@ play. Figures [target]:
  6 sentences cut in two [0]: finals ending inside a reference sentence, per clip. The
    concatenated finals are aligned to the reference (word edit distance); a final whose
    end maps to no sentence end (. ? ! or the clip's end; SENTENCE_ENDS for references
-   without punctuation) cuts one.
+   without punctuation) cuts one. Numerals written as one token ("90210") are spelled
+   digit by digit for this alignment, so a digit string keeps its length in words.
  7 accuracy per clip [streamed <= offline on every clip]: the streamed finals' word
    error rate beside faster-whisper's offline transcribe(beam_size=5) of the whole clip
    with the same model; and whether jfk.flac's streamed text starts with "and so my
@@ -71,7 +72,7 @@ import numpy as np
 import stream_latency as sl  # puts the project root on sys.path
 from stt.evaluation import normalize_text, word_errors  # noqa: E402
 from turn_metrics import (  # noqa: E402
-    energy_offset_ms, frame_levels, revised_words, sentence_ends, sentences_cut, stable_words_changed,
+    energy_offset_ms, frame_levels, revised_words, sentence_ends, sentences_cut, spell_digits, stable_words_changed,
 )
 
 ROOT = sl.ROOT
@@ -179,7 +180,7 @@ def score_play(figures: Figures, result: sl.StreamResult, first_round: bool) -> 
     reference = normalize_text(recording.reference)
     ends = SENTENCE_ENDS.get(recording.name) or sentence_ends(recording.reference)
     assert ends[-1] == len(reference), f"{recording.name}: sentence ends {ends} miss the clip's end"
-    cuts = sentences_cut(reference, ends, [normalize_text(text) for text in finals])
+    cuts = sentences_cut(reference, ends, [spell_digits(normalize_text(text)) for text in finals])
     figures.cuts[recording.name] = figures.cuts.get(recording.name, 0) + cuts
     errors, words = word_errors(recording.reference, " ".join(finals))
     before = figures.errors.get(recording.name, (0, 0))

@@ -12,6 +12,7 @@ from stt.evaluation import normalize_text
 
 LEVEL_FRAME_MS = 10
 LOUD_WITHIN_DB = 15.0  # as bench/stream_latency.py's energy_onset_ms
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def frame_levels(audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
@@ -76,6 +77,19 @@ def alignment_path(reference: list[str], hypothesis: list[str]) -> list[tuple[in
             j -= 1
         path.append((i, j))
     return path[::-1]
+
+
+def spell_digits(words: list[str]) -> list[str]:
+    """Numerals the model wrote as one token ("90210", "01803") spelled digit by digit, so
+    a spoken digit string keeps its length in words when aligned to a reference that
+    spells it ("nine oh two one oh"); normalize_text spells only whole small numbers."""
+    spelled: list[str] = []
+    for word in words:
+        if word.isascii() and word.isdigit():
+            spelled.extend(DIGITS[int(digit)] for digit in word)
+        else:
+            spelled.append(word)
+    return spelled
 
 
 def sentence_ends(reference: str) -> list[int]:

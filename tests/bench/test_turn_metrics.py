@@ -9,6 +9,7 @@ from bench.turn_metrics import (
     revised_words,
     sentence_ends,
     sentences_cut,
+    spell_digits,
     stable_words_changed,
 )
 
@@ -122,3 +123,16 @@ class TestSentences:
     def test_invented_words_before_any_speech_cut_nothing(self):
         reference = "go forward".split()
         assert sentences_cut(reference, [2], [["you"], ["go", "forward"]]) == 0
+
+
+class TestSpellDigits:
+    def test_a_numeral_written_as_one_token_is_spelled_digit_by_digit(self):
+        assert spell_digits(["zip", "90210", "please"]) == ["zip", "nine", "zero", "two", "one", "zero", "please"]
+
+    def test_digit_strings_spelled_out_cut_where_the_speaker_paused(self):
+        # s4_digits.wav streamed as "1 0 0 1 | 90210 | 01803": one token per final
+        # would align the first final's end into the third string.
+        reference = "one zero zero zero one nine oh two one oh zero one eight zero three".split()
+        finals = [["one", "zero", "zero", "one"], spell_digits(["90210"]), spell_digits(["01803"])]
+        assert final_end_positions(reference, finals) == [{5}, {10}, {15}]
+        assert sentences_cut(reference, [5, 10, 15], finals) == 0
