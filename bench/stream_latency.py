@@ -86,6 +86,8 @@ class StreamResult:
     word_lags: list[float] = field(default_factory=list)
     lag_behind_real_time: float = 0.0
     finished: bool = True  # session_ended arrived within the wait
+    started_at: float = 0.0  # perf_counter() when the first frame was sent
+    messages: list[tuple[float, dict]] = field(default_factory=list)  # (arrival, message), for other benchmarks
 
 
 def load_recordings(audio_dir: Path, synthetic: bool) -> list[Recording]:
@@ -129,6 +131,12 @@ def first_shown(word: list[str], index: int, partials: list[tuple[float, list[st
     return final_at
 
 
+def frame_sent_at(started_at: float, ms: float) -> float:
+    """When the 32 ms frame holding the sample at `ms` of the session timeline was sent,
+    for a stream that sent its first frame at `started_at` and then kept real-time pace."""
+    return started_at + (int(ms * SAMPLE_RATE / 1000) // FRAME) * FRAME / SAMPLE_RATE
+
+
 def energy_onset_ms(audio: np.ndarray, near_ms: float) -> float:
     """Where speech starts near `near_ms`: the first 10 ms frame whose level is within
     15 dB of the recording's loud frames, searched from 500 ms before `near_ms`."""
@@ -156,16 +164,16 @@ async def stream_one(url: str, recording: Recording, variant: int, wait_s: float
     async with websockets.connect(url, max_size=None) as ws:
         await ws.send(json.dumps({"type": "start_session", "session_config": config}))
         assert json.loads(await ws.recv())["type"] == "session_started"
-        t0 = time.perf_counter()
+        t0 = result.started_at = time.perf_counter()
 
         def sent_at(ms: float) -> float:
-            """When the frame holding the sample at `ms` of the session timeline was sent."""
-            return t0 + (int(ms * SAMPLE_RATE / 1000) // FRAME) * FRAME / SAMPLE_RATE
+            return frame_sent_at(t0, ms)
 
         async def reader() -> None:
             async for raw in ws:
                 now = time.perf_counter()
                 message = json.loads(raw)
+                result.messages.append((now, message))
                 data = message.get("data", {})
                 kind = message["type"]
                 if kind == "transcription_partial":
@@ -250,16 +258,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
+def start_server(root: Path = ROOT, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`manage.py serve` of the tree at `root` (another checkout, for a before/after
+    comparison), with `env` (default: this process's), its output to `log` if given."""
     port = free_port()
+    output = log.open("w") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port), "--monitoring-port", "0"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=root, stdout=output, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
         # The benchmark's own local server runs open, like bin/serve.
-        env={**os.environ, "AUTH_REQUIRED": os.environ.get("AUTH_REQUIRED", "false")},
+        env=env if env is not None else {**os.environ, "AUTH_REQUIRED": os.environ.get("AUTH_REQUIRED", "false")},
     )
+    if log:
+        output.close()  # the server holds its own copy
     deadline = time.time() + 120
-    while time.time() < deadline:
+    while time.time() < deadline and process.poll() is None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                 if response.status == 200:
