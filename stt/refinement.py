@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.db.models import F, Q
 
+from stt.engine.numbers import space_digits, space_digits_in_parts, split_evenly
 from stt.evaluation import word_diff, word_error_rate
 
 logger = logging.getLogger(__name__)
@@ -111,20 +112,26 @@ class Refiner:
             )
             segments = list(segments)  # the decode happens here
             decoding += time.perf_counter() - started
-            offset_ms = start * 1000 // SAMPLE_RATE
-            for segment in segments:
-                texts.append(segment.text.strip())
-                for word in segment.words or ():
-                    words.append({
-                        "word": word.word.strip(),
-                        "start_ms": offset_ms + round(word.start * 1000),
-                        "end_ms": offset_ms + round(word.end * 1000),
-                        "confidence": round(float(word.probability), 4),
-                    })
+            texts.extend(space_digits(segment.text.strip()) for segment in segments)
+            words.extend(_timed_words(segments, start * 1000 // SAMPLE_RATE))
             if on_chunk:
                 on_chunk(index + 1, len(bounds))
         return RefinedTranscript(text=" ".join(t for t in texts if t), words=words, language=language,
                                  chunks=len(bounds), processing_seconds=decoding)
+
+
+def _timed_words(segments: list[Any], offset_ms: int) -> list[dict[str, Any]]:
+    """The segments' words in milliseconds from the utterance's start, digit strings
+    written digit by digit as the live engine writes them (stt/engine/numbers.py), so the
+    two texts compare word for word."""
+    aligned = [word for segment in segments for word in segment.words or ()]
+    written = space_digits_in_parts([word.word for word in aligned])
+    return [
+        {"word": text, "start_ms": offset_ms + round(start * 1000), "end_ms": offset_ms + round(end * 1000),
+         "confidence": round(float(word.probability), 4)}
+        for spelled, word in zip(written, aligned) if spelled.strip()
+        for text, start, end in split_evenly(spelled, word.start, word.end)
+    ]
 
 
 def chunk_bounds(audio: np.ndarray, chunk_samples: int) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
 import numpy as np
@@ -34,27 +34,47 @@ from stt.messages import SessionConfig
 EXIT_OK, EXIT_USAGE, EXIT_FAILED = 0, 2, 1
 
 
+# ANSI SGR: faint text, and back to normal.
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+def partial_line(stable: str, unstable: str, width: int, dim: bool) -> str:
+    """A partial for the status line: the stable words plain, the unstable ones after them
+    dimmed when `dim` (they may still change). Wider than `width` characters, only its
+    end is shown, counted in visible characters (the escape codes take no room)."""
+    stable, unstable = stable.strip(), unstable.strip()
+    gap = " " if stable and unstable else ""
+    overflow = max(0, len(stable) + len(gap) + len(unstable) - max(0, width))
+    shown_stable = (stable + gap)[overflow:]
+    shown_unstable = unstable[max(0, overflow - len(stable) - len(gap)):]
+    if dim and shown_unstable:
+        shown_unstable = DIM + shown_unstable + RESET
+    return shown_stable + shown_unstable
+
+
 class TerminalDisplay:
     """Finals on their own lines; below them one status line, rewritten in place, with
-    the progress bar and the current partial. Without a terminal: finals only."""
+    the progress bar and the current partial, its unstable words dimmed. Without a
+    terminal: finals only. `dim`: dim the unstable words (default: unless NO_COLOR is set)."""
 
-    def __init__(self, out: TextIO, total_seconds: float | None) -> None:
+    def __init__(self, out: TextIO, total_seconds: float | None, dim: bool | None = None) -> None:
         self.out = out
         self.interactive = out.isatty()
+        self.dim = self.interactive and (dim if dim is not None else not os.environ.get("NO_COLOR"))
         self.total = total_seconds
         self.sent = 0.0
-        self.partial = ""
+        self.partial = ("", "")  # (stable, unstable)
 
     def progress(self, seconds: float) -> None:
         self.sent = seconds
         self._redraw()
 
-    def show_partial(self, text: str) -> None:
-        self.partial = text
+    def show_partial(self, stable: str, unstable: str) -> None:
+        self.partial = (stable, unstable)
         self._redraw()
 
     def show_final(self, text: str) -> None:
-        self.partial = ""
+        self.partial = ("", "")
         if self.interactive:
             self.out.write("\r\x1b[K")
         if text:
@@ -80,24 +100,16 @@ class TerminalDisplay:
         if self.total:
             filled = int(20 * min(1.0, self.sent / self.total))
             status = f"[{'#' * filled}{'.' * (20 - filled)}] {self.sent:5.1f}/{self.total:.1f}s "
-        line = (status + self.partial)[-(width - 1):]  # the end of the partial, within the width
+        status = status[: width - 1]
+        # The end of the partial, within the width left by the progress bar.
+        line = status + partial_line(*self.partial, width - 1 - len(status), self.dim)
         self.out.write("\r\x1b[K" + line)
         self.out.flush()
 
 
 async def stream_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    chosen: dict[str, Any] = {}
-    if args.language:
-        chosen["language"] = args.language
-    if args.no_partials:
-        chosen["enable_partial_transcription"] = False
-    if args.keyterm:
-        chosen["keyterms"] = args.keyterm
-    try:
-        config = SessionConfig(**chosen)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"stt.client: {problems}", file=sys.stderr)
+    config = _session_config(args)
+    if config is None:
         return EXIT_USAGE
     if args.mic:
         source: Any = _microphone(args.device)
@@ -111,23 +123,9 @@ async def stream_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> 
         total = len(source) / messages.SAMPLE_RATE
         pace = None if args.fast else args.pace
     display = None if args.json else TerminalDisplay(out, total)
-
-    def on_message(message: Any) -> None:
-        if args.json:
-            payload = message.payload if isinstance(message, messages.UnknownServerMessage) \
-                else message.model_dump(mode="json", exclude_unset=True)
-            out.write(json.dumps(payload) + "\n")
-            out.flush()
-        elif isinstance(message, messages.TranscriptionPartial):
-            display.show_partial(message.data.text)
-        elif isinstance(message, messages.TranscriptionFinal):
-            display.show_final(message.data.text)
-        elif isinstance(message, messages.Error):
-            display.show_error(message.error.code, message.error.message)
-
     try:
         session = await open_session(args.url, config, api_key=args.api_key, token=args.token,
-                                     callbacks=Callbacks(on_message=on_message),
+                                     callbacks=Callbacks(on_message=_message_printer(out, display)),
                                      backoff=Backoff(attempts=args.retries))
     except AuthenticationError as exc:
         print(f"stt.client: {exc}; pass --api-key or set FASTTALK_API_KEY", file=sys.stderr)
@@ -153,6 +151,43 @@ async def stream_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> 
         print(f"stt.client: the server ended the session: {ended.data.reason}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _session_config(args: argparse.Namespace) -> SessionConfig | None:
+    """The session configuration the options ask for; None (said on stderr) when invalid."""
+    chosen: dict[str, Any] = {}
+    if args.language:
+        chosen["language"] = args.language
+    if args.no_partials:
+        chosen["enable_partial_transcription"] = False
+    if args.keyterm:
+        chosen["keyterms"] = args.keyterm
+    try:
+        return SessionConfig(**chosen)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"stt.client: {problems}", file=sys.stderr)
+        return None
+
+
+def _message_printer(out: TextIO, display: TerminalDisplay | None) -> Callable[[Any], None]:
+    """What to do with each server message: with no display (--json), print it as one
+    JSON line; else show partials, finals and errors on the display."""
+
+    def on_message(message: Any) -> None:
+        if display is None:
+            payload = message.payload if isinstance(message, messages.UnknownServerMessage) \
+                else message.model_dump(mode="json", exclude_unset=True)
+            out.write(json.dumps(payload) + "\n")
+            out.flush()
+        elif isinstance(message, messages.TranscriptionPartial):
+            display.show_partial(message.data.stable_text, message.data.unstable_text)
+        elif isinstance(message, messages.TranscriptionFinal):
+            display.show_final(message.data.text)
+        elif isinstance(message, messages.Error):
+            display.show_error(message.error.code, message.error.message)
+
+    return on_message
 
 
 async def _microphone(device: str | None) -> AsyncIterator[np.ndarray]:

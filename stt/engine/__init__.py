@@ -13,6 +13,7 @@ one priority queue with finals first, batches, and a result cache (scheduler.py)
   prompt.py         the decoder prompt from keyterms and context, within a token budget
   loading.py        which model, on which device; loading it; the CPU stand-in copy
   decoding.py       pure decode functions: windows, token caps, loop trimming, words
+  numbers.py        digit strings written digit by digit in every text, word and piece
   jobs.py           a queued job, the result cache, the batch limit, admissions
   scheduler.py      the queue, batching, joins, worker threads, the breaker's verdicts
   load.py           the engine's own load: finals p95, decode time per second (admission)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from stt.engine.numbers import space_digits, space_digits_in_parts, split_evenly
 from stt.engine.types import SAMPLE_RATE, DecodeOptions, JobKind, Piece, Word
 
 # Below this RMS (about -74 dBFS) audio is digital silence and is not decoded:
@@ -131,11 +132,27 @@ def compression_ratio(text: str) -> float:
 
 
 def word_pieces(tokenizer: Any, tokens: list[int]) -> tuple[Piece, ...]:
-    """The tokens grouped into words, each with the tokens that spell it."""
+    """The tokens grouped into words, each with the tokens that spell it. A piece's text
+    writes digit strings digit by digit (stt/engine/numbers.py); its tokens stay the
+    model's own (they are forced as the decoder's prefix)."""
     if not tokens:
         return ()
     words, word_tokens = tokenizer.split_to_word_tokens(list(tokens) + [tokenizer.eot])
-    return tuple(Piece(w, tuple(t)) for w, t in zip(words, word_tokens) if t and t[0] != tokenizer.eot)
+    kept = [(w, tuple(t)) for w, t in zip(words, word_tokens) if t and t[0] != tokenizer.eot]
+    texts = space_digits_in_parts([w for w, _ in kept])
+    return tuple(Piece(text, t) for text, (_, t) in zip(texts, kept))
+
+
+def timed_words(aligned: Sequence[tuple[str, float, float, float]]) -> tuple[Word, ...]:
+    """Words from (word as aligned, start, end, probability), blank ones dropped. A
+    digit string is written digit by digit (stt/engine/numbers.py), one word per digit
+    sharing the aligned word's time evenly ("90210." -> "9" "0" "2" "1" "0.")."""
+    written = space_digits_in_parts([word for word, _, _, _ in aligned])
+    return tuple(
+        Word(text, start, end, probability)
+        for spelled, (_, word_start, word_end, probability) in zip(written, aligned) if spelled.strip()
+        for text, start, end in split_evenly(spelled, word_start, word_end)
+    )
 
 
 def merge_punctuation(alignment: list[dict]) -> list[dict]:
@@ -260,16 +277,14 @@ def _align(model: Any, tokenizer: Any, jobs: Sequence[Decodable], drafts: list[_
 def _assemble(tokenizer: Any, job: Decodable, draft: _Draft, alignment: list[dict],
               multilingual: bool) -> Decoded:
     pieces = word_pieces(tokenizer, draft.tokens[len(job.options.prefix):])
-    words = tuple(
-        Word(w["word"].strip(), float(w["start"]), float(w["end"]), float(w["probability"]))
-        for w in merge_punctuation(alignment) if w["word"].strip()
-    )
+    words = timed_words([(w["word"], float(w["start"]), float(w["end"]), float(w["probability"]))
+                         for w in merge_punctuation(alignment)])
     if words:
         confidence = sum(w.probability for w in words) / len(words)
     else:
         confidence = math.exp(draft.score) if draft.text else 0.0
     language = job.options.language if multilingual else "en"
-    return Decoded(draft.text, words, pieces, language, round(min(1.0, confidence), 4),
+    return Decoded(space_digits(draft.text), words, pieces, language, round(min(1.0, confidence), 4),
                    bool(job.options.prefix))
 
 
@@ -294,11 +309,9 @@ def decode_stock(model: Any, tokenizer: Any, job: Decodable, multilingual: bool)
     )
     segments = list(segments)
     tokens = [t for s in segments for t in s.tokens if t < tokenizer.eot]
-    words = tuple(
-        Word(w.word.strip(), float(w.start), float(w.end), float(w.probability))
-        for s in segments for w in (s.words or ()) if w.word.strip()
-    )
-    text = " ".join(s.text.strip() for s in segments if s.text.strip())
+    words = timed_words([(w.word, float(w.start), float(w.end), float(w.probability))
+                         for s in segments for w in (s.words or ())])
+    text = space_digits(" ".join(s.text.strip() for s in segments if s.text.strip()))
     if words:
         confidence = sum(w.probability for w in words) / len(words)
     else:

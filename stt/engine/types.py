@@ -86,7 +86,9 @@ class Word:
 class Piece:
     """One word of the decoded text with the tokens that spell it."""
 
-    text: str  # with its leading space, as the tokenizer writes it
+    # With its leading space, as the tokenizer writes it; a digit string is written digit
+    # by digit ("90210" -> " 9 0 2 1 0", stt/engine/numbers.py) over the model's own tokens.
+    text: str
     tokens: tuple[int, ...]
 
 

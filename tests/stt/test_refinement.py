@@ -14,7 +14,7 @@ from stt.evaluation import word_diff, word_error_rate
 from stt.models import Refinement, SessionRecord, Utterance
 from stt.persistence import encode_flac
 from stt.refinement import Refiner, chunk_bounds, get_refiner, run_refinement
-from tests.conftest import JFK_TEXT, SAMPLE_RATE, silence
+from tests.conftest import AUDIO_DIR, JFK_TEXT, SAMPLE_RATE, load_audio, silence
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
 
@@ -84,6 +84,14 @@ class TestRefiner:
         assert word_error_rate(" ".join([JFK_TEXT] * 3), result.text) <= 0.05
         starts = [w["start_ms"] for w in result.words]
         assert starts == sorted(starts) and starts[-1] > 24_000, "word times are on the whole audio's timeline"
+
+    def test_a_digit_string_is_written_digit_by_digit_as_the_live_engine_writes_it(self, refiner):
+        # "oh one eight oh three", the last phrase of s4_digits.wav: the base model writes "01803".
+        audio = load_audio(AUDIO_DIR / "s4_digits.wav")[int(5.2 * SAMPLE_RATE):]
+        result = refiner.transcribe(audio, "en")
+        assert result.text == "0 1 8 0 3"
+        assert [w["word"] for w in result.words] == ["0", "1", "8", "0", "3"]
+        assert all(a["end_ms"] == b["start_ms"] for a, b in zip(result.words, result.words[1:]))
 
     def test_the_model_is_loaded_once_per_process(self, refiner, jfk_audio):
         refiner.transcribe(jfk_audio[:32000], "en")

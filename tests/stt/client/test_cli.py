@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -14,11 +15,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from stt.client.cli import DIM, RESET, TerminalDisplay, partial_line
 from stt.evaluation import word_error_rate
 from tests.conftest import JFK_PATH, JFK_TEXT
 from tests.servers import ROOT
-
-pytestmark = pytest.mark.realtime
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -44,6 +44,7 @@ def mp3_speech(tmp_path_factory) -> Path:
     return target
 
 
+@pytest.mark.realtime
 def test_stream_prints_each_final_on_its_own_line(stt_server, mp3_speech):
     done = run_cli("stream", str(mp3_speech), "--url", stt_server.ws, "--pace", "3",
                    env={"FASTTALK_API_KEY": stt_server.keys["backend"]})
@@ -54,6 +55,7 @@ def test_stream_prints_each_final_on_its_own_line(stt_server, mp3_speech):
     assert word_error_rate(JFK_TEXT, " ".join(lines)) <= 0.1
 
 
+@pytest.mark.realtime
 def test_json_output_is_one_schema_valid_server_message_per_line(stt_server):
     done = run_cli("stream", str(JFK_PATH), "--url", stt_server.ws, "--fast", "--json",
                    "--api-key", stt_server.keys["backend"], "--language", "en")
@@ -69,6 +71,7 @@ def test_json_output_is_one_schema_valid_server_message_per_line(stt_server):
     assert word_error_rate(JFK_TEXT, finals) <= 0.1
 
 
+@pytest.mark.realtime
 def test_on_a_terminal_partials_and_a_progress_bar_update_in_place(stt_server):
     leader, follower = pty.openpty()
     process = subprocess.Popen(
@@ -98,11 +101,13 @@ def test_on_a_terminal_partials_and_a_progress_bar_update_in_place(stt_server):
     assert "[####################]  11.0/11.0s" in text, "the progress bar reaches the end"
     redraws = [part.split("s ", 1)[-1] for part in text.split("\r\x1b[K") if "/11.0s" in part]
     assert any(part.strip() for part in redraws), "partials appear on the status line"
+    assert any(DIM in part and part.endswith(RESET) for part in redraws), "their unstable words are dimmed"
     finals = [line.strip() for line in text.replace("\r\x1b[K", "\n").splitlines()
               if line.strip() and "/11.0s" not in line]
     assert word_error_rate(JFK_TEXT, " ".join(finals)) <= 0.15
 
 
+@pytest.mark.realtime
 def test_an_unreadable_file_is_a_usage_error(stt_server, tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not audio")
@@ -111,11 +116,13 @@ def test_an_unreadable_file_is_a_usage_error(stt_server, tmp_path):
     assert run_cli("stream", "--url", stt_server.ws).returncode == 2  # neither a file nor --mic
 
 
+@pytest.mark.realtime
 def test_a_missing_key_says_how_to_give_one(stt_server):
     done = run_cli("stream", str(JFK_PATH), "--url", stt_server.ws, env={"FASTTALK_API_KEY": ""})
     assert done.returncode == 1 and "HTTP 403" in done.stderr and "FASTTALK_API_KEY" in done.stderr
 
 
+@pytest.mark.realtime
 def test_perf_reports_latencies_and_message_counts_for_concurrent_clients(stt_server):
     done = run_cli("perf", str(JFK_PATH), "--url", stt_server.ws, "--api-key", stt_server.keys["backend"],
                    "--clients", "2", "--duration", "12", "--json")
@@ -182,6 +189,7 @@ class FakeMicrophone:
         self.thread.join(5)
 
 
+@pytest.mark.realtime
 def test_the_microphone_streams_until_ctrl_c_and_the_last_words_still_arrive(stt_server, tmp_path, jfk_audio):
     import signal
 
@@ -204,3 +212,45 @@ def test_the_microphone_streams_until_ctrl_c_and_the_last_words_still_arrive(stt
     assert 11 <= heard <= 40, f"real-time capture, not a flood: {heard} s of audio"
     finals = " ".join(m["data"]["text"] for m in received if m["type"] == "transcription_final")
     assert word_error_rate(JFK_TEXT, finals) <= 0.15, finals
+
+
+class Terminal(io.StringIO):
+    """What the display writes to, standing for a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class TestPartialDisplay:
+    def test_the_stable_words_are_plain_and_the_unstable_ones_dimmed(self):
+        assert partial_line("And so my", "fellow", 80, dim=True) == f"And so my {DIM}fellow{RESET}"
+        assert partial_line("And so my", "", 80, dim=True) == "And so my"
+        assert partial_line("", "And so", 80, dim=True) == f"{DIM}And so{RESET}"
+
+    def test_without_dimming_the_partial_is_plain_text(self):
+        assert partial_line("And so my", "fellow", 80, dim=False) == "And so my fellow"
+
+    def test_a_partial_wider_than_the_room_shows_its_end_counted_in_visible_characters(self):
+        assert partial_line("And so my", "fellow", 10, dim=True) == f" my {DIM}fellow{RESET}"
+        assert partial_line("And so my", "fellow", 3, dim=True) == f"{DIM}low{RESET}"
+        assert partial_line("And so my", "fellow", 0, dim=True) == ""
+
+    def test_on_a_terminal_the_status_line_shows_the_partial_with_its_unstable_words_dimmed(self, monkeypatch):
+        monkeypatch.setenv("COLUMNS", "80")
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        terminal = Terminal()
+        display = TerminalDisplay(terminal, total_seconds=None)
+        display.show_partial("And so my", "fellow")
+        assert terminal.getvalue().endswith(f"\r\x1b[KAnd so my {DIM}fellow{RESET}")
+
+    def test_no_color_asks_for_plain_text_and_without_a_terminal_partials_are_not_shown(self, monkeypatch):
+        monkeypatch.setenv("COLUMNS", "80")
+        monkeypatch.setenv("NO_COLOR", "1")
+        terminal = Terminal()
+        TerminalDisplay(terminal, total_seconds=None).show_partial("And so my", "fellow")
+        assert terminal.getvalue().endswith("\r\x1b[KAnd so my fellow")
+        pipe = io.StringIO()
+        display = TerminalDisplay(pipe, total_seconds=None)
+        display.show_partial("And so my", "fellow")
+        display.show_final("And so my fellow Americans")
+        assert pipe.getvalue() == "And so my fellow Americans\n"

@@ -19,6 +19,7 @@ from stt.engine.decoding import (
     is_silent,
     merge_punctuation,
     says_it_twice,
+    timed_words,
     token_cap,
     trim_repetition,
     window_seconds,
@@ -27,7 +28,7 @@ from stt.engine.decoding import (
 from stt.engine.loading import create_model
 from stt.engine.types import SAMPLE_RATE
 from stt.evaluation import normalize_text, word_error_rate
-from tests.conftest import JFK_TEXT, silence
+from tests.conftest import AUDIO_DIR, JFK_TEXT, load_audio, silence
 
 
 class TestShortWindows:
@@ -96,6 +97,15 @@ class TestTextChecks:
         assert [w["word"] for w in merge_punctuation(alignment)] == [" Hello,", " world"]
         assert alignment[1]["word"] == ",", "the alignment passed in is left as it was"
         assert merge_punctuation([]) == []
+
+    def test_a_timed_digit_string_becomes_one_word_per_digit_sharing_its_time(self):
+        words = timed_words([(" Zip", 0.0, 0.5, 0.9), (" 90210.", 0.5, 1.5, 0.8), (" ", 1.5, 1.5, 0.1)])
+        assert [w.word for w in words] == ["Zip", "9", "0", "2", "1", "0."]
+        assert [(round(w.start, 6), round(w.end, 6)) for w in words[1:]] == [
+            (0.5, 0.7), (0.7, 0.9), (0.9, 1.1), (1.1, 1.3), (1.3, 1.5)]
+        assert {w.probability for w in words[1:]} == {0.8}
+        # A quantity keeps its one word, its symbol joined or not.
+        assert [w.word for w in timed_words([(" 20000", 0.0, 1.0, 0.9), ("%", 1.0, 1.1, 0.9)])] == ["20000", "%"]
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +220,33 @@ class TestDecodeBatch:
         assert [p.text for p in pieces] == [" And", " so", " my", " fellow", " Americans"]
         assert [t for p in pieces for t in p.tokens] == tokens
         assert word_pieces(tiny.tokenizer, []) == ()
+
+    def test_a_pieces_digit_string_is_written_digit_by_digit_over_the_models_own_tokens(self, tiny):
+        tokens = tiny.tokenizer.encode(" Zip 90210.")
+        pieces = word_pieces(tiny.tokenizer, tokens)
+        assert "".join(p.text for p in pieces) == " Zip 9 0 2 1 0."
+        assert [t for p in pieces for t in p.tokens] == tokens, "the tokens are the model's, to force as prefix"
+
+
+@pytest.fixture(scope="module")
+def zip_code_phrase() -> np.ndarray:
+    """"nine oh two one oh" alone, the middle phrase of s4_digits.wav: tiny.en writes it
+    "90210" when it is decoded by itself (as a stream decodes each utterance)."""
+    return load_audio(AUDIO_DIR / "s4_digits.wav")[int(3.8 * SAMPLE_RATE):int(5.2 * SAMPLE_RATE)]
+
+
+class TestDigitStrings:
+    def test_a_zip_code_decoded_alone_is_written_digit_by_digit_as_offline(self, tiny, zip_code_phrase):
+        (final,) = decode(tiny, Clip(zip_code_phrase, DecodeOptions.final("en", True, beam_size=5)))
+        assert final.text == "9 0 2 1 0"
+        assert [w.word for w in final.words] == ["9", "0", "2", "1", "0"]
+        assert all(a.end == pytest.approx(b.start) for a, b in zip(final.words, final.words[1:]))
+        assert "".join(p.text for p in final.pieces).strip() == final.text
+        (partial,) = decode(tiny, Clip(zip_code_phrase, DecodeOptions.partial("en", beam_size=5)))
+        assert partial.text == "9 0 2 1 0" and "".join(p.text for p in partial.pieces).strip() == partial.text
+
+    def test_the_stock_path_writes_it_the_same_way(self, tiny, zip_code_phrase):
+        audio = np.concatenate([zip_code_phrase, silence(28)])  # faster-whisper's own decode writes "90210."
+        assert bucket(audio) is None
+        (final,) = decode(tiny, Clip(audio, DecodeOptions.final("en", True, beam_size=5)))
+        assert final.text == "9 0 2 1 0." and [w.word for w in final.words] == ["9", "0", "2", "1", "0."]

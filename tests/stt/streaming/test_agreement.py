@@ -116,3 +116,17 @@ def test_the_committed_words_are_the_decoder_prefix_until_they_are_too_many():
     agreement.update(many, forced_prefix=True)
     assert len(agreement.committed) > MAX_PREFIX_TOKENS // 10
     assert agreement.prefix_tokens == (), "too long for Whisper's prompt: nothing is forced"
+
+
+def test_a_digit_string_written_digit_by_digit_is_one_piece_agreed_on_whole():
+    # The engine writes "90210" digit by digit in a piece's text; its tokens stay the model's.
+    zip_code = Piece(" 9 0 2 1 0", (24, 2999, 940))
+    agreement = LocalAgreement()
+    agreement.update((Piece(" Zip", (1,)), zip_code), forced_prefix=False)
+    assert agreement.update((Piece(" zip", (1,)), zip_code, Piece(" now", (2,))), forced_prefix=False) \
+        == ("zip 9 0 2 1 0", "now")
+    assert agreement.prefix_tokens == (1, 24, 2999, 940)
+    # A hypothesis that heard one digit fewer does not agree with it.
+    agreement = LocalAgreement()
+    agreement.update((Piece(" 9021", (5,)),), forced_prefix=False)
+    assert agreement.update((zip_code,), forced_prefix=False) == ("", "9 0 2 1 0")
