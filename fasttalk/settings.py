@@ -367,6 +367,11 @@ MAX_SILENCE_DURATION = env_float("MAX_SILENCE_DURATION", 2.0)
 PARTIAL_CHUNK_DURATION = env_float("PARTIAL_CHUNK_DURATION", 0.25)
 # final_chunk_duration: trailing silence that ends an utterance and triggers its final.
 FINAL_CHUNK_DURATION = env_float("FINAL_CHUNK_DURATION", 0.5)
+# Semantic endpointing, the default of session_config.endpointing: off, an utterance
+# ends after final_chunk_duration of silence; low, medium, high, a hypothesis that ends a
+# sentence ends after a short silence (the shorter, the higher), one plainly incomplete
+# waits longer (docs/protocol.md, *Endpointing*).
+ENDPOINTING_EAGERNESS = env_choice("ENDPOINTING_EAGERNESS", "medium", ("off", "low", "medium", "high"))
 # Longest utterance with VAD on; longer speech is cut at its most recent pause, so a
 # monologue becomes consecutive finals with bounded memory and latency.
 MAX_UTTERANCE_DURATION = env_float("MAX_UTTERANCE_DURATION", 20.0)
