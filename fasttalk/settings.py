@@ -14,48 +14,10 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from fasttalk.env import env_bool, env_choice, env_float, env_int, env_list, env_str
+from monitoring.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{name}={raw!r} is not a boolean (use true/false)")
-
-
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-
-
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-
-
-def env_list(name: str, default: str) -> list[str]:
-    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
-
 
 # --- Django core -------------------------------------------------------------------
 
@@ -405,6 +367,11 @@ MAX_SILENCE_DURATION = env_float("MAX_SILENCE_DURATION", 2.0)
 PARTIAL_CHUNK_DURATION = env_float("PARTIAL_CHUNK_DURATION", 0.25)
 # final_chunk_duration: trailing silence that ends an utterance and triggers its final.
 FINAL_CHUNK_DURATION = env_float("FINAL_CHUNK_DURATION", 0.5)
+# Semantic endpointing, the default of session_config.endpointing: off, an utterance
+# ends after final_chunk_duration of silence; low, medium, high, a hypothesis that ends a
+# sentence ends after a short silence (the shorter, the higher), one plainly incomplete
+# waits longer (docs/protocol.md, *Endpointing*).
+ENDPOINTING_EAGERNESS = env_choice("ENDPOINTING_EAGERNESS", "medium", ("off", "low", "medium", "high"))
 # Longest utterance with VAD on; longer speech is cut at its most recent pause, so a
 # monologue becomes consecutive finals with bounded memory and latency.
 MAX_UTTERANCE_DURATION = env_float("MAX_UTTERANCE_DURATION", 20.0)
@@ -478,20 +445,5 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 # auto: readable lines on a terminal, one JSON object per line otherwise (a pipe or a
 # file is read by log aggregation); json; text (plain). See monitoring/logs.py.
 LOG_FORMAT = env_str("LOG_FORMAT", "auto")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "console": {"()": "monitoring.logs.console_formatter", "log_format": LOG_FORMAT},
-    },
-    "filters": {
-        "expected_unavailable": {"()": "monitoring.logs.ExpectedUnavailableFilter"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console",
-                             "filters": ["expected_unavailable"]}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "daphne": {"level": "WARNING"},
-        "faster_whisper": {"level": "WARNING"},
-    },
-}
+# The handlers, formatters and filters those two choose: monitoring/logs.py.
+LOGGING = logging_config(LOG_LEVEL, LOG_FORMAT)

@@ -84,6 +84,29 @@ def console_formatter(log_format: str = "auto", stream: TextIO | None = None) ->
     return JsonFormatter()
 
 
+def logging_config(level: str, log_format: str) -> dict[str, Any]:
+    """Django's LOGGING for LOG_LEVEL and LOG_FORMAT: one console handler with the
+    formatter above, the health endpoints' expected 503s filtered out, and the chatty
+    libraries held to warnings."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "console": {"()": "monitoring.logs.console_formatter", "log_format": log_format},
+        },
+        "filters": {
+            "expected_unavailable": {"()": "monitoring.logs.ExpectedUnavailableFilter"},
+        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "console",
+                                 "filters": ["expected_unavailable"]}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            "daphne": {"level": "WARNING"},
+            "faster_whisper": {"level": "WARNING"},
+        },
+    }
+
+
 class ExpectedUnavailableFilter(logging.Filter):
     """Drops Django's "Service Unavailable" error for the health endpoints: a 503 there
     is the answer (loading, draining, full), not a fault; the access log still has it."""

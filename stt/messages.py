@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     AfterValidator,
@@ -69,6 +69,11 @@ def clean_keyterm(value: str) -> str:
 
 Keyterm = Annotated[str, StringConstraints(max_length=MAX_KEYTERM_CHARS), AfterValidator(clean_keyterm)]
 
+# Semantic endpointing (session_config.endpointing, a runtime profile's, ENDPOINTING_EAGERNESS):
+# "off" ends an utterance after a fixed silence; the others sooner after a finished sentence.
+Eagerness = Literal["off", "low", "medium", "high"]
+EAGERNESS_LEVELS: tuple[str, ...] = get_args(Eagerness)
+
 
 # --- Client → server -------------------------------------------------------------------
 
@@ -88,6 +93,8 @@ class SessionConfig(BaseModel):
     buffer_duration: float | None = Field(default=None, ge=0.5, le=30.0)
     partial_chunk_duration: float | None = Field(default=None, ge=0.05, le=10.0)
     final_chunk_duration: float | None = Field(default=None, ge=0.1)
+    endpointing: Eagerness | None = Field(default=None, description="Semantic endpointing; null: the runtime "
+                                          "profile's (ENDPOINTING_EAGERNESS)")
     fasttalk_mode: bool = False
     user_id: str | None = Field(default=None, max_length=256)
     conversation_id: str | None = Field(default=None, max_length=256)
@@ -223,6 +230,7 @@ class EffectiveConfig(BaseModel):
     buffer_duration: float
     partial_chunk_duration: float
     final_chunk_duration: float
+    endpointing: Eagerness | None
     fasttalk_mode: bool
     user_id: str | None
     conversation_id: str | None

@@ -212,6 +212,13 @@ class RuntimeProfile(models.Model):
                                                      help_text="[MAX_SESSION_ERRORS]")
     default_language = models.CharField(max_length=16, blank=True,
                                         help_text="Language for sessions that set none (blank: auto/model's).")
+    endpointing_eagerness = models.CharField(
+        max_length=8, blank=True, choices=[
+            ("off", "off: a fixed end silence (final chunk duration)"), ("low", "low: waits longest"),
+            ("medium", "medium"), ("high", "high: ends a finished sentence soonest")],
+        help_text="Semantic endpointing for sessions that set no session_config.endpointing: how soon a "
+                  "finished sentence ends the utterance; a plainly incomplete one waits longer "
+                  "[ENDPOINTING_EAGERNESS].")
     vocabulary = models.TextField(
         blank=True,
         help_text=f"Keyterms for every session of this profile, one word or phrase per line (names of people, "
@@ -269,6 +276,8 @@ class RuntimeProfile(models.Model):
         values = {name: getattr(self, name) for name in self.TUNABLES if getattr(self, name) is not None}
         if self.default_language:
             values["default_language"] = self.default_language
+        if self.endpointing_eagerness:
+            values["endpointing_eagerness"] = self.endpointing_eagerness
         terms = vocabulary_terms(self.vocabulary)
         if terms:
             values["vocabulary"] = tuple(terms)

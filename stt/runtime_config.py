@@ -54,6 +54,8 @@ class RuntimeValues:
     gpu_failure_threshold: int
     max_session_errors: int
     default_language: str | None
+    # Semantic endpointing (ENDPOINTING_EAGERNESS): the default of session_config.endpointing.
+    endpointing_eagerness: str
     # Keyterms of the profile (its vocabulary), merged after a session's own keyterms.
     vocabulary: tuple[str, ...] = ()
 
@@ -76,6 +78,7 @@ class RuntimeValues:
             gpu_failure_threshold=settings.GPU_FAILURE_THRESHOLD,
             max_session_errors=settings.MAX_SESSION_ERRORS,
             default_language=None,
+            endpointing_eagerness=settings.ENDPOINTING_EAGERNESS,
         )
 
     def overlaid(self, profile: str, overrides: dict[str, Any]) -> "RuntimeValues":
@@ -87,6 +90,7 @@ class RuntimeValues:
             "partial_chunk_duration": self.partial_chunk_duration,
             "final_chunk_duration": min(self.final_chunk_duration, self.max_silence_duration),
             "language": self.default_language,
+            "endpointing": self.endpointing_eagerness,
         }
 
     def as_dict(self) -> dict[str, Any]:

@@ -60,12 +60,14 @@ async def test_a_profile_saved_in_the_admin_reaches_every_process_within_two_sec
     for server in (first, second):
         runtime, config = await runtime_of_new_session(server)
         assert runtime["profile"] == "" and runtime["vad_threshold"] == 0.5
+        assert runtime["endpointing_eagerness"] == config["endpointing"] == "medium"
 
     browser = AdminBrowser(first.base, "admin", "s3cret-pass-phrase")
     form = browser.get("/admin/stt/runtimeprofile/add/")
     status, _ = browser.post("/admin/stt/runtimeprofile/add/", {
         "name": "call-center", "description": "noisy room", "is_default": "on", "vad_threshold": "0.65",
         "partial_chunk_duration": "0.4", "final_beam_size": "3", "default_language": "",
+        "endpointing_eagerness": "high",
     }, form)
     assert status == 200  # redirected to the list after the save
 
@@ -74,6 +76,7 @@ async def test_a_profile_saved_in_the_admin_reaches_every_process_within_two_sec
         runtime, config = await runtime_of_new_session(server)
         assert (runtime["profile"], runtime["final_beam_size"]) == ("call-center", 3)
         assert config["partial_chunk_duration"] == 0.4, "the profile's default for the session key"
+        assert runtime["endpointing_eagerness"] == config["endpointing"] == "high"
 
     # An edit travels the same way.
     page = browser.get("/admin/stt/runtimeprofile/")

@@ -13,7 +13,7 @@ from stt.runtime_config import RuntimeValues
 @admin.register(RuntimeProfile)
 class RuntimeProfileAdmin(admin.ModelAdmin):
     list_display = ("name", "is_default", "description", "vad_threshold", "partial_chunk_duration",
-                    "final_chunk_duration", "final_beam_size", "updated_at")
+                    "final_chunk_duration", "endpointing_eagerness", "final_beam_size", "updated_at")
     list_editable = ()
     search_fields = ("name", "description")
     readonly_fields = ("effective_values", "updated_at")
@@ -21,8 +21,8 @@ class RuntimeProfileAdmin(admin.ModelAdmin):
         (None, {"fields": ("name", "description", "is_default")}),
         ("Voice activity detection", {"fields": ("vad_threshold", "vad_min_speech_ms", "vad_speech_pad_ms")}),
         ("Partial and final triggers", {"fields": ("min_audio_length", "partial_chunk_duration",
-                                                   "final_chunk_duration", "max_silence_duration",
-                                                   "max_utterance_duration")}),
+                                                   "final_chunk_duration", "endpointing_eagerness",
+                                                   "max_silence_duration", "max_utterance_duration")}),
         ("Decoding", {"fields": ("partial_beam_size", "final_beam_size", "default_language")}),
         ("Vocabulary", {"fields": ("vocabulary",),
                         "description": "Keyterms that bias every partial and final of the profile's sessions "

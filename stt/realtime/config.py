@@ -4,12 +4,17 @@ VAD tuning.
 
 | OpenAI | here |
 | --- | --- |
-| `turn_detection` `server_vad` | `enable_vad: true` (silero-vad) |
+| `turn_detection` `server_vad` | `enable_vad: true` (silero-vad), `endpointing: "off"`: a fixed end silence |
+| `turn_detection` `semantic_vad` | `enable_vad: true`, `endpointing` its `eagerness`: `low`, `medium`, `high`, or `auto` (the default) = null, the runtime profile's |
 | `turn_detection: null` | `enable_vad: false`: the client commits; a buffer reaching `MANUAL_COMMIT_SECONDS` is committed by the server |
-| `silence_duration_ms` | `final_chunk_duration` (100 ms to `MAX_SILENCE_DURATION`) |
-| `threshold` | the session's VAD threshold (default `VAD_THRESHOLD`) |
-| `prefix_padding_ms` | the session's speech padding (default `VAD_SPEECH_PAD_MS`, at most 1000) |
+| `silence_duration_ms` (`server_vad`) | `final_chunk_duration` (100 ms to `MAX_SILENCE_DURATION`) |
+| `threshold` (`server_vad`) | the session's VAD threshold (default `VAD_THRESHOLD`) |
+| `prefix_padding_ms` (`server_vad`) | the session's speech padding (default `VAD_SPEECH_PAD_MS`, at most 1000) |
 | `input_audio_transcription.language` | `language` |
+
+A `turn_detection` without `type` keeps the current one. Each type takes only its own
+settings (the other's are refused): `semantic_vad` runs with the VAD values `server_vad`
+last had, and its end silence follows its eagerness.
 
 Sessions report their effective settings: the model is the server's, and what is
 accepted but not applied (prompt, keywords, noise reduction, logprobs) shows as its
@@ -43,18 +48,32 @@ class ServerVad:
 
 @dataclass(frozen=True)
 class RealtimeConfig:
-    """What a transcription session runs with. `vad` keeps the server VAD values while
-    turn detection is off, so that turning it back on restores them."""
+    """What a transcription session runs with. `vad` and `semantic_eagerness` keep their
+    values while turn detection is off, so that turning it back on restores them."""
 
     model: str
     language: str | None
     turn_detection: bool
     vad: ServerVad
+    # semantic_vad's eagerness (low, medium, high, auto); None: server_vad.
+    semantic_eagerness: str | None = None
 
     def fasttalk_config(self) -> dict[str, Any]:
         """The /ws/transcribe session config keys this session sets."""
+        if self.semantic_eagerness is None:
+            endpointing: str | None = "off"
+        else:  # auto: null, the runtime profile's eagerness
+            endpointing = None if self.semantic_eagerness == "auto" else self.semantic_eagerness
         return {"language": self.language, "enable_vad": self.turn_detection,
-                "final_chunk_duration": self.vad.silence_duration_ms / 1000}
+                "final_chunk_duration": self.vad.silence_duration_ms / 1000, "endpointing": endpointing}
+
+    def turn_detection_object(self) -> dict[str, Any] | None:
+        """`turn_detection` as the session object shows it."""
+        if not self.turn_detection:
+            return None
+        if self.semantic_eagerness is not None:
+            return {"type": "semantic_vad", "eagerness": self.semantic_eagerness}
+        return self.vad.as_dict()
 
     def beta_session(self, session_id: str, expires_at: int) -> dict[str, Any]:
         """As `transcription_session.created` / `.updated` carry it."""
@@ -62,7 +81,7 @@ class RealtimeConfig:
             "id": session_id, "object": "realtime.transcription_session", "expires_at": expires_at,
             "input_audio_format": "pcm16",
             "input_audio_transcription": self._transcription(),
-            "turn_detection": self.vad.as_dict() if self.turn_detection else None,
+            "turn_detection": self.turn_detection_object(),
             "input_audio_noise_reduction": None,
             "include": None,
         }
@@ -76,7 +95,7 @@ class RealtimeConfig:
                 "format": {"type": "audio/pcm", "rate": INPUT_SAMPLE_RATE},
                 "transcription": self._transcription(),
                 "noise_reduction": None,
-                "turn_detection": self.vad.as_dict() if self.turn_detection else None,
+                "turn_detection": self.turn_detection_object(),
             }},
             "include": None,
         }
@@ -102,7 +121,8 @@ class UpdateParams:
 
     def by_fasttalk_field(self) -> dict[str, str]:
         return {"language": self.language, "enable_vad": self.turn_detection,
-                "final_chunk_duration": f"{self.turn_detection}.silence_duration_ms"}
+                "final_chunk_duration": f"{self.turn_detection}.silence_duration_ms",
+                "endpointing": f"{self.turn_detection}.eagerness"}
 
 
 def updated_config(current: RealtimeConfig, session: BetaSession | GaSession,
@@ -158,9 +178,11 @@ def _with_turn_detection(config: RealtimeConfig, turn: TurnDetection | None, par
                          max_silence_ms: int) -> RealtimeConfig:
     if turn is None:
         return replace(config, turn_detection=False)
-    if turn.type == "semantic_vad":
-        raise SttError("invalid_config", "semantic_vad is not available here: use server_vad, or null to "
-                       "commit by hand", field=f"{params.turn_detection}.type")
+    semantic = turn.type == "semantic_vad" or (turn.type is None and config.semantic_eagerness is not None)
+    _check_turn_fields(turn, semantic, params)
+    if semantic:
+        eagerness = turn.eagerness or config.semantic_eagerness or "auto"
+        return replace(config, turn_detection=True, semantic_eagerness=eagerness)
     silence = turn.silence_duration_ms
     if silence is not None and silence > max_silence_ms:
         raise SttError("invalid_config", f"silence_duration_ms may be at most {max_silence_ms} on this server",
@@ -171,4 +193,15 @@ def _with_turn_detection(config: RealtimeConfig, turn: TurnDetection | None, par
         prefix_padding_ms=turn.prefix_padding_ms if turn.prefix_padding_ms is not None else vad.prefix_padding_ms,
         silence_duration_ms=silence if silence is not None else vad.silence_duration_ms,
     )
-    return replace(config, turn_detection=True, vad=vad)
+    return replace(config, turn_detection=True, vad=vad, semantic_eagerness=None)
+
+
+def _check_turn_fields(turn: TurnDetection, semantic: bool, params: UpdateParams) -> None:
+    """Each type of turn detection takes its own settings only: silently dropping the
+    other's would leave a client believing they apply."""
+    foreign = ("threshold", "prefix_padding_ms", "silence_duration_ms") if semantic else ("eagerness",)
+    for name in foreign:
+        if getattr(turn, name) is not None:
+            kind, other = ("semantic_vad", "server_vad") if semantic else ("server_vad", "semantic_vad")
+            raise SttError("invalid_config", f"{name} is a {other} setting; {kind} does not take it",
+                           field=f"{params.turn_detection}.{name}")

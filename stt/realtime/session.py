@@ -82,6 +82,7 @@ class RealtimeSession:
         await self.session.on_message(StartSession(session_config={
             "session_id": self.session_id, "enable_timestamps": False, "enable_partial_transcription": True,
             "send_legacy_transcription": False, "buffer_duration": MANUAL_COMMIT_SECONDS,
+            "endpointing": "off",  # server_vad, the default turn detection: a fixed end silence
         }))
         session = self.session
         if not session.started or session.config is None:

@@ -76,6 +76,8 @@ class StreamParams:
             partial_beam_size=runtime.partial_beam_size,
             final_beam_size=runtime.final_beam_size,
             prompt=prompt,
+            # The session's own choice, else (null: "the profile's") its runtime profile's.
+            eagerness=config.endpointing or runtime.endpointing_eagerness,
         )
 
     @property

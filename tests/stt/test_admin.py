@@ -211,3 +211,32 @@ class TestRuntimeProfiles:
         page = listed(admin_client.get(reverse("admin:stt_runtimeprofile_change", args=[profile.pk])))
         assert "<code>vad_threshold</code> = 0.6</div>" in page
         assert f"<code>final_beam_size</code> = {settings.STT_FINAL_BEAM_SIZE} (server setting)" in page
+
+    def test_the_form_offers_the_endpointing_eagerness_and_saves_it(self, admin_client):
+        page = listed(admin_client.get(self.url))
+        assert '<select name="endpointing_eagerness"' in page
+        for level in ("off", "low", "medium", "high"):
+            assert f'<option value="{level}">' in page
+        assert page.index('name="final_chunk_duration"') < page.index('name="endpointing_eagerness"'), \
+            "beside the end silence it replaces"
+        assert admin_client.post(self.url, self.form(endpointing_eagerness="high")).status_code == 302
+        profile = RuntimeProfile.objects.get(name="office")
+        assert profile.endpointing_eagerness == "high"
+        page = listed(admin_client.get(reverse("admin:stt_runtimeprofile_change", args=[profile.pk])))
+        assert '<option value="high" selected>' in page
+        assert "<code>endpointing_eagerness</code> = high</div>" in page
+
+    def test_left_blank_the_endpointing_eagerness_is_the_servers(self, admin_client, settings):
+        settings.ENDPOINTING_EAGERNESS = "low"
+        assert admin_client.post(self.url, self.form()).status_code == 302
+        profile = RuntimeProfile.objects.get(name="office")
+        page = listed(admin_client.get(reverse("admin:stt_runtimeprofile_change", args=[profile.pk])))
+        assert "<code>endpointing_eagerness</code> = low (server setting)</div>" in page
+
+    def test_an_unknown_endpointing_eagerness_is_refused(self, admin_client):
+        response = admin_client.post(self.url, self.form(endpointing_eagerness="auto"))
+        errors = response.context["adminform"].form.errors
+        assert "endpointing_eagerness" in errors and "not one of the available choices" in " ".join(
+            errors["endpointing_eagerness"])
+        assert not RuntimeProfile.objects.exists()
+

@@ -55,6 +55,21 @@ def test_saving_a_new_default_retires_the_old_one():
     assert list(RuntimeProfile.objects.filter(is_default=True).values_list("name", flat=True)) == ["second"]
 
 
+class TestEndpointingEagerness:
+    def test_blank_inherits_the_setting_a_level_overrides_it(self):
+        profile = RuntimeProfile(name="p")
+        profile.full_clean()
+        assert profile.endpointing_eagerness == "" and "endpointing_eagerness" not in profile.overrides()
+        for level in ("off", "low", "medium", "high"):
+            profile = RuntimeProfile(name="p", endpointing_eagerness=level)
+            profile.full_clean()
+            assert profile.overrides() == {"endpointing_eagerness": level}
+
+    @pytest.mark.parametrize("value", ["auto", "HIGH", "eager"])
+    def test_other_values_are_refused(self, value):
+        assert "endpointing_eagerness" in invalid_fields(endpointing_eagerness=value)
+
+
 class TestVocabulary:
     def test_one_term_per_line_tidied_blank_lines_skipped(self):
         profile = RuntimeProfile(name="p", vocabulary="Siobhan   Nakamura\n\n  Zyphora \r\nReykjavík\n")

@@ -187,6 +187,34 @@ class TestKeyterms:
         assert (error.code, error.field) == ("invalid_message", "data.keyterms")
 
 
+class TestEndpointing:
+    @pytest.mark.parametrize("value", ["off", "low", "medium", "high", None])
+    def test_each_level_or_null_is_accepted(self, value):
+        assert protocol.validate_config({"endpointing": value}).endpointing == value
+
+    def test_left_out_it_takes_the_runtime_profiles_value_else_null(self):
+        assert protocol.validate_config({}).endpointing is None
+        assert protocol.validate_config({}, defaults={"endpointing": "high"}).endpointing == "high"
+        assert protocol.validate_config({"endpointing": "off"}, defaults={"endpointing": "high"}).endpointing == "off"
+
+    @pytest.mark.parametrize("value", ["HIGH", "auto", "eager", "", 1, True, ["low"]])
+    def test_anything_else_is_refused_naming_the_field(self, value):
+        with pytest.raises(SttError) as caught:
+            protocol.validate_config({"endpointing": value})
+        error = caught.value.to_payload()
+        assert (error["code"], error["field"], error["recoverable"]) == ("invalid_config", "endpointing", True)
+        assert "endpointing" in error["message"] and "nothing was applied" in error["message"]
+
+    def test_configure_changes_it_and_a_bad_value_changes_nothing(self):
+        config = protocol.validate_config({}, defaults={"endpointing": "medium"})
+        assert config.merged({"endpointing": "high"}).endpointing == "high"
+        assert config.merged({"endpointing": None}).endpointing is None, "back to the profile's"
+        with pytest.raises(SttError) as caught:
+            config.merged({"endpointing": "fast", "buffer_duration": 1.0})
+        assert caught.value.field == "endpointing"
+        assert (config.endpointing, config.buffer_duration) == ("medium", 2.0)
+
+
 def test_timestamps_are_iso8601_utc_with_milliseconds():
     stamp = protocol.utc_timestamp()
     assert stamp.endswith("Z") and "T" in stamp and len(stamp) == len("2024-01-15T10:30:00.000Z")

@@ -76,3 +76,15 @@ async def test_saving_a_profile_announces_it():
     await sync_to_async(RuntimeProfile.objects.create)(name="office", is_default=True, final_beam_size=2)
     assert (await store.values()).final_beam_size == 2
     assert store.reloads == reloads + 1
+
+
+async def test_the_endpointing_eagerness_comes_from_the_profile_else_the_setting(settings):
+    settings.ENDPOINTING_EAGERNESS = "low"
+    assert (await store.values()).endpointing_eagerness == "low"
+    await sync_to_async(RuntimeProfile.objects.create)(name="office", is_default=True, vad_threshold=0.7)
+    await sync_to_async(RuntimeProfile.objects.create)(name="street", endpointing_eagerness="high")
+    office, street = await store.values(), await store.values("street")
+    assert office.endpointing_eagerness == "low", "left blank: the setting"
+    assert street.endpointing_eagerness == "high"
+    assert street.session_defaults()["endpointing"] == "high", "the default of session_config.endpointing"
+    assert street.as_dict()["endpointing_eagerness"] == "high", "as session_started's data.runtime shows it"

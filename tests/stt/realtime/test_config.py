@@ -36,7 +36,8 @@ class TestUpdates:
     def test_null_turn_detection_means_manual_commits_and_keeps_the_vad_values_for_later(self):
         manual = beta(turn_detection=None)
         assert not manual.turn_detection and manual.vad == CURRENT.vad
-        assert manual.fasttalk_config() == {"language": None, "enable_vad": False, "final_chunk_duration": 0.5}
+        assert manual.fasttalk_config() == {"language": None, "enable_vad": False, "final_chunk_duration": 0.5,
+                                            "endpointing": "off"}
         again = updated_config(manual, BetaSession.model_validate({"turn_detection": {"type": "server_vad"}}), 2000)
         assert again.turn_detection and again.vad == CURRENT.vad
 
@@ -51,10 +52,60 @@ class TestUpdates:
             (lambda: beta(input_audio_format="g711_ulaw"), "session.input_audio_format"),
             (lambda: ga(format={"type": "audio/pcmu"}), "session.audio.input.format.type"),
             (lambda: ga(format={"type": "audio/pcm", "rate": 16000}), "session.audio.input.format.rate"),
-            (lambda: beta(turn_detection={"type": "semantic_vad"}), "session.turn_detection.type"),
             (lambda: beta(turn_detection={"silence_duration_ms": 2500}), "session.turn_detection.silence_duration_ms"),
             (lambda: beta(input_audio_transcription=None), "session.input_audio_transcription"),
             (lambda: ga(transcription=None), "session.audio.input.transcription"),
+        ]
+        for update, param in cases:
+            error = refused(update)
+            assert (error.code, error.field) == ("invalid_config", param)
+
+
+class TestSemanticVad:
+    """semantic_vad is VAD with endpointing by its eagerness; server_vad is endpointing off."""
+
+    @pytest.mark.parametrize("eagerness", ["low", "medium", "high"])
+    def test_its_eagerness_is_the_sessions_endpointing(self, eagerness):
+        config = ga(turn_detection={"type": "semantic_vad", "eagerness": eagerness})
+        assert config.fasttalk_config() == {"language": None, "enable_vad": True, "final_chunk_duration": 0.5,
+                                            "endpointing": eagerness}
+        assert config.ga_session("sess_1", 0)["audio"]["input"]["turn_detection"] == {
+            "type": "semantic_vad", "eagerness": eagerness}
+
+    def test_auto_the_default_leaves_the_runtime_profiles_eagerness(self):
+        config = beta(turn_detection={"type": "semantic_vad"})
+        assert config.fasttalk_config()["endpointing"] is None, "null: the profile's"
+        assert beta(turn_detection={"type": "semantic_vad", "eagerness": "auto"}) == config
+        assert config.beta_session("sess_1", 0)["turn_detection"] == {"type": "semantic_vad", "eagerness": "auto"}
+
+    def test_server_vad_is_a_fixed_end_silence_and_gets_its_values_back(self):
+        assert CURRENT.fasttalk_config()["endpointing"] == "off"
+        semantic = beta(turn_detection={"type": "semantic_vad", "eagerness": "high"})
+        again = updated_config(semantic, BetaSession.model_validate(
+            {"turn_detection": {"type": "server_vad", "silence_duration_ms": 700}}), 2000)
+        assert again.fasttalk_config() == {"language": None, "enable_vad": True, "final_chunk_duration": 0.7,
+                                           "endpointing": "off"}
+        assert again.beta_session("s", 0)["turn_detection"] == ServerVad(0.5, 200, 700).as_dict()
+
+    def test_an_update_without_a_type_keeps_the_current_one(self):
+        semantic = beta(turn_detection={"type": "semantic_vad", "eagerness": "high"})
+        lower = updated_config(semantic, BetaSession.model_validate({"turn_detection": {"eagerness": "low"}}), 2000)
+        assert lower.fasttalk_config()["endpointing"] == "low"
+        manual = updated_config(lower, BetaSession.model_validate({"turn_detection": None}), 2000)
+        assert manual.fasttalk_config()["enable_vad"] is False
+        back = updated_config(manual, BetaSession.model_validate({"turn_detection": {}}), 2000)
+        assert back.turn_detection and back.fasttalk_config()["endpointing"] == "low"
+        assert beta(turn_detection={}).fasttalk_config()["endpointing"] == "off"
+
+    def test_each_type_refuses_the_others_settings(self):
+        cases = [
+            (lambda: beta(turn_detection={"type": "semantic_vad", "silence_duration_ms": 800}),
+             "session.turn_detection.silence_duration_ms"),
+            (lambda: ga(turn_detection={"type": "semantic_vad", "threshold": 0.6}),
+             "session.audio.input.turn_detection.threshold"),
+            (lambda: beta(turn_detection={"type": "server_vad", "eagerness": "high"}),
+             "session.turn_detection.eagerness"),
+            (lambda: beta(turn_detection={"eagerness": "high"}), "session.turn_detection.eagerness"),
         ]
         for update, param in cases:
             error = refused(update)

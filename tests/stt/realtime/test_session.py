@@ -94,6 +94,36 @@ class TestServerVad:
         await realtime.on_disconnect()
 
 
+class TestSemanticVad:
+    async def test_server_vad_ends_turns_on_a_fixed_silence_semantic_vad_by_its_eagerness(self, engine, settings):
+        settings.ENDPOINTING_EAGERNESS = "high"  # the runtime profile's (no profile: the setting)
+        realtime, transport = await open_realtime(engine)
+        assert realtime.session.stream.params.eagerness == "off", "server_vad, the default"
+
+        await send(realtime, {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "low"}}}}})
+        updated = transport.of("session.updated")[-1]["session"]["audio"]["input"]["turn_detection"]
+        assert updated == {"type": "semantic_vad", "eagerness": "low"}
+        params = realtime.session.stream.params
+        assert (params.enable_vad, params.eagerness) == (True, "low")
+
+        await send(realtime, {"type": "transcription_session.update", "session": {"turn_detection": {
+            "type": "semantic_vad", "eagerness": "auto"}}})
+        assert transport.of("transcription_session.updated")[-1]["session"]["turn_detection"] == {
+            "type": "semantic_vad", "eagerness": "auto"}
+        assert realtime.session.stream.params.eagerness == "high", "auto: the profile's"
+
+        await send(realtime, {"type": "transcription_session.update", "session": {"turn_detection": {
+            "type": "server_vad", "eagerness": "low"}, "input_audio_transcription": {"language": "en"}}})
+        error = transport.of("error")[-1]["error"]
+        assert (error["code"], error["param"]) == ("invalid_config", "session.turn_detection.eagerness")
+        assert realtime.session.config.language is None, "a refused update changes nothing"
+        await send(realtime, {"type": "transcription_session.update", "session": {"turn_detection": {
+            "type": "server_vad"}}})
+        assert realtime.session.stream.params.eagerness == "off"
+        await realtime.on_disconnect()
+
+
 class TestManualTurns:
     async def test_a_commit_finalizes_the_buffer_and_the_item_is_transcribed(self, engine, jfk_24k):
         realtime, transport = await open_realtime(engine)
