@@ -6,7 +6,7 @@ import pytest
 
 from stt.engine import Piece
 from stt.streaming import LocalAgreement
-from stt.streaming.agreement import MAX_PREFIX_TOKENS
+from stt.streaming.agreement import MAX_PREFIX_TOKENS, keep_committed
 
 
 def pieces(*words: str) -> tuple[Piece, ...]:
@@ -130,3 +130,23 @@ def test_a_digit_string_written_digit_by_digit_is_one_piece_agreed_on_whole():
     agreement = LocalAgreement()
     agreement.update((Piece(" 9021", (5,)),), forced_prefix=False)
     assert agreement.update((zip_code,), forced_prefix=False) == ("", "9 0 2 1 0")
+
+
+def test_while_commits_are_frozen_a_hypothesis_only_shows_and_commits_nothing():
+    agreement = LocalAgreement()
+    agreement.update(pieces("and", "so"), forced_prefix=False)
+    assert agreement.update(pieces("and", "so", "my"), forced_prefix=False, commit=False) == ("", "and so my")
+    assert agreement.prefix_tokens == ()
+    # Thawed, the next hypothesis is compared with the one shown while frozen.
+    assert agreement.update(pieces("and", "so", "my", "fellow"), forced_prefix=False) == ("and so my", "fellow")
+
+
+@pytest.mark.parametrize("committed, final, kept", [
+    ("", "Hello there.", "Hello there."),
+    ("And so my", "And so my fellow Americans.", "And so my fellow Americans."),
+    ("And so my", "and so, my fellow Americans.", "and so, my fellow Americans."),  # same words
+    ("And so my", "And so am I fellow Americans.", "And so my I fellow Americans."),
+    ("Then play", "And play some music.", "Then play some music."),
+])
+def test_the_final_starts_with_the_committed_words(committed, final, kept):
+    assert keep_committed(committed, final) == kept
