@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from stt.engine.hallucinations import is_hallucination
 from stt.engine.numbers import space_digits, space_digits_in_parts, split_evenly
 from stt.engine.types import SAMPLE_RATE, DecodeOptions, JobKind, Piece, Word
 
@@ -204,7 +205,14 @@ def decode_batch(model: Any, tokenizer: Any, jobs: Sequence[Decodable], multilin
             continue
         alignment = alignments[index] if alignments is not None else []
         outputs.append(_assemble(tokenizer, job, draft, alignment, multilingual))
-    return outputs
+    return [without_hallucination(output, job.audio) for output, job in zip(outputs, jobs)]
+
+
+def without_hallucination(decoded: Decoded, audio: np.ndarray) -> Decoded:
+    """An empty result instead of text the decoder invented (stt/engine/hallucinations.py)."""
+    if decoded.text and is_hallucination(decoded.text, decoded.confidence, audio.size / SAMPLE_RATE):
+        return decoded._replace(text="", words=(), pieces=(), confidence=0.0)
+    return decoded
 
 
 def context_tokens(tokenizer: Any, prompt: str) -> list[int]:
@@ -317,5 +325,5 @@ def decode_stock(model: Any, tokenizer: Any, job: Decodable, multilingual: bool)
     else:
         scored = [s.avg_logprob for s in segments if s.text.strip()]
         confidence = math.exp(sum(scored) / len(scored)) if scored else 0.0
-    return Decoded(text, words, word_pieces(tokenizer, tokens), info.language,
-                   round(min(1.0, confidence), 4), False)
+    return without_hallucination(Decoded(text, words, word_pieces(tokenizer, tokens), info.language,
+                                         round(min(1.0, confidence), 4), False), job.audio)

@@ -83,6 +83,12 @@ class Scheduler:
     def in_flight(self) -> int:
         return self._running
 
+    @property
+    def finals_waiting(self) -> int:
+        """Queued finals and speculative finals: above zero, the workers are behind on them."""
+        with self._cond:
+            return sum(1 for job in self._queue if job.kind < JobKind.PARTIAL)
+
     def start(self, workers: int) -> None:
         for index in range(workers):
             thread = threading.Thread(target=self._work, name=f"stt-inference-{index}", daemon=True)

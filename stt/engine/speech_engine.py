@@ -142,6 +142,10 @@ class SpeechEngine:
     def in_flight(self) -> int:
         return self.scheduler.in_flight
 
+    @property
+    def finals_waiting(self) -> int:
+        return self.scheduler.finals_waiting
+
     async def transcribe(self, source: AudioSource, options: DecodeOptions, stream_key: Any = None,
                          health_probe: bool = False) -> Transcript:
         """Transcribe 16 kHz mono float32 audio (or a callable giving the latest audio,

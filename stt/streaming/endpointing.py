@@ -50,9 +50,9 @@ TIMINGS = {
     "low": EagernessTimings(complete_seconds=0.352, incomplete_factor=4.0),
 }
 
-# Silence after which the final is decoded ahead of time for the judgement (four VAD
+# Silence after which the final is decoded ahead of time for the judgement (two VAD
 # windows): short enough that its decode runs while the complete-sentence silence does.
-JUDGEMENT_SILENCE_SECONDS = 0.096
+JUDGEMENT_SILENCE_SECONDS = 0.064
 
 # Words after which an English sentence does not end, whatever the punctuation:
 # articles, conjunctions, possessives, hesitations (Whisper often ends a cut-off phrase

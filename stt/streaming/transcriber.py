@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 # onset's pre-roll, and, while none has been shown, again after this much new audio.
 FIRST_PARTIAL_SPEECH = seconds_to_samples(0.16)
 FIRST_PARTIAL_RETRY = seconds_to_samples(0.096)
+# Hypotheses on less audio than this (the onset's pre-roll included) commit nothing:
+# tiny.en's guesses at a fraction of a second agree on wrong words too often.
+MIN_COMMIT_AUDIO = seconds_to_samples(1.0)
 # Partials pause while the speaker does: a pause adds no words to show.
 PAUSE_SAMPLES = seconds_to_samples(JUDGEMENT_SILENCE_SECONDS)
 
@@ -152,7 +155,11 @@ class StreamingTranscriber:
                     fault = fault or exc
             elif isinstance(event, SpeculativeFinal):
                 options = self._freeze_final_options(event.utterance, event.speech_end)
-                if event.judge:
+                if event.judge and self.engine.finals_waiting:
+                    # The engine is behind on finals: no extra decode for a pause that may
+                    # not end anything; the usual end silence and its speculation apply.
+                    self._endpoint_later(event, self.params.end_silence, None)
+                elif event.judge:
                     self._start_judgement(event, options)
                 else:
                     self.engine.prefetch(event.audio, options, self._key)
@@ -220,9 +227,12 @@ class StreamingTranscriber:
             return
         verdict = completeness(transcript.text)
         silence = required_silence(verdict, self.params.eagerness, self.params.end_silence)
-        end = event.end if verdict is Completeness.COMPLETE else None
+        await asyncio.shield(self._endpoint_later(event, silence, event.end if verdict is Completeness.COMPLETE else None))
+
+    def _endpoint_later(self, event: SpeculativeFinal, silence: int, end: int | None) -> asyncio.Future:
+        """Apply an endpoint judgement after the frames pushed so far."""
         self._frame = frame = asyncio.ensure_future(self._apply_endpoint(event, silence, end, self._frame))
-        await asyncio.shield(frame)
+        return frame
 
     async def _apply_endpoint(self, event: SpeculativeFinal, silence: int, end: int | None,
                               previous: asyncio.Future | None) -> None:
@@ -335,7 +345,9 @@ class StreamingTranscriber:
         if not transcript.cached:
             self.stats.processing_seconds += transcript.inference_seconds / transcript.batch_size
         frozen = progress.frozen_at == utterance.last_speech_end  # its final is being decoded
-        stable, unstable = agreement.update(transcript.pieces, transcript.prefix_forced, commit=not frozen)
+        # Words are committed (and forced on the final) only from hypotheses on enough audio.
+        commit = not frozen and covered >= MIN_COMMIT_AUDIO
+        stable, unstable = agreement.update(transcript.pieces, transcript.prefix_forced, commit=commit)
         progress.partial_count += 1
         if progress.first_partial_at is None:
             progress.first_partial_at = time.perf_counter()
