@@ -17,11 +17,15 @@ MAX_CONFIDENCE = 0.5
 SHORT_AUDIO_SECONDS = 1.0
 MIN_CONFIDENCE_ON_SHORT_AUDIO = 0.3
 
-_STOCK_PHRASES = (
+# Whole texts, and beginnings of texts, that Whisper writes for non-speech.
+_STOCK_TEXTS = frozenset({
     "thank you for watching", "thanks for watching", "thank you for listening", "thanks for listening",
-    "please subscribe", "subscribe to my channel", "like and subscribe", "don't forget to subscribe",
-    "see you in the next video", "see you next time", "subtitles by", "subtitles made by",
-    "transcribed by", "thank you", "you",
+    "please subscribe", "subscribe to my channel", "like and subscribe", "see you in the next video",
+    "see you next time", "thank you", "you",
+})
+_STOCK_BEGINNINGS = (
+    "thank you for watching", "thanks for watching", "please subscribe", "don't forget to subscribe",
+    "subtitles by", "subtitles made by", "transcribed by",
 )
 
 
@@ -32,8 +36,7 @@ def _words(text: str) -> str:
 def is_stock_phrase(text: str) -> bool:
     """The whole text is one of Whisper's stock phrases (any case and punctuation)."""
     words = _words(text)
-    return bool(words) and any(words == phrase or words.startswith(phrase + " ") and len(phrase.split()) > 2
-                               for phrase in _STOCK_PHRASES)
+    return words in _STOCK_TEXTS or any(words.startswith(beginning + " ") for beginning in _STOCK_BEGINNINGS)
 
 
 def is_hallucination(text: str, confidence: float, audio_seconds: float) -> bool:

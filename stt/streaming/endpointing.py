@@ -10,7 +10,8 @@ the speech so far (the final decoded ahead of time, once a short pause begins):
   cannot end an English sentence ("I would like to book a table for"). The utterance
   waits a multiple of the session's final_chunk_duration, so a speaker who pauses
   mid-sentence is not cut in two.
-- UNCERTAIN: anything else (no punctuation, a language without these rules). The
+- UNCERTAIN: anything else (no final punctuation, a number at the end: numbers are
+  dictated in groups, a language without these rules). The
   session's final_chunk_duration, as without semantic endpointing.
 
 The judgement uses only the decoder's text (its punctuation is learned from prosody
@@ -45,9 +46,9 @@ class EagernessTimings:
 # Measured against the VAD's end of speech, which already trails the last word by a
 # few tens of milliseconds (silero's probabilities decay, plus the hysteresis).
 TIMINGS = {
-    "high": EagernessTimings(complete_seconds=0.128, incomplete_factor=1.5),
-    "medium": EagernessTimings(complete_seconds=0.192, incomplete_factor=2.5),
-    "low": EagernessTimings(complete_seconds=0.352, incomplete_factor=4.0),
+    "high": EagernessTimings(complete_seconds=0.096, incomplete_factor=1.5),
+    "medium": EagernessTimings(complete_seconds=0.160, incomplete_factor=2.5),
+    "low": EagernessTimings(complete_seconds=0.320, incomplete_factor=4.0),
 }
 
 # Silence after which the final is decoded ahead of time for the judgement (two VAD
@@ -85,6 +86,8 @@ def completeness(text: str) -> Completeness:
         return Completeness.INCOMPLETE
     if _QUESTION_OR_EXCLAMATION.search(stripped):
         return Completeness.COMPLETE
+    if last_word.isdigit():
+        return Completeness.UNCERTAIN  # numbers are dictated in groups, with pauses between
     if last_word in _DANGLING_IN_STATEMENTS:
         return Completeness.INCOMPLETE
     if _STATEMENT_END.search(stripped):

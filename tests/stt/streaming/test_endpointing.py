@@ -33,7 +33,8 @@ class TestCompleteness:
     def test_a_plainly_unfinished_one_is_incomplete(self, text):
         assert completeness(text) is Completeness.INCOMPLETE
 
-    @pytest.mark.parametrize("text", ["", "   ", "Hello", "1 0 0 0 1", "turn on the lights"])
+    @pytest.mark.parametrize("text", ["", "   ", "Hello", "1 0 0 0 1", "turn on the lights", "9 0 2 1 0.",
+                                      "Call 555."])
     def test_without_final_punctuation_it_is_uncertain(self, text):
         assert completeness(text) is Completeness.UNCERTAIN
 
