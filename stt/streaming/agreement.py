@@ -70,6 +70,18 @@ class LocalAgreement:
     def unstable_text(self) -> str:
         return "".join(p.text for p in self.tentative).strip()
 
+    @property
+    def shown_unstable_text(self) -> str:
+        """The uncommitted words to show: all but the last, which is usually cut off by
+        the end of the audio and taken back by the next hypothesis; the last one too
+        when it is the only word there is to show."""
+        tentative = self.tentative
+        if len(tentative) >= 2:
+            shown = tentative[:-1]
+        else:
+            shown = tentative if not self.committed else []
+        return "".join(p.text for p in shown).strip()
+
     def update(self, pieces: tuple[Piece, ...], forced_prefix: bool, commit: bool = True) -> tuple[str, str]:
         """insert() then flush() (only a look at the hypothesis when `commit` is False:
         the committed words are frozen while the final is decoded on them); returns

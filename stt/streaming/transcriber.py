@@ -347,7 +347,8 @@ class StreamingTranscriber:
         frozen = progress.frozen_at == utterance.last_speech_end  # its final is being decoded
         # Words are committed (and forced on the final) only from hypotheses on enough audio.
         commit = not frozen and covered >= MIN_COMMIT_AUDIO
-        stable, unstable = agreement.update(transcript.pieces, transcript.prefix_forced, commit=commit)
+        stable, _ = agreement.update(transcript.pieces, transcript.prefix_forced, commit=commit)
+        unstable = agreement.shown_unstable_text
         progress.partial_count += 1
         if progress.first_partial_at is None:
             progress.first_partial_at = time.perf_counter()

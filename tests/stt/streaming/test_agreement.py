@@ -150,3 +150,17 @@ def test_while_commits_are_frozen_a_hypothesis_only_shows_and_commits_nothing():
 ])
 def test_the_final_starts_with_the_committed_words(committed, final, kept):
     assert keep_committed(committed, final) == kept
+
+
+@pytest.mark.parametrize("hypotheses, shown", [
+    pytest.param(["and"], "and", id="a first word alone is shown: there is nothing else"),
+    pytest.param(["and so my"], "and so", id="the last word, usually cut off, waits for the next hypothesis"),
+    pytest.param(["and so", "and so my"], "", id="after committed words a lone uncommitted word waits"),
+    pytest.param(["and so", "and so my fellow"], "my", id="the rest but its last word is shown"),
+])
+def test_the_last_uncommitted_word_is_held_back(hypotheses, shown):
+    agreement = LocalAgreement()
+    for text in hypotheses:
+        agreement.update(*hypothesis(text))
+    assert agreement.shown_unstable_text == shown
+    assert agreement.unstable_text.startswith(shown), "what is shown is the hypothesis, cut short"
