@@ -44,8 +44,10 @@ class DecodeOptions:
 
     @classmethod
     def partial(cls, language: str | None, prefix: tuple[int, ...] = (),
-                beam_size: int | None = None, prompt: str = "") -> "DecodeOptions":
-        return cls(JobKind.PARTIAL, beam_size or settings.STT_PARTIAL_BEAM_SIZE, False, language, prefix,
+                beam_size: int | None = None, prompt: str = "", word_timestamps: bool = False) -> "DecodeOptions":
+        """`word_timestamps`: align the words, for their probabilities (a stream commits
+        only words the decoder was sure of)."""
+        return cls(JobKind.PARTIAL, beam_size or settings.STT_PARTIAL_BEAM_SIZE, word_timestamps, language, prefix,
                    prompt)
 
     @classmethod

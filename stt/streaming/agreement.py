@@ -7,7 +7,9 @@ prefix from then on and never revised within the utterance.
 
 from __future__ import annotations
 
-from stt.engine import Piece
+from typing import Sequence
+
+from stt.engine import Piece, Word
 from stt.evaluation import normalize_text
 
 # Committed words forced on the decoder are capped (Whisper's prompt limit is 223).
@@ -45,14 +47,16 @@ class LocalAgreement:
         # words stay; the rest of this hypothesis shows as it is.
         self._new = list(pieces[committed:])
 
-    def flush(self) -> list[Piece]:
+    def flush(self, limit: int | None = None) -> list[Piece]:
         """Commit the words the inserted hypothesis begins with in agreement with the
-        previous one; returns them."""
+        previous one (at most `limit` of them); returns them."""
         agreed = 0
         for previous, current in zip(self.tentative, self._new):
             if _norm(previous.text) != _norm(current.text) or not _norm(current.text):
                 break
             agreed += 1
+        if limit is not None:
+            agreed = min(agreed, limit)
         newly_committed = self._new[:agreed]
         self.committed.extend(newly_committed)
         self.tentative, self._new = self._new[agreed:], []
@@ -82,16 +86,37 @@ class LocalAgreement:
             shown = tentative if not self.committed else []
         return "".join(p.text for p in shown).strip()
 
-    def update(self, pieces: tuple[Piece, ...], forced_prefix: bool, commit: bool = True) -> tuple[str, str]:
-        """insert() then flush() (only a look at the hypothesis when `commit` is False:
-        the committed words are frozen while the final is decoded on them); returns
-        (stable text, unstable text)."""
+    def update(self, pieces: tuple[Piece, ...], forced_prefix: bool, commit: bool = True,
+               limit: int | None = None) -> tuple[str, str]:
+        """insert() then flush(limit) (only a look at the hypothesis when `commit` is
+        False: the committed words are frozen while the final is decoded on them);
+        returns (stable text, unstable text)."""
         self.insert(pieces, forced_prefix)
         if commit:
-            self.flush()
+            self.flush(limit)
         else:
             self.tentative, self._new = self._new, []
         return self.stable_text, self.unstable_text
+
+
+def sure_pieces(pieces: Sequence[Piece], words: Sequence[Word], committed: Sequence[Piece],
+                min_probability: float) -> int | None:
+    """How many of a hypothesis's new pieces (after the committed ones) begin it with
+    every word aligned at `min_probability` or more; None when the aligned words do not
+    match the pieces word for word (then nothing limits the commit)."""
+    probabilities = [w.probability for w in words for _ in normalize_text(w.word)]
+    counts = [len(normalize_text(p.text)) for p in pieces]
+    offset = sum(len(normalize_text(p.text)) for p in committed)
+    if len(probabilities) != offset + sum(counts):
+        return None
+    sure = 0
+    for count in counts:
+        span = probabilities[offset:offset + count]
+        if any(p < min_probability for p in span):
+            break
+        offset += count
+        sure += 1
+    return sure
 
 
 def keep_committed(committed: str, final_text: str) -> str:

@@ -21,6 +21,7 @@ from django.conf import settings
 
 from stt.engine import DecodeOptions, SpeechEngine, Superseded, Transcript
 from stt.errors import SttError
+from stt.evaluation import normalize_text
 from stt.streaming.agreement import LocalAgreement, keep_committed
 from stt.streaming.segmenter import UtteranceClosed
 from stt.streaming.types import FinalResult, StreamListener, StreamStats
@@ -130,6 +131,12 @@ class FinalPath:
         closed, progress = pending.closed, pending.progress
         utterance = closed.utterance
         transcript, error = await self._transcribe_with_retries(closed.audio, pending.options)
+        if (transcript is not None and self.context and pending.options.prompt.startswith(self.context)
+                and repeats(self.context, transcript.text)):
+            # Whisper may read its prompt back on audio with little speech in it: decode
+            # without the context; if the words are really said again, they come again.
+            alone = replace(pending.options, prompt=pending.options.prompt[len(self.context):].strip())
+            transcript, error = await self._transcribe_with_retries(closed.audio, alone)
         elapsed = time.perf_counter() - closed.closed_at
         audio_samples = closed.end - utterance.start
         if transcript is not None:
@@ -181,6 +188,14 @@ class FinalPath:
                 logger.warning("final failed (%s); retry %d in %.1f s", exc.code, attempt + 1, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+
+def repeats(context: str, text: str, min_words: int = 3) -> bool:
+    """`text` is, word for word, a run of at least `min_words` words of `context`."""
+    said, heard = normalize_text(context), normalize_text(text)
+    if len(heard) < min_words:
+        return False
+    return any(said[i:i + len(heard)] == heard for i in range(len(said) - len(heard) + 1))
 
 
 def with_committed_words(transcript: Transcript, progress: UtteranceProgress) -> Transcript:

@@ -36,6 +36,7 @@ import numpy as np
 from stt.audio import SAMPLE_RATE, seconds_to_samples
 from stt.engine import DecodeOptions, SpeechEngine, Superseded
 from stt.errors import SttError
+from stt.streaming.agreement import sure_pieces
 from stt.streaming.endpointing import JUDGEMENT_SILENCE_SECONDS, Completeness, completeness, required_silence
 from stt.streaming.finals import FinalPath, PendingFinal, UtteranceProgress
 from stt.streaming.segmenter import Segmenter, SegmentEvent, SpeculativeFinal, Utterance, UtteranceClosed
@@ -56,9 +57,16 @@ logger = logging.getLogger(__name__)
 # onset's pre-roll, and, while none has been shown, again after this much new audio.
 FIRST_PARTIAL_SPEECH = seconds_to_samples(0.16)
 FIRST_PARTIAL_RETRY = seconds_to_samples(0.096)
+# Pauses are not judged while this many finals wait for the engine (under load an extra
+# decode for a pause that may end nothing delays every stream's finals).
+JUDGE_SKIP_FINALS_WAITING = 2
 # Hypotheses on less audio than this (the onset's pre-roll included) commit nothing:
 # tiny.en's guesses at a fraction of a second agree on wrong words too often.
 MIN_COMMIT_AUDIO = seconds_to_samples(1.0)
+# ... and only words the decoder gave this probability or more (and the words before
+# them): a misheard name or word is usually an unsure one, and the final must keep
+# whatever is committed.
+MIN_COMMIT_WORD_PROBABILITY = 0.5
 # Partials pause while the speaker does: a pause adds no words to show.
 PAUSE_SAMPLES = seconds_to_samples(JUDGEMENT_SILENCE_SECONDS)
 
@@ -155,7 +163,7 @@ class StreamingTranscriber:
                     fault = fault or exc
             elif isinstance(event, SpeculativeFinal):
                 options = self._freeze_final_options(event.utterance, event.speech_end)
-                if event.judge and self.engine.finals_waiting:
+                if event.judge and self.engine.finals_waiting >= JUDGE_SKIP_FINALS_WAITING:
                     # The engine is behind on finals: no extra decode for a pause that may
                     # not end anything; the usual end silence and its speculation apply.
                     self._endpoint_later(event, self.params.end_silence, None)
@@ -249,6 +257,9 @@ class StreamingTranscriber:
         """Apply new parameters from the next frame on; an open utterance stays open."""
         with self._segmenter_lock:
             self._segmenter.reconfigure(params)
+        if params.prompt != self.params.prompt:
+            # New keyterms: earlier finals, decoded without them, must not teach the old spelling.
+            self._finals.context = ""
         self.params = params
 
     def finalize_now(self, reason: str = FinalReason.FLUSH) -> "asyncio.Future[FinalResult | None]":
@@ -328,7 +339,8 @@ class StreamingTranscriber:
 
         agreement = progress.agreement
         p = self.params
-        options = DecodeOptions.partial(p.language, agreement.prefix_tokens, p.partial_beam_size, prompt=p.prompt)
+        options = DecodeOptions.partial(p.language, agreement.prefix_tokens, p.partial_beam_size, prompt=p.prompt,
+                                        word_timestamps=True)
         try:
             transcript = await self.engine.transcribe(latest_audio, options, stream_key=self._key)
         except Superseded:
@@ -347,7 +359,9 @@ class StreamingTranscriber:
         frozen = progress.frozen_at == utterance.last_speech_end  # its final is being decoded
         # Words are committed (and forced on the final) only from hypotheses on enough audio.
         commit = not frozen and covered >= MIN_COMMIT_AUDIO
-        stable, _ = agreement.update(transcript.pieces, transcript.prefix_forced, commit=commit)
+        new = transcript.pieces if transcript.prefix_forced else transcript.pieces[len(agreement.committed):]
+        sure = sure_pieces(new, transcript.words, agreement.committed, MIN_COMMIT_WORD_PROBABILITY)
+        stable, _ = agreement.update(transcript.pieces, transcript.prefix_forced, commit=commit, limit=sure)
         unstable = agreement.shown_unstable_text
         progress.partial_count += 1
         if progress.first_partial_at is None:
