@@ -20,6 +20,7 @@ import numpy as np
 from django.conf import settings
 
 from stt.engine import DecodeOptions, SpeechEngine, Superseded, Transcript
+from stt.engine.decoding import says_it_twice
 from stt.errors import SttError
 from stt.evaluation import normalize_text
 from stt.streaming.agreement import LocalAgreement, keep_committed
@@ -132,9 +133,9 @@ class FinalPath:
         utterance = closed.utterance
         transcript, error = await self._transcribe_with_retries(closed.audio, pending.options)
         if (transcript is not None and self.context and pending.options.prompt.startswith(self.context)
-                and repeats(self.context, transcript.text)):
-            # Whisper may read its prompt back on audio with little speech in it: decode
-            # without the context; if the words are really said again, they come again.
+                and (repeats(self.context, transcript.text) or says_it_twice(transcript.text))):
+            # Whisper may read its prompt back, or say a phrase twice, on audio that ends
+            # abruptly: decode without the context; words really said again come again.
             alone = replace(pending.options, prompt=pending.options.prompt[len(self.context):].strip())
             transcript, error = await self._transcribe_with_retries(closed.audio, alone)
         elapsed = time.perf_counter() - closed.closed_at

@@ -131,9 +131,9 @@ class Segmenter:
 
     # --- control ---------------------------------------------------------------------
 
-    def close(self, reason: str, end: int | None = None) -> UtteranceClosed | None:
-        """Close the open utterance (at `end`, default: all audio so far); None when
-        none is open or it holds no audio."""
+    def close(self, reason: str, end: int | None = None, judged: bool = False) -> UtteranceClosed | None:
+        """Close the open utterance (at `end`, default: all audio so far; `judged`: at
+        the end of a judged pause); None when none is open or it holds no audio."""
         utterance = self.current
         if utterance is None:
             return None
@@ -143,7 +143,7 @@ class Segmenter:
         self._last_utterance_end = end
         self._speech_run = []
         self._silence_run = 0
-        audio = self._final_audio(utterance, end)
+        audio = self._final_audio(utterance, end, judged)
         if audio.size == 0:
             self.stats.utterances -= 1
             return None
@@ -173,8 +173,10 @@ class Segmenter:
         utterance.required_silence, utterance.endpoint_end = silence, end
         if self._silence_run < silence:
             return None
-        padded = min(utterance.last_speech_end + self.params.speech_pad, self.buffer.end)
-        return self.close(FinalReason.SILENCE, end if end is not None else padded)
+        if end is None:
+            return self.close(FinalReason.SILENCE, min(utterance.last_speech_end + self.params.speech_pad,
+                                                       self.buffer.end))
+        return self.close(FinalReason.SILENCE, end, judged=True)
 
     @property
     def silence_samples(self) -> int:
@@ -232,7 +234,10 @@ class Segmenter:
         judge_at = judgement_silence(p.eagerness) if p.enable_vad else None
         judging = judge_at is not None and utterance.judged_end == speech_end
         if self._silence_run >= required:
-            self._emit_close(FinalReason.SILENCE, end if utterance.endpoint_end is None else utterance.endpoint_end)
+            if utterance.endpoint_end is None:
+                self._emit_close(FinalReason.SILENCE, end)
+            else:
+                self._emit_close(FinalReason.SILENCE, utterance.endpoint_end, judged=True)
         elif judge_at is not None and self._silence_run >= judge_at and not judging:
             # Decode the final now (its audio ends here, inside the pad): its text
             # decides how long this pause must last to end the utterance.
@@ -251,7 +256,7 @@ class Segmenter:
         if not judge:
             utterance.speculated_end = utterance.last_speech_end
         self.stats.speculative_finals += 1
-        self._events.append(SpeculativeFinal(utterance, self._final_audio(utterance, end), end,
+        self._events.append(SpeculativeFinal(utterance, self._final_audio(utterance, end, judge), end,
                                              utterance.last_speech_end, judge))
 
     def _speech_onset(self, confirmed_at: int) -> SpeechStart:
@@ -281,14 +286,20 @@ class Segmenter:
         self.stats.utterances += 1
         return self.current
 
-    def _emit_close(self, reason: str, end: int | None = None) -> None:
-        closed = self.close(reason, end)
+    def _emit_close(self, reason: str, end: int | None = None, judged: bool = False) -> None:
+        closed = self.close(reason, end, judged)
         if closed is not None:
             self._events.append(closed)
 
-    def _final_audio(self, utterance: Utterance, end: int) -> np.ndarray:
-        """The audio a final decodes; a speculative final must build the very same array."""
+    def _final_audio(self, utterance: Utterance, end: int, judged: bool = False) -> np.ndarray:
+        """The audio a final decodes; a speculative final must build the very same array.
+        A `judged` pause ends inside the pad after the speech: the rest of the pad is
+        added as digital silence (Whisper decodes audio cut right after the last word
+        poorly: it may say the phrase twice)."""
         audio = self.buffer.slice(utterance.start, end)
+        short_of_pad = utterance.last_speech_end + self.params.speech_pad - end
+        if judged and audio.size and 0 < short_of_pad <= self.params.speech_pad:
+            audio = np.concatenate([audio, np.zeros(short_of_pad, np.float32)])
         if 0 < audio.size < self.params.min_audio:
             # Whisper does poorly on very short clips; trailing silence is harmless.
             audio = np.concatenate([audio, np.zeros(self.params.min_audio - audio.size, np.float32)])

@@ -134,7 +134,9 @@ class TestSemanticEndpointing:
         utterance = segmenter.current
         assert judge.utterance is utterance and judge.speech_end == utterance.last_speech_end
         assert self.JUDGE <= judge.end - judge.speech_end <= PARAMS.speech_pad
-        assert judge.audio.size == judge.end - utterance.start
+        # Its audio ends at `end`, then the rest of the pad as digital silence.
+        assert judge.audio.size == judge.speech_end + PARAMS.speech_pad - utterance.start
+        assert not judge.audio[judge.end - utterance.start:].any()
 
     def test_a_complete_sentence_ends_on_the_judged_audio_after_the_short_silence(self, jfk_audio):
         segmenter = Segmenter(params(eagerness="medium"))
