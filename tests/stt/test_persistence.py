@@ -90,7 +90,8 @@ async def test_errors_are_recorded_as_events_and_counted(engine):
 
 
 async def test_a_client_that_leaves_mid_utterance_still_has_it_stored(engine, jfk_audio):
-    communicator = await connect_and_start(session_id="persist-gone", final_chunk_duration=2.0)
+    # A fixed 2 s end silence keeps the phrase open through its pause (endpointing off).
+    communicator = await connect_and_start(session_id="persist-gone", final_chunk_duration=2.0, endpointing="off")
     for frame in frames(jfk_audio[: int(2.5 * 16000)], 4096):
         await communicator.send_to(bytes_data=frame)
     await communicator.disconnect()
