@@ -97,14 +97,21 @@ class TestTranscripts:
         session, transport = await open_session(engine, enable_timestamps=True)
         for frame in frames(np.concatenate([jfk_audio, silence(1)])):
             await session.on_audio(frame)
-            await asyncio.sleep(0.005)
+            # Twice real time: partials need the user to speak at about a human pace (12x, as
+            # this once was, left a pause's final decodes no room for them).
+            await asyncio.sleep(len(frame) / 4 / 16000 / 2)
         await send(session, {"type": "end_session"})
         finals = transport.of("transcription_final")
         assert word_error_rate(JFK_TEXT, " ".join(f["data"]["text"] for f in finals)) == 0.0
-        assert len(transport.of("transcription")) == len(finals), "a legacy message beside each final"
         assert transport.of("transcription_partial"), "partials while the user speaks"
-        assert len(transport.of("voice_activity_detected")) == len(finals)
-        for final in finals:
+        assert len(transport.of("voice_activity_detected")) == len(finals), "every announced utterance has a final"
+        # A breath after the last word may be announced and then decode to nothing: its final is
+        # empty (confidence 0, no words) and has no legacy message.
+        spoken = [f for f in finals if f["data"]["text"]]
+        assert all(f["data"]["confidence"] == 0 and not f["data"]["timestamps"] for f in finals if f not in spoken)
+        assert len(spoken) >= 3
+        assert len(transport.of("transcription")) == len(spoken), "a legacy message beside each final with text"
+        for final in spoken:
             data = final["data"]
             assert data["is_partial"] is False and data["utterance_id"]
             assert data["metadata"]["reason"] == "silence_detected"
