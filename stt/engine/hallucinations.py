@@ -9,7 +9,7 @@ speech and stays.
 
 from __future__ import annotations
 
-import re
+from stt.evaluation import normalize_text
 
 # Below this mean word probability a stock phrase is taken for a hallucination.
 MAX_CONFIDENCE = 0.5
@@ -29,13 +29,9 @@ _STOCK_BEGINNINGS = (
 )
 
 
-def _words(text: str) -> str:
-    return " ".join(re.sub(r"[^\w']+", " ", text.lower()).split())
-
-
 def is_stock_phrase(text: str) -> bool:
     """The whole text is one of Whisper's stock phrases (any case and punctuation)."""
-    words = _words(text)
+    words = " ".join(normalize_text(text))
     return words in _STOCK_TEXTS or any(words.startswith(beginning + " ") for beginning in _STOCK_BEGINNINGS)
 
 

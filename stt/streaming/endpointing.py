@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 from stt.audio import seconds_to_samples
 
-EAGERNESS_LEVELS = ("off", "low", "medium", "high")
 
 
 class Completeness(enum.Enum):

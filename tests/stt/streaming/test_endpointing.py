@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from stt.messages import EAGERNESS_LEVELS
 from stt.streaming.endpointing import (
-    EAGERNESS_LEVELS,
     TIMINGS,
     Completeness,
     completeness,
