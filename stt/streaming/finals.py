@@ -25,7 +25,7 @@ from stt.errors import SttError
 from stt.evaluation import normalize_text
 from stt.streaming.agreement import LocalAgreement, keep_committed
 from stt.streaming.segmenter import UtteranceClosed
-from stt.streaming.types import FinalResult, StreamListener, StreamStats
+from stt.streaming.types import FinalResult, StreamListener, StreamParams, StreamStats
 
 logger = logging.getLogger("stt.streaming.transcriber")
 
@@ -89,7 +89,7 @@ class FinalPath:
             self.pending[-1].delivered.add_done_callback(lambda _: done.done() or done.set_result(None))
         return done
 
-    def final_options(self, params: Any, progress: UtteranceProgress) -> DecodeOptions:
+    def final_options(self, params: StreamParams, progress: UtteranceProgress) -> DecodeOptions:
         """A final keeps the committed words (forced as its prefix) and reads the
         previous finals and the session's prompt as what came before."""
         prompt = " ".join(part for part in (self.context, params.prompt) if part)
