@@ -7,6 +7,7 @@ from django.test import override_settings
 
 from stt import protocol
 from stt.errors import SttError
+from stt.messages import MAX_PROMPT_CHARS, EffectiveConfig
 
 
 def parse(message) -> object:
@@ -185,6 +186,47 @@ class TestKeyterms:
     def test_context_update_does_not_take_keyterms(self):
         error = rejection({"type": "context_update", "data": {"keyterms": ["Zyphora"]}})
         assert (error.code, error.field) == ("invalid_message", "data.keyterms")
+
+
+class TestPrompt:
+    def test_none_by_default_and_free_text_is_kept_with_its_whitespace_tidied(self):
+        assert protocol.validate_config({}).prompt == ""
+        config = protocol.validate_config({"prompt": "  Call notes:\n Siobhan  Nakamura, order 4471.\t"})
+        assert config.prompt == "Call notes: Siobhan Nakamura, order 4471."
+        assert protocol.validate_config({"prompt": " \n "}).prompt == "", "only whitespace is no prompt"
+
+    def test_two_thousand_characters_are_accepted(self):
+        text = "word " * 399 + "final"
+        assert len(text) == MAX_PROMPT_CHARS == 2000
+        assert protocol.validate_config({"prompt": text}).prompt == text
+
+    @pytest.mark.parametrize("prompt, words", [
+        (None, "valid string"),
+        (["Siobhan"], "valid string"),
+        (7, "valid string"),
+        ("x" * 2001, "at most 2000 characters"),
+        ("Siobhan\x00Nakamura", "control characters"),
+        ("\x1b[31mred", "control characters"),
+    ])
+    def test_a_bad_prompt_is_refused_naming_it(self, prompt, words):
+        with pytest.raises(SttError) as caught:
+            protocol.validate_config({"prompt": prompt})
+        error = caught.value.to_payload()
+        assert (error["code"], error["field"], error["recoverable"]) == ("invalid_config", "prompt", True)
+        assert words in error["message"]
+
+    def test_configure_replaces_it_and_a_bad_one_changes_nothing(self):
+        config = protocol.validate_config({"prompt": "About invoices."})
+        assert config.merged({"prompt": "About Zyphora headsets."}).prompt == "About Zyphora headsets."
+        assert config.merged({"prompt": ""}).prompt == ""
+        with pytest.raises(SttError):
+            config.merged({"prompt": "x" * 2001})
+        assert config.prompt == "About invoices."
+
+    def test_the_effective_config_echoes_it(self):
+        config = protocol.validate_config({"prompt": "About invoices."})
+        assert config.model_dump()["prompt"] == "About invoices."
+        assert EffectiveConfig.model_validate(config.model_dump()).prompt == "About invoices."
 
 
 class TestEndpointing:
