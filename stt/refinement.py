@@ -94,7 +94,8 @@ class Refiner:
 
     def transcribe(self, audio: np.ndarray, language: str,
                    on_chunk: Callable[[int, int], None] | None = None, prompt: str = "") -> RefinedTranscript:
-        """`prompt`: the live final's decoder prompt (its keyterms), read before each chunk."""
+        """`prompt`: the live final's decoder prompt (prompt text, previous finals, keyterms),
+        read before each chunk."""
         model = self.model()
         if not model.model.is_multilingual and language != "en":
             raise RefinementFailed(f"{self.model_reference} is English-only; the utterance is {language!r}")

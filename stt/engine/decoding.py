@@ -6,8 +6,8 @@ shorter inputs, so the audio is padded with silence only up to a window of
 max(STT_MIN_WINDOW_SECONDS, audio + 2 s), in 2 s buckets. Much shorter windows make
 Whisper loop or drop words; 10 s keeps its accuracy at a third of the cost. The
 decoder is capped in tokens in proportion to the audio, and looped tails are trimmed.
-A final that still loops, or says one phrase twice, is redone by faster-whisper's
-stock long-form path.
+A final that still loops, says one phrase twice, or ends in words the aligner could give
+no time (written past the speech), is redone by faster-whisper's stock long-form path.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ MAX_COMPRESSION_RATIO = 2.4
 # Whisper's decoder holds 448 tokens; at most half of them are context, as in training.
 MAX_TOKENS = 448
 MAX_CONTEXT_TOKENS = MAX_TOKENS // 2 - 1
+# A word aligned to at most this long has no audio of its own; a final that ends in this
+# many such words was written past the speech (tiny.en saying a phrase again, squeezed
+# into the audio's last instant). A single short word is speech: a word cut off.
+COLLAPSED_WORD_SECONDS = 0.02
+MIN_COLLAPSED_TAIL = 3
 
 
 class Decodable(Protocol):
@@ -127,6 +132,32 @@ def says_it_twice(text: str) -> bool:
     return not odd and half >= 3 and words[:half] == words[half:]
 
 
+def has_collapsed_tail(words: Sequence[Word]) -> bool:
+    """The last MIN_COLLAPSED_TAIL or more words have no duration: text the decoder wrote
+    after the speech ("... are used. Today, only platforms 1 and 3 are" with the second
+    phrase all at the audio's end)."""
+    collapsed = 0
+    for word in reversed(words):
+        if not _has_no_duration(word):
+            break
+        collapsed += 1
+    return collapsed >= MIN_COLLAPSED_TAIL
+
+
+def is_timeless(words: Sequence[Any]) -> bool:
+    """Most of a segment's words, MIN_COLLAPSED_TAIL or more, have no duration: the stock
+    path wrote it into the last instant of the audio (on jfk's first phrase with a prompt:
+    "And so, my fellow Americans." then " We'll see you guys next time." twice, six words
+    in 0.18 s and in 0.06 s). Without word times nothing is judged."""
+    collapsed = sum(1 for word in words if _has_no_duration(word))
+    return collapsed >= MIN_COLLAPSED_TAIL and 2 * collapsed >= len(words)
+
+
+def _has_no_duration(word: Any) -> bool:
+    """Aligned to at most COLLAPSED_WORD_SECONDS: no audio of its own."""
+    return word.end - word.start <= COLLAPSED_WORD_SECONDS
+
+
 def compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / max(1, len(zlib.compress(data)))
@@ -204,7 +235,10 @@ def decode_batch(model: Any, tokenizer: Any, jobs: Sequence[Decodable], multilin
             outputs.append(decode_stock(model, tokenizer, job, multilingual)._replace(redone=True))
             continue
         alignment = alignments[index] if alignments is not None else []
-        outputs.append(_assemble(tokenizer, job, draft, alignment, multilingual))
+        output = _assemble(tokenizer, job, draft, alignment, multilingual)
+        if job.kind is not JobKind.PARTIAL and has_collapsed_tail(output.words):
+            output = decode_stock(model, tokenizer, job, multilingual)._replace(redone=True)
+        outputs.append(output)
     return [without_hallucination(output, job.audio) for output, job in zip(outputs, jobs)]
 
 
@@ -253,17 +287,20 @@ def _generate(model: Any, tokenizer: Any, jobs: Sequence[Decodable], encoded: An
         text = tokenizer.decode(tokens).strip()
         if result.no_speech_prob > NO_SPEECH_PROB and score < LOW_LOGPROB:
             tokens, text = [], ""
-        if job.kind is not JobKind.PARTIAL and text and _suspicious(tokenizer, text, tokens[prefix_length:]):
+        if job.kind is not JobKind.PARTIAL and text and _suspicious(tokenizer, text, tokens, prefix_length):
             drafts.append(None)
             continue
         drafts.append(_Draft(text, tokens, score))
     return drafts
 
 
-def _suspicious(tokenizer: Any, text: str, new_tokens: list[int]) -> bool:
-    """A short-window result that loops or says it all twice (to be redone the long way)."""
-    return (compression_ratio(text) > MAX_COMPRESSION_RATIO or is_doubled(new_tokens)
-            or says_it_twice(tokenizer.decode(new_tokens)))
+def _suspicious(tokenizer: Any, text: str, tokens: list[int], prefix_length: int) -> bool:
+    """A short-window result that loops or says it all twice (to be redone the long way).
+    Said twice counts the forced prefix too: a final whose committed words begin the
+    phrase ("And so" + " my fellow Americans. And so my fellow Americans.") says the
+    whole text twice, though what the decoder wrote after them does not."""
+    return compression_ratio(text) > MAX_COMPRESSION_RATIO or any(
+        is_doubled(part) or says_it_twice(tokenizer.decode(part)) for part in (tokens, tokens[prefix_length:]))
 
 
 def _align(model: Any, tokenizer: Any, jobs: Sequence[Decodable], drafts: list[_Draft | None],
@@ -315,7 +352,7 @@ def decode_stock(model: Any, tokenizer: Any, job: Decodable, multilingual: bool)
         initial_prompt=options.prompt.strip() or None,
         vad_filter=False,
     )
-    segments = list(segments)
+    segments = [segment for segment in segments if not is_timeless(segment.words or ())]
     tokens = [t for s in segments for t in s.tokens if t < tokenizer.eot]
     words = timed_words([(w.word, float(w.start), float(w.end), float(w.probability))
                          for s in segments for w in (s.words or ())])

@@ -20,8 +20,14 @@ from stt.engine.types import EngineStats
 logger = logging.getLogger(__name__)
 
 
+# cuBLAS reports a cudaMalloc that failed inside it as an allocation failure; CTranslate2
+# raises it as "cuBLAS failed with status CUBLAS_STATUS_ALLOC_FAILED".
+_OUT_OF_MEMORY_MARKS = ("out of memory", "cublas_status_alloc_failed")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower()
+    message = str(exc).lower()
+    return any(mark in message for mark in _OUT_OF_MEMORY_MARKS)
 
 
 class GpuGuard:

@@ -64,6 +64,29 @@ def pick_device(device: str) -> str:
         return "cpu"
 
 
+# Most inferences an automatic layout runs side by side on a CPU. More would split a
+# busy process's batches into ones too small to pay; beyond 4 cores run more processes
+# (docs/capacity.md, Best configuration).
+MAX_AUTO_CPU_WORKERS = 4
+
+
+def inference_layout(device: str, workers: int, cpu_threads: int, cores: int) -> tuple[int, int]:
+    """(inference workers, CPU threads per inference) for `device` ("cpu" or "cuda",
+    as pick_device gives it); 0 for either means automatic.
+
+    On a CPU, one thread per inference and one inference per core, up to
+    MAX_AUTO_CPU_WORKERS, with the cores left shared out as threads: CTranslate2's
+    threads of one inference wait for each other at every decoding step, so on 2 cores
+    2 workers x 1 thread carried 5 streams where 1 x 2 carried one (docs/capacity.md).
+    On a GPU, one worker batches the streams and the threads only serve the CPU copy."""
+    cores = max(1, cores)
+    if workers <= 0:
+        workers = 1 if device == "cuda" else min(cores, MAX_AUTO_CPU_WORKERS)
+    if cpu_threads <= 0:
+        cpu_threads = max(1, cores // workers)
+    return workers, cpu_threads
+
+
 def pick_compute_type(compute_type: str, device: str) -> str:
     if compute_type != "auto":
         return compute_type
@@ -190,7 +213,7 @@ class ModelLoader:
         self._on_loaded(loaded)
         self.loaded = loaded
         self.error = None
-        logger.info("speech model %s loaded on %s (%s) in %.2f s",
-                    info.model, info.device, info.compute_type, info.load_seconds)
+        logger.info("speech model %s loaded on %s (%s) in %.2f s: %d inference worker(s) x %d thread(s)",
+                    info.model, info.device, info.compute_type, info.load_seconds, self.workers, self.cpu_threads)
         if not future.done():
             future.set_result(info)

@@ -4,7 +4,8 @@ Whisper reads the prompt as the text that came before the audio, so words writte
 there are spelled that way when the audio sounds like them: "Siobhan Nakamura" in the
 prompt turns tiny.en's "Shivon" into the name. Keyterms (a session's, then its runtime
 profile's vocabulary) are written as one comma-separated list ending with a period,
-after any context text, so they sit nearest the transcript.
+after any context text (a session's prompt, session_config.prompt), so they sit nearest
+the transcript.
 
 The decoder keeps only the prompt's last MAX_CONTEXT_TOKENS tokens (decoding.py), and
 each prompt token is decoder work for every partial and final. A composed prompt is
@@ -36,6 +37,7 @@ class ComposedPrompt:
     terms: tuple[str, ...]  # the keyterms written into it, in priority order
     dropped: tuple[str, ...]  # keyterms left out: beyond MAX_KEYTERMS or the token budget
     tokens: int  # its length in tokens, as the decoder reads it
+    context: str = ""  # the context words written into it (its start, before the keyterms)
 
 
 def clean_term(term: str) -> str:
@@ -86,7 +88,7 @@ def compose_prompt(keyterms: Sequence[str], context: str = "", *, count_tokens: 
     terms_text = keyterm_text(taken)
     context_text = _latest_words_that_fit(context, terms_text, budget, count_tokens)
     text = " ".join(part for part in (context_text, terms_text) if part)
-    return ComposedPrompt(text, tuple(taken), tuple(dropped), count_tokens(text) if text else 0)
+    return ComposedPrompt(text, tuple(taken), tuple(dropped), count_tokens(text) if text else 0, context_text)
 
 
 def _latest_words_that_fit(context: str, terms_text: str, budget: int, count_tokens: TokenCounter) -> str:

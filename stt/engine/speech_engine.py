@@ -24,7 +24,7 @@ from stt.engine.decoding import DEFAULT_MIN_WINDOW, Decoded, decode_batch
 from stt.engine.gpu import GpuGuard
 from stt.engine.jobs import BatchLimit, Job
 from stt.engine.load import LoadMeter
-from stt.engine.loading import LoadedModel, ModelFactory, ModelLoader, create_model
+from stt.engine.loading import LoadedModel, ModelFactory, ModelLoader, create_model, inference_layout, pick_device
 from stt.engine.scheduler import Scheduler
 from stt.engine.types import AudioSource, DecodeOptions, EngineInfo, EngineStats, Transcript
 from stt.errors import SttError
@@ -56,10 +56,11 @@ class SpeechEngine:
         """`transcription_timeout` is seconds, or a callable read at each request (the
         process engine follows STT_TRANSCRIPTION_TIMEOUT as it changes). `model_factory`
         builds the faster-whisper model for a path, device and compute type.
-        `load_window_seconds`: the span of the load figures (`load`, stt/engine/load.py)."""
+        `load_window_seconds`: the span of the load figures (`load`, stt/engine/load.py).
+        `workers` and `cpu_threads` of 0 are chosen for the device (inference_layout)."""
         self.model_reference = model
-        self.cpu_threads = cpu_threads or os.cpu_count() or 1
-        self.workers = max(1, workers)
+        self.workers, self.cpu_threads = inference_layout(pick_device(device), workers, cpu_threads,
+                                                          os.cpu_count() or 1)
         self.requested_max_batch = max_batch
         self.transcription_breaker = CircuitBreaker(
             "transcription", transcription_failure_threshold, transcription_reset_seconds,

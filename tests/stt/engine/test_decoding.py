@@ -15,8 +15,11 @@ from stt.engine.decoding import (
     compression_ratio,
     context_tokens,
     decode_batch,
+    decode_stock,
+    has_collapsed_tail,
     is_doubled,
     is_silent,
+    is_timeless,
     merge_punctuation,
     says_it_twice,
     timed_words,
@@ -26,7 +29,7 @@ from stt.engine.decoding import (
     word_pieces,
 )
 from stt.engine.loading import create_model
-from stt.engine.types import SAMPLE_RATE
+from stt.engine.types import SAMPLE_RATE, Word
 from stt.evaluation import normalize_text, word_error_rate
 from tests.conftest import AUDIO_DIR, JFK_TEXT, load_audio, silence
 
@@ -54,6 +57,15 @@ class TestShortWindows:
         assert not says_it_twice("Thank you. Thank you.")  # two words: real speech says that
         assert not says_it_twice("And so my fellow Americans, ask not what your country can do")
         assert not says_it_twice("")
+
+    def test_words_written_past_the_speech_are_suspect_but_one_cut_off_word_is_not(self):
+        def timed(*spans):
+            return [Word(f"w{i}", start, end, 0.9) for i, (start, end) in enumerate(spans)]
+
+        assert has_collapsed_tail(timed((0.0, 0.5), (0.5, 2.9), (3.12, 3.12), (3.12, 3.12), (3.12, 3.13)))
+        assert not has_collapsed_tail(timed((0.0, 0.5), (0.5, 2.9), (3.12, 3.12)))  # a word cut at the end
+        assert not has_collapsed_tail(timed((0.0, 0.01), (0.01, 0.02), (0.02, 0.03), (0.03, 0.9)))
+        assert not has_collapsed_tail([])
 
     def test_a_whole_output_said_twice_is_suspect_but_a_short_repeat_is_not(self):
         assert is_doubled([843, 523, 616, 5891, 3399, 13] * 2)  # "And so my fellow Americans." twice
@@ -97,6 +109,15 @@ class TestTextChecks:
         assert [w["word"] for w in merge_punctuation(alignment)] == [" Hello,", " world"]
         assert alignment[1]["word"] == ",", "the alignment passed in is left as it was"
         assert merge_punctuation([]) == []
+
+    def test_a_segment_most_of_whose_words_have_no_time_is_timeless(self):
+        def words(*durations: float) -> list[SimpleNamespace]:
+            return [SimpleNamespace(start=1.0, end=1.0 + duration) for duration in durations]
+
+        assert is_timeless(words(0.02, 0.0, 0.08, 0.08, 0.0, 0.0)), "four of six words at no time"
+        assert not is_timeless(words(0.3, 0.0, 0.0, 0.4, 0.3, 0.5)), "two short words are speech"
+        assert not is_timeless(words(0.0, 0.0, 0.0, 0.3, 0.3, 0.3, 0.4)), "most words have time"
+        assert not is_timeless([]), "without word times nothing is judged"
 
     def test_a_timed_digit_string_becomes_one_word_per_digit_sharing_its_time(self):
         words = timed_words([(" Zip", 0.0, 0.5, 0.9), (" 90210.", 0.5, 1.5, 0.8), (" ", 1.5, 1.5, 0.1)])
@@ -170,18 +191,58 @@ class TestDecodeBatch:
         (final,) = decode(tiny, Clip(clip, DecodeOptions.final("en", True, prompt="Americans.")))
         assert final.redone and word_error_rate("And so my fellow Americans.", final.text) == 0.0
 
+    @pytest.mark.parametrize("end", [2.44, 2.5])
+    def test_a_final_that_says_it_twice_counting_its_forced_prefix_is_redone(self, tiny, jfk_audio, end):
+        # A realtime session's first turn (CI): 2.3 s of "And so my fellow Americans", the words its
+        # partials committed ("And so") forced as the prefix, the session's prompt before them. The
+        # short window writes "And so my fellow Americans. And so my fellow Americans."; what it
+        # wrote after the prefix alone (" my fellow Americans. And so my fellow Americans.") is not
+        # one phrase twice, the whole text is.
+        clip = jfk_audio[int(0.152 * 16000):int(end * 16000)]
+        options = DecodeOptions.final("en", False, prompt="President Kennedy's inaugural address, January 1961.",
+                                      prefix=tuple(tiny.tokenizer.encode(" And so")))
+        (final,) = decode(tiny, Clip(clip, options))
+        assert final.redone
+        assert word_error_rate("And so my fellow Americans.", final.text) == 0.0, final.text
+
+    def test_the_stock_path_drops_a_segment_it_wrote_into_the_audios_last_instant(self, tiny, jfk_audio):
+        # The redo of the final above, with word times: faster-whisper's long-form path wrote
+        # "And so, my fellow Americans." then " We'll see you guys next time." twice, the six
+        # words of each aligned to 0.18 s and to 0.06 s at the audio's end.
+        clip = jfk_audio[int(0.152 * 16000):int(2.5 * 16000)]
+        options = DecodeOptions.final("en", True, prompt="President Kennedy's inaugural address, January 1961.")
+        result = decode_stock(tiny.model, tiny.tokenizer, Clip(clip, options, JobKind.FINAL), False)
+        assert word_error_rate("And so my fellow Americans.", result.text) == 0.0, result.text
+        assert [word.word for word in result.words][-2:] == ["fellow", "Americans."]
+
+    def test_a_final_that_says_a_phrase_again_past_the_speech_is_redone(self, tiny):
+        # 3.15 s of "Today only platforms one and three are used" (its last word ending at the cut),
+        # a previous final as the prompt: the short window writes "... are used. Today, only
+        # platforms 1 and 3 are", the second phrase aligned to no time at the audio's end.
+        audio = load_audio(AUDIO_DIR / "pv_platforms.wav")[int(0.6 * 16000):int(3.752 * 16000)] * 0.92
+        options = DecodeOptions.final("en", True, prompt="And so am I fellow Americans.")
+        (final,) = decode(tiny, Clip(audio.astype(np.float32), options))
+        assert final.redone
+        assert word_error_rate("Today only platforms one and three are used.", final.text) == 0.0, final.text
+
     def test_noise_is_not_speech(self, tiny):
         noise = (np.random.default_rng(0).standard_normal(32000) * 0.05).astype(np.float32)
         for options in (DecodeOptions.partial("en"), DecodeOptions.final("en", True)):
             (result,) = decode(tiny, Clip(noise, options))
             assert (result.text, result.words, result.pieces, result.confidence) == ("", (), (), 0.0)
 
-    def test_audio_longer_than_one_window_takes_the_stock_path(self, tiny, jfk_audio):
-        long = np.concatenate([jfk_audio, jfk_audio, jfk_audio])  # 33 s
+    def test_audio_longer_than_one_window_takes_the_stock_path(self, tiny):
+        # Five different recordings, 36 s. Not one recording three times: the stock path
+        # reads repeated speech as a loop (its compression check) and samples it again at
+        # a temperature, so its words came out differently from run to run.
+        names = ["jfk.flac", "ps_austen_0870.wav", "fw_libri_61_left.wav", "s4_digits.wav", "pv_platforms.wav"]
+        long = np.concatenate([load_audio(AUDIO_DIR / name) for name in names])
         assert bucket(long) is None
         (result,) = decode(tiny, Clip(long, DecodeOptions.partial("en")))
-        # Punctuation varies between CPUs ("ask, not"); the words of all three copies must be there.
-        assert " ".join(normalize_text(result.text)).count("ask not") == 3 and not result.redone
+        reference = " ".join([JFK_TEXT] + [(AUDIO_DIR / name).with_suffix(".txt").read_text() for name in names[1:]])
+        words = normalize_text(result.text)
+        assert words[:4] == ["and", "so", "my", "fellow"] and "platforms" in words[-6:], "from the first word to the last"
+        assert word_error_rate(reference, result.text) <= 0.15 and not result.redone
 
     def test_a_temperature_samples_on_the_stock_path_and_zero_keeps_the_beam_search(self, tiny, jfk_audio):
         (greedy,) = decode(tiny, Clip(jfk_audio, DecodeOptions.file("en", True)))

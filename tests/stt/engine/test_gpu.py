@@ -103,4 +103,7 @@ async def test_a_single_job_out_of_memory_cannot_be_halved_so_the_cpu_redoes_it(
 
 def test_out_of_memory_is_recognised_by_its_message():
     assert is_out_of_memory(RuntimeError("CUDA failed with error out of memory"))
+    # CTranslate2's words for a cudaMalloc that failed inside cuBLAS.
+    assert is_out_of_memory(RuntimeError("cuBLAS failed with status CUBLAS_STATUS_ALLOC_FAILED"))
+    assert not is_out_of_memory(RuntimeError("cuBLAS failed with status CUBLAS_STATUS_EXECUTION_FAILED"))
     assert not is_out_of_memory(RuntimeError(ILLEGAL_ACCESS))

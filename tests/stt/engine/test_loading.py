@@ -1,11 +1,12 @@
 """stt/engine/loading.py: which model, on which device, loaded once in a thread."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from stt.engine import DecodeOptions, SpeechEngine, get_engine, pick_device, resolve_model
-from stt.engine.loading import ModelLoader, create_model, pick_compute_type
+from stt.engine.loading import ModelLoader, create_model, inference_layout, pick_compute_type
 from stt.errors import SttError
 from tests.conftest import silence
 
@@ -68,6 +69,32 @@ class TestDevice:
         assert pick_compute_type("auto", "cuda") == "float16"
         assert pick_compute_type("auto", "cpu") == "int8"
         assert pick_compute_type("float32", "cuda") == "float32"
+
+
+class TestInferenceLayout:
+    """STT_INFERENCE_WORKERS x STT_CPU_THREADS, 0 meaning automatic."""
+
+    @pytest.mark.parametrize("cores, layout", [(1, (1, 1)), (2, (2, 1)), (3, (3, 1)), (4, (4, 1)),
+                                               (8, (4, 2)), (16, (4, 4))])
+    def test_automatic_on_a_cpu_is_one_thread_per_inference_and_an_inference_per_core_up_to_four(
+            self, cores, layout):
+        assert inference_layout("cpu", 0, 0, cores) == layout
+
+    def test_automatic_on_a_gpu_is_one_worker_whose_threads_serve_the_cpu_copy(self):
+        assert inference_layout("cuda", 0, 0, 16) == (1, 16)
+
+    def test_what_is_set_is_kept_and_only_the_rest_is_chosen(self):
+        assert inference_layout("cpu", 1, 2, 2) == (1, 2)
+        assert inference_layout("cpu", 1, 0, 2) == (1, 2), "threads share out the cores among the workers"
+        assert inference_layout("cpu", 0, 2, 2) == (2, 2)
+        assert inference_layout("cuda", 3, 0, 12) == (3, 4)
+
+    def test_the_engine_takes_the_layout_for_its_device(self):
+        engine = SpeechEngine("tiny.en", device="cpu", workers=0, cpu_threads=0)
+        try:
+            assert (engine.workers, engine.cpu_threads) == inference_layout("cpu", 0, 0, os.cpu_count() or 1)
+        finally:
+            engine.close()
 
 
 class RecordingFactory:

@@ -40,6 +40,7 @@ class TestComposingThePrompt:
     def test_the_context_comes_first_and_the_keyterms_last_nearest_the_speech(self):
         prompt = compose_prompt(["Zyphora"], "We spoke about headsets.", count_tokens=words)
         assert prompt.text == "We spoke about headsets. Zyphora."
+        assert prompt.context == "We spoke about headsets.", "the part before the keyterms"
 
     def test_terms_that_do_not_fit_the_budget_are_dropped_whole_later_ones_still_fit(self):
         terms = ["Anneliese Vandermolen", "Xiomara Del Carmen Castellanos", "Oslo"]
@@ -52,11 +53,15 @@ class TestComposingThePrompt:
         prompt = compose_prompt(["Zyphora", "Quorvex"], "one two three four five six", count_tokens=words,
                                 max_tokens=7)
         assert prompt.text == "four five six Zyphora, Quorvex."
-        assert prompt.terms == ("Zyphora", "Quorvex")
+        assert prompt.terms == ("Zyphora", "Quorvex") and prompt.context == "four five six"
+
+    def test_a_context_with_no_room_left_is_left_out(self):
+        prompt = compose_prompt(["Zyphora", "Quorvex"], "one two", count_tokens=words, max_tokens=4)
+        assert (prompt.text, prompt.context) == ("Zyphora, Quorvex.", "")
 
     def test_a_context_alone_keeps_its_end(self):
         prompt = compose_prompt([], "one two three four five", count_tokens=words, max_tokens=2)
-        assert prompt.text == "four five"
+        assert prompt.text == prompt.context == "four five"
 
     def test_at_most_a_hundred_keyterms(self):
         terms = [f"Term{index}" for index in range(MAX_KEYTERMS + 5)]

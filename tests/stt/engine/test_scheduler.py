@@ -18,8 +18,19 @@ from tests.conftest import silence
 from tests.stt.engine.helpers import unique
 
 
+@pytest.fixture
+async def one_worker():
+    """An engine of its own with a single inference worker: the order of a queue is only
+    seen when one worker takes from it (the process's engine may run several)."""
+    engine = SpeechEngine(model="tiny.en", workers=1)
+    await engine.ready()
+    yield engine
+    engine.close()
+
+
 class TestPriorities:
-    async def test_queued_finals_are_served_before_queued_partials(self, engine, jfk_audio):
+    async def test_queued_finals_are_served_before_queued_partials(self, one_worker, jfk_audio):
+        engine = one_worker
         assert engine.workers == 1
         finished: list[str] = []
 
@@ -60,7 +71,8 @@ class TestScheduling:
         await asyncio.sleep(0.03)
         return task
 
-    async def test_a_new_partial_replaces_the_queued_one_of_the_same_stream(self, engine, jfk_audio):
+    async def test_a_new_partial_replaces_the_queued_one_of_the_same_stream(self, one_worker, jfk_audio):
+        engine = one_worker  # one worker: `occupy` holds it
         busy = await self.occupy(engine, jfk_audio)
         stale = asyncio.create_task(engine.transcribe(jfk_audio[:32000], DecodeOptions.partial("en"), stream_key="s1"))
         await asyncio.sleep(0.01)
@@ -70,7 +82,8 @@ class TestScheduling:
         assert "fellow americans" in (await fresh).text.lower()
         await busy
 
-    async def test_a_partial_reads_the_latest_audio_when_a_worker_takes_it(self, engine, jfk_audio):
+    async def test_a_partial_reads_the_latest_audio_when_a_worker_takes_it(self, one_worker, jfk_audio):
+        engine = one_worker  # one worker: `occupy` holds it
         received = [jfk_audio[:16000]]
         busy = await self.occupy(engine, jfk_audio)
         pending = asyncio.create_task(engine.transcribe(lambda: np.concatenate(received), DecodeOptions.partial("en")))
@@ -81,7 +94,8 @@ class TestScheduling:
         assert "fellow americans" in transcript.text.lower()
         await busy
 
-    async def test_partials_of_several_streams_share_one_batch(self, engine, jfk_audio):
+    async def test_partials_of_several_streams_share_one_batch(self, one_worker, jfk_audio):
+        engine = one_worker  # one worker: `occupy` holds it
         busy = await self.occupy(engine, jfk_audio)
         parts = [unique(jfk_audio[:48000]), unique(jfk_audio[1000:49000]), unique(jfk_audio[2000:50000])]
         results = await asyncio.gather(*[
@@ -107,7 +121,8 @@ class TestScheduling:
         assert "country" in transcript.text.lower()
         assert engine.stats.inferences == inferences + 1, "decoded once, for both"
 
-    async def test_cancelling_a_stream_drops_its_queued_work(self, engine, jfk_audio):
+    async def test_cancelling_a_stream_drops_its_queued_work(self, one_worker, jfk_audio):
+        engine = one_worker  # one worker: `occupy` holds it
         busy = await self.occupy(engine, jfk_audio)
         queued = asyncio.create_task(engine.transcribe(jfk_audio[:32000], DecodeOptions.partial("en"), stream_key="gone"))
         await asyncio.sleep(0.01)
