@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from stt.audio import seconds_to_samples
 
 
-
 class Completeness(enum.Enum):
     COMPLETE = "complete"
     INCOMPLETE = "incomplete"

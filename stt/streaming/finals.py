@@ -3,8 +3,10 @@
 Finals run apart from partials, so a final never waits behind its own stream's
 partial. Each final keeps the words its partials committed (forced as the decoder's
 prefix) and reads the stream's previous finals as context (Whisper's "previous text"),
-so a phrase is decoded as part of what was said before it, not alone. A final that
-fails is retried (STT_FINAL_RETRIES); a fault delivering one never stops the next.
+so a phrase is decoded as part of what was said before it, not alone: its prompt is the
+session's prompt text, the previous finals, then the keyterms (StreamParams.final_prompt).
+A final that fails is retried (STT_FINAL_RETRIES); a fault delivering one never stops
+the next.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ logger = logging.getLogger("stt.streaming.transcriber")
 CONTEXT_WORDS = 40
 
 
+@dataclass(frozen=True)
+class FinalDecode:
+    """How a final is decoded: `options`, whose prompt holds the previous finals' `context`;
+    `alone`, the same without it (for a final that reads its context back)."""
+
+    options: DecodeOptions
+    context: str = ""
+    alone: DecodeOptions | None = None  # None when there is no context
+
+
 @dataclass
 class UtteranceProgress:
     """An utterance's partials so far, and the options its final is decoded with."""
@@ -43,9 +55,9 @@ class UtteranceProgress:
     first_partial_at: float | None = None
     # The utterance's last_speech_end when its final was first decoded ahead of time:
     # while speech has not resumed since, the committed words are frozen and the final
-    # is decoded with `final_options` (so the speculative decode is the final's own).
+    # is decoded with `final_decode` (so the speculative decode is the final's own).
     frozen_at: int = -1
-    final_options: DecodeOptions | None = None
+    final_decode: FinalDecode | None = None
 
 
 @dataclass
@@ -54,7 +66,7 @@ class PendingFinal:
     progress: UtteranceProgress
     # Decoded with the options in force when the utterance closed or was first decoded
     # ahead of time (a configure that arrives later applies to the next one).
-    options: DecodeOptions
+    decode: FinalDecode
     # Resolved once the listener has been given this utterance's final.
     delivered: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -74,8 +86,8 @@ class FinalPath:
         self._stopping = False
         self._task = asyncio.ensure_future(self._loop())
 
-    def queue(self, closed: UtteranceClosed, progress: UtteranceProgress, options: DecodeOptions) -> PendingFinal:
-        pending = PendingFinal(closed, progress, options)
+    def queue(self, closed: UtteranceClosed, progress: UtteranceProgress, decode: FinalDecode) -> PendingFinal:
+        pending = PendingFinal(closed, progress, decode)
         self.pending.append(pending)
         self._wake.set()
         return pending
@@ -89,12 +101,14 @@ class FinalPath:
             self.pending[-1].delivered.add_done_callback(lambda _: done.done() or done.set_result(None))
         return done
 
-    def final_options(self, params: StreamParams, progress: UtteranceProgress) -> DecodeOptions:
-        """A final keeps the committed words (forced as its prefix) and reads the
-        previous finals and the session's prompt as what came before."""
-        prompt = " ".join(part for part in (self.context, params.prompt) if part)
-        return DecodeOptions.final(params.language, params.word_timestamps, params.final_beam_size,
-                                   prompt=prompt, prefix=progress.agreement.prefix_tokens)
+    def final_decode(self, params: StreamParams, progress: UtteranceProgress) -> FinalDecode:
+        """A final keeps the committed words (forced as its prefix) and reads the session's
+        prompt text, the previous finals and the keyterms as what came before."""
+        options = DecodeOptions.final(params.language, params.word_timestamps, params.final_beam_size,
+                                      prompt=params.final_prompt(self.context), prefix=progress.agreement.prefix_tokens)
+        if not self.context:
+            return FinalDecode(options)
+        return FinalDecode(options, self.context, replace(options, prompt=params.prompt))
 
     async def stop(self) -> None:
         """Deliver what is queued, then end."""
@@ -131,13 +145,14 @@ class FinalPath:
     async def _run(self, pending: PendingFinal) -> FinalResult:
         closed, progress = pending.closed, pending.progress
         utterance = closed.utterance
-        transcript, error = await self._transcribe_with_retries(closed.audio, pending.options)
-        if (transcript is not None and self.context and pending.options.prompt.startswith(self.context)
-                and (repeats(self.context, transcript.text) or says_it_twice(transcript.text))):
+        decode = pending.decode
+        transcript, error = await self._transcribe_with_retries(closed.audio, decode.options)
+        if (transcript is not None and decode.alone is not None
+                and (repeats(decode.context, transcript.text) or says_it_twice(transcript.text))):
             # Whisper may read its prompt back, or say a phrase twice, on audio that ends
             # abruptly: decode without the context; words really said again come again.
-            alone = replace(pending.options, prompt=pending.options.prompt[len(self.context):].strip())
-            transcript, error = await self._transcribe_with_retries(closed.audio, alone)
+            # (The context it read, not the stream's now: behind a backlog they differ.)
+            transcript, error = await self._transcribe_with_retries(closed.audio, decode.alone)
         elapsed = time.perf_counter() - closed.closed_at
         audio_samples = closed.end - utterance.start
         if transcript is not None:
@@ -166,7 +181,7 @@ class FinalPath:
             audio=closed.audio[:audio_samples],
             first_partial_seconds=(progress.first_partial_at - utterance.opened_at
                                    if progress.first_partial_at is not None else None),
-            decode=decode_facts(pending.options, transcript),
+            decode=decode_facts(decode.options, transcript),
         )
         await self.listener.on_final(result)
         return result
@@ -211,8 +226,8 @@ def decode_facts(options: DecodeOptions, transcript: Transcript | None) -> dict:
         "beam_size": options.beam_size,
         "word_timestamps": options.word_timestamps,
         "language": options.language,
-        # What the decoder read as coming before: the previous finals' last words, then
-        # the session's keyterms; "" for none.
+        # What the decoder read as coming before: the session's prompt text, the previous
+        # finals' last words, then the keyterms; "" for none.
         "prompt": options.prompt,
         "window_seconds": transcript.window_seconds if transcript else None,
         "speculative": bool(transcript and transcript.cached),

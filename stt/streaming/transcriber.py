@@ -187,14 +187,14 @@ class StreamingTranscriber:
         if self._partial_for is closed.utterance:
             self._partial_for = None
         progress = self._progress_of(closed.utterance)
-        options = progress.final_options if progress.frozen_at == closed.utterance.last_speech_end else None
-        return self._finals.queue(closed, progress, options or self._finals.final_options(self.params, progress))
+        decode = progress.final_decode if progress.frozen_at == closed.utterance.last_speech_end else None
+        return self._finals.queue(closed, progress, decode or self._finals.final_decode(self.params, progress))
 
     def _freeze_final_options(self, utterance: Utterance, speech_end: int) -> DecodeOptions:
         progress = self._progress_of(utterance)
-        if progress.frozen_at != speech_end or progress.final_options is None:
-            progress.frozen_at, progress.final_options = speech_end, self._finals.final_options(self.params, progress)
-        return progress.final_options
+        if progress.frozen_at != speech_end or progress.final_decode is None:
+            progress.frozen_at, progress.final_decode = speech_end, self._finals.final_decode(self.params, progress)
+        return progress.final_decode.options
 
     def _progress_of(self, utterance: Utterance) -> UtteranceProgress:
         return self._progress.setdefault(utterance, UtteranceProgress())
@@ -258,7 +258,8 @@ class StreamingTranscriber:
         with self._segmenter_lock:
             self._segmenter.reconfigure(params)
         if params.prompt != self.params.prompt:
-            # New keyterms: earlier finals, decoded without them, must not teach the old spelling.
+            # New keyterms or prompt text: earlier finals, decoded without them, must not
+            # teach the old spelling.
             self._finals.context = ""
         self.params = params
 
@@ -361,7 +362,11 @@ class StreamingTranscriber:
         commit = not frozen and covered >= MIN_COMMIT_AUDIO
         new = transcript.pieces if transcript.prefix_forced else transcript.pieces[len(agreement.committed):]
         sure = sure_pieces(new, transcript.words, agreement.committed, MIN_COMMIT_WORD_PROBABILITY)
-        stable, _ = agreement.update(transcript.pieces, transcript.prefix_forced, commit=commit, limit=sure)
+        # Three hypotheses that agree may commit past an unsure first word of the utterance only.
+        sure_past_first = sure_pieces(new, transcript.words, agreement.committed, MIN_COMMIT_WORD_PROBABILITY,
+                                      first_exempt=not agreement.committed)
+        stable, _ = agreement.update(transcript.pieces, transcript.prefix_forced, commit=commit, limit=sure,
+                                     three_agree_limit=sure_past_first)
         unstable = agreement.shown_unstable_text
         progress.partial_count += 1
         if progress.first_partial_at is None:

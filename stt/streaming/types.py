@@ -46,18 +46,25 @@ class StreamParams:
     speculative_finals: bool
     partial_beam_size: int
     final_beam_size: int
-    # The decoder prompt of every partial and final (keyterms; stt.engine.compose_prompt).
-    # Kept as is between configure calls: jobs batch and share results only with an equal prompt.
+    # The decoder prompt of every partial and final: the session's prompt text, then its
+    # keyterms (stt.engine.compose_prompt). Kept as is between configure calls: jobs batch
+    # and share results only with an equal prompt.
     prompt: str = ""
     # Semantic endpointing (stt.streaming.endpointing): "off" (a fixed end silence),
     # "low", "medium" or "high" (how soon a finished-sounding sentence ends the utterance).
     eagerness: str = "medium"
+    # The start of `prompt` that is the session's prompt text (session_config.prompt, its
+    # latest words that fit), before the keyterms: a final's previous-finals context goes
+    # between the two (final_prompt).
+    prompt_context: str = ""
 
     @classmethod
     def from_config(cls, config: SessionConfig, language: str | None = None,
-                    runtime: RuntimeValues | None = None, prompt: str = "") -> "StreamParams":
+                    runtime: RuntimeValues | None = None, prompt: str = "",
+                    prompt_context: str = "") -> "StreamParams":
         """The session's config, with the tunables of its runtime profile (default: the
-        server settings) and the decoder prompt composed for it."""
+        server settings) and the decoder prompt composed for it (`prompt_context`: the
+        start of `prompt` that is the session's prompt text)."""
         runtime = runtime or RuntimeValues.from_settings()
         return cls(
             enable_vad=config.enable_vad,
@@ -78,7 +85,18 @@ class StreamParams:
             prompt=prompt,
             # The session's own choice, else (null: "the profile's") its runtime profile's.
             eagerness=config.endpointing or runtime.endpointing_eagerness,
+            prompt_context=prompt_context,
         )
+
+    def final_prompt(self, previous: str) -> str:
+        """A final's prompt, oldest text first: the session's prompt text (what came before
+        the session), the previous finals' text (`previous`), then the keyterms, nearest
+        the audio. Without `previous` it is `prompt`."""
+        if not previous:
+            return self.prompt
+        context = self.prompt_context if self.prompt.startswith(self.prompt_context) else ""
+        terms = self.prompt[len(context):].strip()
+        return " ".join(part for part in (context, previous, terms) if part)
 
     @property
     def speculation_silence(self) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from stt.engine import Piece
+from stt.engine import Piece, Word
 from stt.streaming import LocalAgreement
-from stt.streaming.agreement import MAX_PREFIX_TOKENS, keep_committed
+from stt.streaming.agreement import MAX_PREFIX_TOKENS, keep_committed, sure_pieces
 
 
 def pieces(*words: str) -> tuple[Piece, ...]:
@@ -164,3 +164,70 @@ def test_the_last_uncommitted_word_is_held_back(hypotheses, shown):
         agreement.update(*hypothesis(text))
     assert agreement.shown_unstable_text == shown
     assert agreement.unstable_text.startswith(shown), "what is shown is the hypothesis, cut short"
+
+
+class TestUnsureWords:
+    """flush(limit): words past `limit` (the caller's unsure ones) wait, unless three
+    hypotheses in a row begin with them and `three_agree_limit` lets them through (the
+    caller's sure words, counting an unsure first word of the utterance as sure)."""
+
+    def test_an_unsure_word_two_hypotheses_agree_on_is_held_back(self):
+        agreement = LocalAgreement()
+        for text in ("and mister john", "and mister john dashwood"):
+            agreement.update(*hypothesis(text), limit=0)
+        assert (agreement.stable_text, agreement.unstable_text) == ("", "and mister john dashwood")
+
+    def test_three_hypotheses_in_a_row_commit_what_they_all_begin_with(self):
+        agreement = LocalAgreement()
+        for text in ("and mister john", "and mister john dashwood", "and mister john dashwood had"):
+            agreement.update(*hypothesis(text), limit=0)
+        assert agreement.stable_text == "and mister john"
+        agreement.update(*hypothesis("and mister john dashwood had then"), limit=0)
+        assert agreement.stable_text == "and mister john dashwood", "the three after the commit agree on one more"
+
+    def test_three_in_a_row_commit_past_an_unsure_first_word_but_not_past_a_later_one(self):
+        # "And" unsure, the rest sure: the caller lets three agreeing hypotheses through it.
+        agreement = LocalAgreement()
+        for text in ("and mister john", "and mister john dashwood", "and mister john dashwood had"):
+            agreement.update(*hypothesis(text), limit=0, three_agree_limit=5)
+        assert agreement.stable_text == "and mister john"
+        # A name the greedy partials misspell alike three times, unsure: held back, so the
+        # final can still spell it from the keyterms.
+        # The caller's figures count from the first uncommitted word: "send it to" sure, then
+        # (once they are committed) "shivor" unsure at once; no first-word exemption then.
+        agreement = LocalAgreement()
+        for text, sure in (("send it to shivor", 3), ("send it to shivor nakamura", 3),
+                           ("send it to shivor nakamura today", 0), ("send it to shivor nakamura today", 0)):
+            agreement.update(*hypothesis(text), limit=sure, three_agree_limit=sure)
+        assert (agreement.stable_text, agreement.unstable_text) == ("send it to", "shivor nakamura today")
+
+    def test_a_hypothesis_that_differs_between_them_breaks_the_run(self):
+        agreement = LocalAgreement()
+        for text in ("and mister john", "mister john dashwood", "and mister john dashwood"):
+            agreement.update(*hypothesis(text), limit=0)
+        assert agreement.stable_text == ""
+
+
+def words(*spelled: tuple[str, float]) -> list[Word]:
+    return [Word(f" {text}", 0.0, 0.1, probability) for text, probability in spelled]
+
+
+class TestSurePieces:
+    """How many new pieces of a hypothesis begin it with sure words."""
+
+    def test_the_sure_words_up_to_the_first_unsure_one(self):
+        hypothesis_words = words(("send", 0.9), ("it", 0.8), ("to", 0.9), ("shivor", 0.2), ("today", 0.9))
+        assert sure_pieces(pieces("send", "it", "to", "shivor", "today"), hypothesis_words, (), 0.5) == 3
+
+    def test_the_first_word_may_be_exempt(self):
+        hypothesis_words = words(("and", 0.3), ("mister", 0.9), ("john", 0.2))
+        new = pieces("and", "mister", "john")
+        assert sure_pieces(new, hypothesis_words, (), 0.5) == 0
+        assert sure_pieces(new, hypothesis_words, (), 0.5, first_exempt=True) == 2, "not past a later unsure word"
+
+    def test_words_past_the_committed_ones_are_judged(self):
+        hypothesis_words = words(("and", 0.3), ("mister", 0.9), ("john", 0.4))
+        assert sure_pieces(pieces("mister", "john"), hypothesis_words, pieces("and"), 0.5) == 1
+
+    def test_words_that_do_not_match_the_pieces_limit_nothing(self):
+        assert sure_pieces(pieces("and", "so"), words(("and", 0.9)), (), 0.5) is None

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import replace
 
 import numpy as np
-import pytest
 
 from stt.evaluation import normalize_text, word_error_rate
 from stt.protocol import validate_config
@@ -20,69 +18,8 @@ from stt.streaming import (
     StreamingTranscriber,
     StreamParams,
 )
-from stt.vad import SileroVad
 from tests.conftest import JFK_TEXT, SAMPLE_RATE, silence
-
-FIRST = "Please turn on the kitchen lights."
-SECOND = "What is the weather like tomorrow?"
-
-
-class Recorder:
-    """A StreamListener that keeps everything it is told, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[SpeechStart | SpeechEnd | PartialResult | FinalResult] = []
-
-    async def on_speech_start(self, event: SpeechStart) -> None:
-        self.events.append(event)
-
-    async def on_speech_end(self, event: SpeechEnd) -> None:
-        self.events.append(event)
-
-    async def on_partial(self, result: PartialResult) -> None:
-        self.events.append(result)
-
-    async def on_final(self, result: FinalResult) -> None:
-        self.events.append(result)
-
-    def of(self, kind):
-        return [e for e in self.events if isinstance(e, kind)]
-
-    @property
-    def finals(self) -> list[FinalResult]:
-        return self.of(FinalResult)
-
-    @property
-    def final_text(self) -> str:
-        return " ".join(f.transcript.text for f in self.finals if f.transcript)
-
-
-async def stream(engine, audio: np.ndarray, frame: int = 1024, close: bool = True, eagerness: str = "off",
-                 **config):
-    """Stream as fast as the transcriber takes it. Eagerness "off" (a fixed end silence)
-    unless a test is about semantic endpointing."""
-    recorder = Recorder()
-    params = replace(StreamParams.from_config(validate_config(config)), eagerness=eagerness)
-    transcriber = StreamingTranscriber(params, engine, recorder)
-    for start in range(0, audio.size, frame):
-        await transcriber.push_audio(audio[start:start + frame])
-    if close:
-        await transcriber.close(FinalReason.SESSION_END)
-    return transcriber, recorder
-
-
-async def stream_paced(engine, audio: np.ndarray, prompt: str = "", frame_pause: float = 0.015,
-                       eagerness: str = "off", **config) -> Recorder:
-    """Stream like a live client (frames spaced out), so the partial path gets its turns."""
-    recorder = Recorder()
-    params = replace(StreamParams.from_config(validate_config(config), prompt=prompt), eagerness=eagerness)
-    transcriber = StreamingTranscriber(params, engine, recorder)
-    for start in range(0, audio.size, 1024):
-        await transcriber.push_audio(audio[start:start + 1024])
-        await asyncio.sleep(frame_pause)
-    await transcriber.close(FinalReason.SESSION_END)
-    return recorder
-
+from tests.stt.streaming.support import FIRST, SECOND, Recorder, stream, stream_paced, wait_for_idle
 
 def two_sentences(speak, pause: float) -> np.ndarray:
     return np.concatenate([silence(0.5), speak(FIRST), silence(pause), speak(SECOND), silence(1.0)])
@@ -172,9 +109,15 @@ class TestUtterances:
         params = replace(StreamParams.from_config(validate_config({"enable_partial_transcription": False})),
                          eagerness="off")
         transcriber = StreamingTranscriber(params, engine, recorder)
+        speculated = 0
         for start in range(0, audio.size, 1024):
             await transcriber.push_audio(audio[start:start + 1024])
-            await asyncio.sleep(1024 / 16000)  # real time: the speculative decode is done before the close
+            await asyncio.sleep(1024 / 16000)  # real time
+            if transcriber.stats.speculative_finals > speculated:
+                # The audio waits for the speculative decode, as on a machine fast enough
+                # to finish it before the silence runs out (speed is bench/'s to measure).
+                speculated = transcriber.stats.speculative_finals
+                await wait_for_idle(engine)
         await transcriber.close(FinalReason.SESSION_END)
         assert transcriber.stats.speculative_finals >= 2
         silence_finals = [f for f in recorder.finals if f.reason == FinalReason.SILENCE]
@@ -222,15 +165,19 @@ class TestSemanticEndpointing:
         audio = np.concatenate([silence(0.3), speak("I would like to book a table for"), silence(0.8),
                                 speak("two people."), silence(2.5)])
         fixed = await stream_paced(engine, audio, frame_pause=1024 / SAMPLE_RATE)
-        semantic = await stream_paced(engine, audio, frame_pause=1024 / SAMPLE_RATE, eagerness="low")
+        # The pause's judgement decode is done before more audio comes (as on a machine
+        # fast enough to judge it within the end silence; a slow one ends it by the silence).
+        semantic = await stream_paced(engine, audio, frame_pause=1024 / SAMPLE_RATE, eagerness="low", settle=True)
         assert len(fixed.finals) == 2, "0.8 s is more than the 0.5 s end silence"
         assert len(semantic.finals) == 1, [(f.transcript.text, f.start_sample, f.end_sample, f.decode) for f in semantic.finals]
         (final,) = semantic.finals
         assert normalize_text(final.transcript.text)[-2:] == ["two", "people"]
 
     async def test_the_final_keeps_the_words_its_partials_committed(self, engine, jfk_audio):
+        # Each frame waits for the engine to be idle, as on a machine fast enough for several
+        # partials per phrase (a slow one may commit nothing in jfk's 1-3 s phrases).
         recorder = await stream_paced(engine, np.concatenate([jfk_audio, silence(1)]),
-                                      frame_pause=1024 / SAMPLE_RATE, eagerness="medium")
+                                      frame_pause=1024 / SAMPLE_RATE, eagerness="medium", settle=True)
         committed = 0
         for final in recorder.finals:
             final_words = normalize_text(final.transcript.text)
@@ -266,6 +213,16 @@ class TestPrompt:
         assert any("Siobhan" in p.text for p in steered.of(PartialResult))
         assert "Siobhan Nakamura" in steered.final_text
         assert steered.finals[0].decode["prompt"] == "Siobhan Nakamura." and plain.finals[0].decode["prompt"] == ""
+
+    async def test_a_name_the_partials_misspell_alike_is_not_forced_on_the_final(self, engine, speak):
+        # CI: three greedy partials in a row wrote "Shivor Nakamura ..." with "Shivor" unsure; the
+        # three-in-a-row rule committed it, and the final, forced to begin with it, kept it.
+        # Settled after each frame, as on a machine whose partials keep up.
+        audio = np.concatenate([silence(0.3), speak(self.SENTENCE), silence(1.0)])
+        steered = await stream_paced(engine, audio, prompt="Siobhan Nakamura, Zyphora.", frame_pause=0.064,
+                                     eagerness="medium", settle=True)
+        assert len(steered.of(PartialResult)) >= 6, "partials enough for three in a row on the name"
+        assert "Siobhan Nakamura" in steered.final_text
 
     async def test_a_new_prompt_applies_to_utterances_that_close_after_it(self, engine, speak):
         recorder = Recorder()
@@ -355,83 +312,3 @@ class TestFlushInterruptAndLimits:
         assert sum(f.reason == FinalReason.MAX_DURATION for f in finals) >= 14
         assert word_error_rate(" ".join([JFK_TEXT] * rounds), recorder.final_text) <= 0.1
         assert transcriber._segmenter.buffer._data.size <= 2 * 22 * SAMPLE_RATE, "the audio buffer does not grow with the session"
-
-
-class TestWithoutVad:
-    async def test_audio_is_cut_into_buffer_duration_segments(self, engine, speak):
-        audio = np.concatenate([speak(f"{FIRST} {SECOND}"), silence(0.5)])
-        transcriber, recorder = await stream(engine, audio, enable_vad=False, buffer_duration=2.0,
-                                             enable_partial_transcription=False)
-        finals = recorder.finals
-        assert recorder.of(SpeechStart) == [], "no voice-activity events without VAD"
-        assert len(finals) >= 2
-        assert all(f.end_sample - f.start_sample <= 2 * SAMPLE_RATE for f in finals)
-        assert finals[0].start_sample == 0 and finals[-1].end_sample == audio.size, "all audio is covered"
-        assert word_error_rate(f"{FIRST} {SECOND}", recorder.final_text) <= 0.35
-
-    async def test_switching_vad_on_mid_utterance_keeps_its_audio(self, engine, jfk_audio):
-        transcriber, recorder = await stream(engine, jfk_audio[: int(2.5 * SAMPLE_RATE)], close=False,
-                                             enable_vad=False, buffer_duration=10.0)
-        transcriber.reconfigure(StreamParams.from_config(validate_config({})))
-        for start in range(0, SAMPLE_RATE, 1024):
-            await transcriber.push_audio(silence(1)[start:start + 1024])
-        await transcriber.close(FinalReason.SESSION_END)
-        first = recorder.finals[0]
-        assert first.start_sample == 0 and first.reason == FinalReason.SILENCE
-        assert "fellow americans" in first.transcript.text.lower()
-
-    async def test_switching_vad_off_mid_session_keeps_the_stream_going(self, engine, jfk_audio):
-        transcriber, recorder = await stream(engine, jfk_audio[:SAMPLE_RATE * 3], close=False)
-        transcriber.reconfigure(StreamParams.from_config(validate_config({"enable_vad": False,
-                                                                          "buffer_duration": 10.0})))
-        for start in range(3 * SAMPLE_RATE, jfk_audio.size, 1024):
-            await transcriber.push_audio(jfk_audio[start:start + 1024])
-        await transcriber.close(FinalReason.SESSION_END)
-        assert word_error_rate(JFK_TEXT, recorder.final_text) <= 0.2
-
-
-class TestOffTheEventLoop:
-    """The segmenter's work for a frame (VAD above all) runs in a worker thread: the
-    event loop, which serves every session of the process, only schedules it."""
-
-    async def test_voice_activity_detection_runs_off_the_event_loop(self, engine, jfk_audio, monkeypatch):
-        threads: list[int] = []
-        real_process = SileroVad.process
-
-        def process_noting_the_thread(vad: SileroVad, samples: np.ndarray) -> list[float]:
-            threads.append(threading.get_ident())
-            return real_process(vad, samples)
-
-        monkeypatch.setattr(SileroVad, "process", process_noting_the_thread)
-        _, recorder = await stream(engine, np.concatenate([jfk_audio, silence(1)]), frame=16384,
-                                   enable_partial_transcription=False)
-        assert word_error_rate(JFK_TEXT, recorder.final_text) == 0.0
-        assert threads, "the real VAD ran"
-        assert threading.get_ident() not in threads, "no frame's VAD ran on the event loop's thread"
-
-    async def test_close_while_a_frame_is_in_flight_finalizes_that_frame_too(self, engine, jfk_audio):
-        recorder = Recorder()
-        params = StreamParams.from_config(validate_config({"final_chunk_duration": 2.0}))
-        transcriber = StreamingTranscriber(params, engine, recorder)
-        pushing = asyncio.create_task(transcriber.push_audio(jfk_audio[:3 * SAMPLE_RATE]))
-        await asyncio.sleep(0)
-        await transcriber.close(FinalReason.SESSION_END)
-        await pushing
-        assert [f.reason for f in recorder.finals] == [FinalReason.SESSION_END]
-        assert "fellow americans" in recorder.final_text.lower()
-        assert transcriber.stats.samples_received == 3 * SAMPLE_RATE
-
-    async def test_a_listener_fault_at_speech_start_loses_no_final_of_that_frame(self, engine, jfk_audio):
-        class FailingAtOnset(Recorder):
-            async def on_speech_start(self, event: SpeechStart) -> None:
-                raise RuntimeError("listener fault")
-
-        recorder = FailingAtOnset()
-        params = StreamParams.from_config(validate_config({"enable_partial_transcription": False}))
-        transcriber = StreamingTranscriber(params, engine, recorder)
-        with pytest.raises(RuntimeError, match="listener fault"):
-            # One frame holding the first phrase and the silence after it: onset and close.
-            await transcriber.push_audio(np.concatenate([jfk_audio[:int(2.5 * SAMPLE_RATE)], silence(1)]))
-        await transcriber.close(FinalReason.SESSION_END)
-        assert [f.reason for f in recorder.finals] == [FinalReason.SILENCE]
-        assert "fellow americans" in recorder.final_text.lower()

@@ -49,3 +49,31 @@ class TestEagerness:
     def test_a_config_built_without_the_profiles_defaults_still_gets_its_eagerness(self):
         runtime = RuntimeValues.from_settings().overlaid("p", {"endpointing_eagerness": "high"})
         assert StreamParams.from_config(validate_config({}), runtime=runtime).eagerness == "high"
+
+
+class TestFinalPrompt:
+    """A final's prompt, oldest text first: the session's prompt text, the previous
+    finals, then the keyterms nearest the audio."""
+
+    def params(self, prompt: str, prompt_context: str = "") -> StreamParams:
+        return StreamParams.from_config(validate_config({}), prompt=prompt, prompt_context=prompt_context)
+
+    def test_the_previous_finals_go_between_the_prompt_text_and_the_keyterms(self):
+        params = self.params("About invoices. Siobhan Nakamura, Zyphora.", "About invoices.")
+        assert params.prompt_context == "About invoices."
+        assert params.final_prompt("We spoke yesterday.") == \
+            "About invoices. We spoke yesterday. Siobhan Nakamura, Zyphora."
+
+    def test_without_previous_finals_it_is_the_streams_prompt(self):
+        params = self.params("About invoices. Zyphora.", "About invoices.")
+        assert params.final_prompt("") == "About invoices. Zyphora."
+
+    def test_keyterms_alone_follow_the_previous_finals(self):
+        assert self.params("Zyphora.").final_prompt("We spoke yesterday.") == "We spoke yesterday. Zyphora."
+
+    def test_prompt_text_alone_precedes_them(self):
+        params = self.params("About invoices.", "About invoices.")
+        assert params.final_prompt("We spoke yesterday.") == "About invoices. We spoke yesterday."
+
+    def test_no_prompt_is_the_previous_finals_alone(self):
+        assert self.params("").final_prompt("We spoke yesterday.") == "We spoke yesterday."
