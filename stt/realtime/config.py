@@ -11,14 +11,15 @@ VAD tuning.
 | `threshold` (`server_vad`) | the session's VAD threshold (default `VAD_THRESHOLD`) |
 | `prefix_padding_ms` (`server_vad`) | the session's speech padding (default `VAD_SPEECH_PAD_MS`, at most 1000) |
 | `input_audio_transcription.language` | `language` |
+| `input_audio_transcription.prompt` | `prompt` (null: `""`, none): read as the text before the audio, its latest words that fit before the keyterms |
 
-A `turn_detection` without `type` keeps the current one. Each type takes only its own
-settings (the other's are refused): `semantic_vad` runs with the VAD values `server_vad`
-last had, and its end silence follows its eagerness.
+(GA: `audio.input.transcription.*`.) A `turn_detection` without `type` keeps the current
+one. Each type takes only its own settings (the other's are refused): `semantic_vad` runs
+with the VAD values `server_vad` last had, and its end silence follows its eagerness.
 
-Sessions report their effective settings: the model is the server's, and what is
-accepted but not applied (prompt, keywords, noise reduction, logprobs) shows as its
-effective value ("" or null).
+Sessions report their effective settings: the model is the server's, the prompt as the
+session keeps it (whitespace tidied), and what is accepted but not applied (keywords,
+noise reduction, logprobs) shows as its effective value (null).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class RealtimeConfig:
     vad: ServerVad
     # semantic_vad's eagerness (low, medium, high, auto); None: server_vad.
     semantic_eagerness: str | None = None
+    prompt: str = ""
 
     def fasttalk_config(self) -> dict[str, Any]:
         """The /ws/transcribe session config keys this session sets."""
@@ -65,7 +67,8 @@ class RealtimeConfig:
         else:  # auto: null, the runtime profile's eagerness
             endpointing = None if self.semantic_eagerness == "auto" else self.semantic_eagerness
         return {"language": self.language, "enable_vad": self.turn_detection,
-                "final_chunk_duration": self.vad.silence_duration_ms / 1000, "endpointing": endpointing}
+                "final_chunk_duration": self.vad.silence_duration_ms / 1000, "endpointing": endpointing,
+                "prompt": self.prompt}
 
     def turn_detection_object(self) -> dict[str, Any] | None:
         """`turn_detection` as the session object shows it."""
@@ -101,26 +104,27 @@ class RealtimeConfig:
         }
 
     def _transcription(self) -> dict[str, Any]:
-        return {"model": self.model, "language": self.language, "prompt": ""}
+        return {"model": self.model, "language": self.language, "prompt": self.prompt}
 
 
 @dataclass(frozen=True)
 class UpdateParams:
     """Where the fields of one update event live, for errors (`param`)."""
 
-    language: str
+    transcription: str
     turn_detection: str
 
     @classmethod
     def beta(cls) -> "UpdateParams":
-        return cls("session.input_audio_transcription.language", "session.turn_detection")
+        return cls("session.input_audio_transcription", "session.turn_detection")
 
     @classmethod
     def ga(cls) -> "UpdateParams":
-        return cls("session.audio.input.transcription.language", "session.audio.input.turn_detection")
+        return cls("session.audio.input.transcription", "session.audio.input.turn_detection")
 
     def by_fasttalk_field(self) -> dict[str, str]:
-        return {"language": self.language, "enable_vad": self.turn_detection,
+        return {"language": f"{self.transcription}.language", "prompt": f"{self.transcription}.prompt",
+                "enable_vad": self.turn_detection,
                 "final_chunk_duration": f"{self.turn_detection}.silence_duration_ms",
                 "endpointing": f"{self.turn_detection}.eagerness"}
 
@@ -168,9 +172,11 @@ def _with_transcription(config: RealtimeConfig, options: TranscriptionOptions | 
                         params: UpdateParams) -> RealtimeConfig:
     if options is None:
         raise SttError("invalid_config", "a transcription session always transcribes: the transcription "
-                       "settings cannot be null", field=params.language.rsplit(".", 1)[0])
+                       "settings cannot be null", field=params.transcription)
     if "language" in options.model_fields_set:
-        return replace(config, language=options.language)
+        config = replace(config, language=options.language)
+    if "prompt" in options.model_fields_set:  # checked as the session's prompt when applied
+        config = replace(config, prompt=options.prompt or "")
     return config
 
 

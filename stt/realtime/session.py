@@ -8,7 +8,7 @@ messages; the session's messages become events (stt/realtime/translator.py).
 | client event | session |
 | --- | --- |
 | (connect) | `start_session` with the default config; then `transcription_session.created` or `session.created` |
-| `transcription_session.update`, `session.update` | `configure` (+ the VAD tuning); then `.updated` |
+| `transcription_session.update`, `session.update` | `configure` (language, prompt, turn detection; + the VAD tuning); then `.updated` |
 | `input_audio_buffer.append` | audio, resampled from 24 kHz pcm16 |
 | `input_audio_buffer.commit` | `flush_buffer`: the open utterance is finalized now |
 | `input_audio_buffer.clear` | `interrupt`: the open utterance and the buffered audio are dropped |
@@ -56,7 +56,7 @@ class RealtimeSession:
         self.dialect = dialect
         self.translator = EventTranslator(self._send)
         self.session = SttSession(self.translator.on_message, self._close, services, client=client,
-                                  principal=principal, on_speech_end=self._on_speech_end)
+                                  principal=principal, on_speech_end=self._on_speech_end, source="realtime")
         self.session_id = "sess_" + self.session.connection_id.replace("-", "")
         self.audio = Pcm16Input()
         self.config: RealtimeConfig | None = None
@@ -90,7 +90,7 @@ class RealtimeSession:
         info = session.engine.info
         self.config = RealtimeConfig(
             model=info.model if info is not None else settings.STT_MODEL, language=session.config.language,
-            turn_detection=True,
+            turn_detection=True, prompt=session.config.prompt,
             vad=ServerVad(threshold=session.runtime.vad_threshold, prefix_padding_ms=session.runtime.vad_speech_pad_ms,
                           silence_duration_ms=round(session.config.final_chunk_duration * 1000)))
         self.translator.prefix_padding_ms = self.config.vad.prefix_padding_ms
@@ -145,7 +145,8 @@ class RealtimeSession:
         if not await session.on_message(Configure(config=config.fasttalk_config())):
             return  # the session reported why; nothing changed
         session.tune_voice_activity(threshold=config.vad.threshold, speech_pad_ms=config.vad.prefix_padding_ms)
-        self.config = replace(config, language=session.config.language)  # as the session normalized it
+        # As the session normalized them (a language's code, the prompt's whitespace).
+        self.config = replace(config, language=session.config.language, prompt=session.config.prompt)
         self.translator.prefix_padding_ms = config.vad.prefix_padding_ms
         if isinstance(event, TranscriptionSessionUpdate):
             await self.translator.emit({"type": "transcription_session.updated", "session": self._session_object(BETA)})

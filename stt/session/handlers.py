@@ -79,7 +79,7 @@ class ControlHandlers(SessionKeyterms):
             connection_id=self.connection_id, session_id=self._session_id, user_id=config.user_id,
             conversation_id=config.conversation_id, client_address=self.client, profile=runtime.profile,
             config=raw, effective_config=config.model_dump(), model=info.model,
-            started_at=datetime.now(timezone.utc), server_id=self.services.server_id,
+            started_at=datetime.now(timezone.utc), server_id=self.services.server_id, source=self.source,
         )
         self.services.history.write_later(session_write(self.record))
         self.services.metrics.session_started()

@@ -1,14 +1,16 @@
-"""A session's keyterms: its own (session_config.keyterms) and its runtime profile's
-vocabulary, composed into the one decoder prompt its stream uses for every partial and
-final (stt/engine/prompt.py).
+"""A session's decoder prompt: its keyterms (session_config.keyterms), its runtime
+profile's vocabulary and its prompt text (session_config.prompt), composed into the one
+prompt its stream uses for every partial and final (stt/engine/prompt.py).
 
-The prompt changes only when the keyterms do (configure, a vocabulary saved in the
-admin, a new language's tokenizer), never per request: jobs batch and share results
-only with an equal prompt. The session's own keyterms must fit in STT_PROMPT_MAX_TOKENS
-(else invalid_config: the client learns at once that some would be left out); the
-profile's vocabulary fills what is left, and what does not fit is left out (logged).
-A running session follows its profile's vocabulary (only that: its other tunables stay
-as they were when it started).
+The prompt changes only when these do (configure, a vocabulary saved in the admin, a new
+language's tokenizer), never per request: jobs batch and share results only with an
+equal prompt. The session's own keyterms must fit in STT_PROMPT_MAX_TOKENS (else
+invalid_config: the client learns at once that some would be left out); the profile's
+vocabulary fills what is left, and what does not fit is left out (logged). The prompt
+text is context: its latest words that fit in what the keyterms leave are written before
+them (the text is never refused for its length: Whisper too reads only the end of a long
+prompt). A running session follows its profile's vocabulary (only that: its other
+tunables stay as they were when it started).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ logger = logging.getLogger("stt.session")
 class SessionKeyterms(SessionState):
     _dropped_reported: tuple[str, ...] = ()
 
-    def _compose(self, terms: list[str], language: str | None) -> ComposedPrompt:
-        return compose_prompt(terms, count_tokens=token_counter(self.engine.tokenizer(language)),
+    def _compose(self, terms: list[str], language: str | None, context: str = "") -> ComposedPrompt:
+        return compose_prompt(terms, context, count_tokens=token_counter(self.engine.tokenizer(language)),
                               max_tokens=settings.STT_PROMPT_MAX_TOKENS)
 
     def _check_keyterms(self, config: SessionConfig, language: str | None) -> None:
@@ -42,18 +44,19 @@ class SessionKeyterms(SessionState):
             raise SttError(
                 "invalid_config",
                 f"the keyterms need more than STT_PROMPT_MAX_TOKENS ({settings.STT_PROMPT_MAX_TOKENS}) tokens of "
-                f"the decoder prompt: the first {len(composed.terms)} fit, {len(composed.dropped)} do not "
-                f"(from {composed.dropped[0]!r}); send fewer or shorter ones; nothing was applied",
+                f"the decoder prompt: {len(composed.terms)} fit, {len(composed.dropped)} do not "
+                f"(the first left out: {composed.dropped[0]!r}); send fewer or shorter ones; nothing was applied",
                 field="keyterms",
             )
 
-    def _decoder_prompt(self, language: str | None) -> str:
-        """The prompt of the session's keyterms, then its profile's vocabulary ("" for none)."""
+    def _decoder_prompt(self, language: str | None) -> ComposedPrompt:
+        """The prompt of the session's prompt text, then its keyterms and its profile's
+        vocabulary (text "" for none)."""
         assert self.config is not None
         terms = merge_keyterms(self.config.keyterms, self.runtime.vocabulary)
-        if not terms:
-            return ""
-        composed = self._compose(terms, language)
+        if not terms and not self.config.prompt:
+            return ComposedPrompt("", (), (), 0)
+        composed = self._compose(terms, language, self.config.prompt)
         if composed.dropped and composed.dropped != self._dropped_reported:
             logger.warning("session %s: %d of the profile's vocabulary terms do not fit in the decoder prompt "
                            "(STT_PROMPT_MAX_TOKENS=%d) and are left out", self._session_id, len(composed.dropped),
@@ -61,7 +64,7 @@ class SessionKeyterms(SessionState):
                            extra={"event": "keyterms_dropped", **self._log_ids(), "dropped": len(composed.dropped),
                                   "profile": self.runtime.profile})
         self._dropped_reported = composed.dropped
-        return composed.text
+        return composed
 
     async def _follow_vocabulary(self) -> None:
         """Take up a change of the profile's vocabulary saved while the session runs.

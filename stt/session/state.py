@@ -13,8 +13,8 @@ from monitoring.stats import latency_summary, session_summary, stats_entry
 from stt import protocol
 from stt.audio import samples_to_ms
 from stt.auth import Principal
+from stt.engine import ComposedPrompt
 from stt.errors import SttError
-from stt.audio import samples_to_ms
 from stt.persistence import SessionFacts, error_write, utterance_discarded_write, utterance_opened_write
 from stt.protocol import SessionConfig
 from stt.runtime_config import RuntimeValues
@@ -65,7 +65,7 @@ class SessionState:
 
     def __init__(self, send: SendFn, close: CloseFn, services: SessionServices,
                  client: str | None = None, principal: Principal | None = None,
-                 on_speech_end: SpeechEndFn | None = None) -> None:
+                 on_speech_end: SpeechEndFn | None = None, source: str = "websocket") -> None:
         self._send_raw = send
         self._close_raw = close
         self._speech_end_hook = on_speech_end
@@ -73,6 +73,9 @@ class SessionState:
         self.engine = services.engine
         self._clock = services.clock
         self.client = client
+        # Which API the client came through, as the history records it (SessionRecord.Source):
+        # "websocket" for /ws/transcribe, "realtime" for an adapter such as stt/realtime.
+        self.source = source
         # Who the connection acts for (stt/auth.py); anonymous when the service runs open.
         self.principal = principal or Principal.anonymous()
         # The server's id of this connection: the key of everything (groups, /stats, history).
@@ -149,10 +152,11 @@ class SessionState:
     def _stream_params(self) -> StreamParams:
         assert self.config is not None
         language = self.config.language or self.context.language_context
+        prompt = self._decoder_prompt(language)
         return StreamParams.from_config(self.config, language=language, runtime=self.runtime,
-                                        prompt=self._decoder_prompt(language))
+                                        prompt=prompt.text, prompt_context=prompt.context)
 
-    def _decoder_prompt(self, language: str | None) -> str:
+    def _decoder_prompt(self, language: str | None) -> ComposedPrompt:
         raise NotImplementedError  # SessionKeyterms
 
     async def _follow_vocabulary(self) -> None:

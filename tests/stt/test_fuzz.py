@@ -24,7 +24,7 @@ ERROR_FIELDS = {"code", "message", "category", "severity", "recoverable", "retry
 CLOSE_CODES = {1000, 1008, 1011, 1012, 1013}
 CONFIG_KEYS = ["language", "enable_timestamps", "enable_vad", "enable_partial_transcription", "buffer_duration",
                "partial_chunk_duration", "final_chunk_duration", "fasttalk_mode", "user_id", "conversation_id",
-               "session_id", "barge_in_enabled", "send_legacy_transcription", "profile", "unknown_key"]
+               "session_id", "barge_in_enabled", "send_legacy_transcription", "profile", "prompt", "unknown_key"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-2**63, max_value=2**63), st.floats(allow_nan=False),

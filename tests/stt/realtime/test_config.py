@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stt.errors import SttError
-from stt.realtime.config import RealtimeConfig, ServerVad, updated_config
+from stt.realtime.config import RealtimeConfig, ServerVad, UpdateParams, updated_config
 from stt.realtime.events import BetaSession, GaSession
 
 CURRENT = RealtimeConfig(model="tiny.en", language=None, turn_detection=True,
@@ -37,7 +37,7 @@ class TestUpdates:
         manual = beta(turn_detection=None)
         assert not manual.turn_detection and manual.vad == CURRENT.vad
         assert manual.fasttalk_config() == {"language": None, "enable_vad": False, "final_chunk_duration": 0.5,
-                                            "endpointing": "off"}
+                                            "endpointing": "off", "prompt": ""}
         again = updated_config(manual, BetaSession.model_validate({"turn_detection": {"type": "server_vad"}}), 2000)
         assert again.turn_detection and again.vad == CURRENT.vad
 
@@ -61,6 +61,38 @@ class TestUpdates:
             assert (error.code, error.field) == ("invalid_config", param)
 
 
+class TestPrompt:
+    """The transcription prompt is the session's prompt (session_config.prompt)."""
+
+    def test_beta_and_ga_set_it_and_it_maps_onto_the_session(self):
+        for config in (beta(input_audio_transcription={"prompt": "Siobhan Nakamura called."}),
+                       ga(transcription={"prompt": "Siobhan Nakamura called."})):
+            assert config.prompt == "Siobhan Nakamura called."
+            assert config.fasttalk_config()["prompt"] == "Siobhan Nakamura called."
+        assert CURRENT.fasttalk_config()["prompt"] == "", "none at first"
+
+    def test_the_session_objects_show_it(self):
+        config = beta(input_audio_transcription={"prompt": "About Zyphora."})
+        assert config.beta_session("s", 0)["input_audio_transcription"]["prompt"] == "About Zyphora."
+        assert config.ga_session("s", 0)["audio"]["input"]["transcription"]["prompt"] == "About Zyphora."
+
+    def test_null_is_no_prompt_and_leaving_it_out_keeps_it(self):
+        prompted = ga(transcription={"prompt": "About Zyphora."})
+        kept = updated_config(prompted, GaSession.model_validate(
+            {"type": "transcription", "audio": {"input": {"transcription": {"language": "en"}}}}), 2000)
+        assert (kept.prompt, kept.language) == ("About Zyphora.", "en")
+        cleared = updated_config(kept, BetaSession.model_validate({"input_audio_transcription": {"prompt": None}}),
+                                 2000)
+        assert cleared.prompt == "" and cleared.language == "en"
+        assert updated_config(prompted, BetaSession.model_validate({"turn_detection": None}), 2000).prompt \
+            == "About Zyphora."
+
+    def test_the_sessions_errors_about_it_name_the_events_field(self):
+        assert UpdateParams.beta().by_fasttalk_field()["prompt"] == "session.input_audio_transcription.prompt"
+        assert UpdateParams.ga().by_fasttalk_field()["prompt"] == "session.audio.input.transcription.prompt"
+        assert UpdateParams.ga().by_fasttalk_field()["language"] == "session.audio.input.transcription.language"
+
+
 class TestSemanticVad:
     """semantic_vad is VAD with endpointing by its eagerness; server_vad is endpointing off."""
 
@@ -68,7 +100,7 @@ class TestSemanticVad:
     def test_its_eagerness_is_the_sessions_endpointing(self, eagerness):
         config = ga(turn_detection={"type": "semantic_vad", "eagerness": eagerness})
         assert config.fasttalk_config() == {"language": None, "enable_vad": True, "final_chunk_duration": 0.5,
-                                            "endpointing": eagerness}
+                                            "endpointing": eagerness, "prompt": ""}
         assert config.ga_session("sess_1", 0)["audio"]["input"]["turn_detection"] == {
             "type": "semantic_vad", "eagerness": eagerness}
 
@@ -84,7 +116,7 @@ class TestSemanticVad:
         again = updated_config(semantic, BetaSession.model_validate(
             {"turn_detection": {"type": "server_vad", "silence_duration_ms": 700}}), 2000)
         assert again.fasttalk_config() == {"language": None, "enable_vad": True, "final_chunk_duration": 0.7,
-                                           "endpointing": "off"}
+                                           "endpointing": "off", "prompt": ""}
         assert again.beta_session("s", 0)["turn_detection"] == ServerVad(0.5, 200, 700).as_dict()
 
     def test_an_update_without_a_type_keeps_the_current_one(self):

@@ -23,6 +23,7 @@ from tests.stt.realtime.support import COMPLETED, DELTA, RATE, load_24k, quiet
 pytestmark = pytest.mark.realtime
 
 TRANSCRIPTION = {"intent": "transcription"}
+INAUGURAL = "President Kennedy's inaugural address, January 1961."
 
 
 @dataclass
@@ -84,11 +85,12 @@ async def test_the_ga_client_streams_speech_and_gets_vad_events_deltas_and_trans
         created = await connection.recv()
         assert created.type == "session.created" and created.session.type == "transcription"
         await connection.session.update(session={"type": "transcription", "audio": {"input": {
-            "transcription": {"model": "whisper-1", "language": "en"},
+            "transcription": {"model": "whisper-1", "language": "en", "prompt": INAUGURAL},
             "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}})
         updated = await connection.recv()
         assert updated.type == "session.updated"
         assert updated.session.audio.input.transcription.language == "en"
+        assert updated.session.audio.input.transcription.prompt == INAUGURAL, "the prompt is applied, not ignored"
         sending = asyncio.create_task(append_paced(connection, np.concatenate([jfk_24k, quiet(1.5)])))
 
         def all_transcribed(events: list[dict]) -> bool:  # every item that started, completed

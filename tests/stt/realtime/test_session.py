@@ -4,8 +4,11 @@ and model (no Channels: a transport that records what the client is sent)."""
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from stt.evaluation import word_error_rate
+from stt.models import SessionRecord
+from stt.persistence import history
 from stt.realtime import BETA
 from tests.conftest import JFK_PATH, JFK_TEXT
 from tests.stt.realtime.support import (
@@ -18,6 +21,7 @@ from tests.stt.realtime.support import (
     stream,
     until,
 )
+from tests.stt.session.support import open_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,6 +60,17 @@ class TestOpening:
         assert created["session"]["object"] == "realtime.transcription_session"
         await realtime.on_disconnect()
 
+    async def test_the_history_keeps_it_as_a_realtime_session_beside_a_ws_transcribe_ones_websocket(self, engine):
+        realtime, _ = await open_realtime(engine)
+        plain, _ = await open_session(engine)
+        for session in (realtime.session, plain):
+            await session.on_disconnect()
+            await session.finished
+        assert await history.drain()
+        source = sync_to_async(lambda session: SessionRecord.objects.get(connection_id=session.connection_id).source)
+        assert await source(realtime.session) == SessionRecord.Source.REALTIME
+        assert await source(plain) == SessionRecord.Source.WEBSOCKET
+
 
 class TestServerVad:
     async def test_each_phrase_is_started_stopped_committed_and_transcribed(self, engine, jfk_24k):
@@ -91,6 +106,32 @@ class TestServerVad:
                                              "silence_duration_ms": 900}
         params = realtime.session.stream.params
         assert (params.vad_threshold, params.speech_pad, params.end_silence) == (0.65, 4800, 14400)
+        await realtime.on_disconnect()
+
+
+class TestPrompt:
+    async def test_an_updates_prompt_is_the_sessions_and_the_session_object_shows_it(self, engine):
+        realtime, transport = await open_realtime(engine)
+        assert transport.sent[0]["session"]["audio"]["input"]["transcription"]["prompt"] == ""
+        await send(realtime, {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "transcription": {"prompt": " Notes of the call\n with Siobhan Nakamura. "}}}}})
+        prompt = "Notes of the call with Siobhan Nakamura."
+        updated = transport.of("session.updated")[-1]["session"]["audio"]["input"]["transcription"]
+        assert updated["prompt"] == prompt, "as the session keeps it: whitespace tidied"
+        params = realtime.session.stream.params
+        assert realtime.session.config.prompt == params.prompt == params.prompt_context == prompt
+
+        await send(realtime, {"type": "transcription_session.update", "session": {
+            "input_audio_transcription": {"prompt": "x" * 2001}}})
+        error = transport.of("error")[-1]["error"]
+        assert (error["code"], error["param"]) == ("invalid_config", "session.input_audio_transcription.prompt")
+        assert realtime.session.stream.params.prompt == prompt, "a refused update changes nothing"
+
+        await send(realtime, {"type": "transcription_session.update", "session": {
+            "input_audio_transcription": {"prompt": None}}})
+        assert transport.of("transcription_session.updated")[-1]["session"]["input_audio_transcription"][
+            "prompt"] == ""
+        assert realtime.session.stream.params.prompt == ""
         await realtime.on_disconnect()
 
 

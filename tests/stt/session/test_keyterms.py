@@ -1,5 +1,6 @@
-"""A session's keyterms and its runtime profile's vocabulary: validated, merged into one
-decoder prompt, followed live, and steering the real model's partials and finals."""
+"""A session's keyterms, its runtime profile's vocabulary and its prompt text: validated,
+composed into one decoder prompt, followed live, and steering the real model's partials
+and finals."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from stt.evaluation import normalize_text, word_error_rate
 from stt.models import RuntimeProfile
 from stt.runtime_config import RuntimeValues, store
 from tests.conftest import AUDIO_DIR, JFK_TEXT, SAMPLE_RATE, load_audio, silence
-from tests.stt.session.support import feed, open_session, send, session_services
+from tests.stt.session.support import HistoryRecorder, feed, open_session, send, session_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,6 +93,73 @@ class TestTheSessionsKeyterms:
         await send(session, {"type": "configure", "config": {"keyterms": NAMES}})
         assert transport.errors()[-1]["field"] == "keyterms"
         assert session.config.keyterms == NAMES[:2]
+        await send(session, {"type": "end_session"})
+
+
+class TestTheSessionsPrompt:
+    """session_config.prompt: free text read as what was said before the audio."""
+
+    PROMPT = "Notes of the call with Siobhan Nakamura about her invoice."
+
+    async def test_a_prompt_naming_her_spells_the_name(self, engine, speak):
+        plain, plain_out = await open_session(engine)
+        await say(plain, speak(SENTENCE))
+        await send(plain, {"type": "end_session"})
+        assert "Siobhan" not in final_text(plain_out)
+
+        steered, steered_out = await open_session(engine, prompt=self.PROMPT)
+        assert steered_out.of("session_started")[0]["data"]["config"]["prompt"] == self.PROMPT
+        assert steered.stream.params.prompt == steered.stream.params.prompt_context == self.PROMPT
+        await say(steered, speak(SENTENCE))
+        await send(steered, {"type": "end_session"})
+        assert "Siobhan Nakamura" in final_text(steered_out)
+
+    async def test_a_final_reads_the_prompt_then_the_previous_finals_then_the_keyterms(self, engine, speak):
+        history = HistoryRecorder()
+        session, transport = await open_session(engine, services=session_services(engine, history=history),
+                                                prompt="Notes of the call.", keyterms=["Zyphora"])
+        assert session.stream.params.prompt == "Notes of the call. Zyphora."
+        await say(session, speak("Good morning, this is the billing desk."))
+        # A final reads the finals delivered when its utterance ends: let the first one out.
+        await seconds_until(lambda: len(transport.of("transcription_final")) == 1, limit=10)
+        await say(session, speak(SENTENCE))
+        await send(session, {"type": "end_session"})
+        first = transport.of("transcription_final")[0]["data"]["text"]
+        assert [w.payload["row"]["decode"]["prompt"] for w in history.writes if w.kind == "final"] == [
+            "Notes of the call. Zyphora.", f"Notes of the call. {first} Zyphora."]
+
+    async def test_configure_changes_it_from_the_next_utterance_and_forgets_the_finals_before(self, engine, speak):
+        history = HistoryRecorder()
+        session, transport = await open_session(engine, services=session_services(engine, history=history))
+        await say(session, speak(SENTENCE))
+        await send(session, {"type": "configure", "config": {"prompt": self.PROMPT}})
+        configured = transport.of("session_configured")[0]["data"]
+        assert configured["changed"] == ["prompt"] and configured["config"]["prompt"] == self.PROMPT
+        await say(session, speak(SENTENCE))
+        await send(session, {"type": "end_session"})
+        first, second = (m["data"]["text"] for m in transport.of("transcription_final"))
+        assert "Siobhan" not in first and "Siobhan Nakamura" in second
+        decodes = [w.payload["row"]["decode"]["prompt"] for w in history.writes if w.kind == "final"]
+        assert decodes == ["", self.PROMPT], "the final before the change does not teach its spelling"
+
+    async def test_a_bad_prompt_is_refused_naming_it_and_changes_nothing(self, engine):
+        session, transport = await open_session(engine, prompt="About invoices.")
+        await send(session, {"type": "configure", "config": {"prompt": "x" * 2001, "buffer_duration": 1.0}})
+        error = transport.errors()[-1]
+        assert (error["code"], error["field"], error["recoverable"]) == ("invalid_config", "prompt", True)
+        assert session.config.prompt == session.stream.params.prompt == "About invoices."
+        assert session.config.buffer_duration != 1.0
+        await send(session, {"type": "end_session"})
+        assert transport.closed[0] == 1000
+
+    async def test_keyterms_take_the_budget_first_and_the_prompt_keeps_its_latest_words(self, engine, settings):
+        settings.STT_PROMPT_MAX_TOKENS = 12
+        words = "one two three four five six seven eight nine ten eleven twelve"
+        session, transport = await open_session(engine, keyterms=["Siobhan Nakamura"], prompt=words)
+        assert session.started and not transport.errors(), "a prompt is never refused for its tokens"
+        params = session.stream.params
+        assert params.prompt_context and words.endswith(params.prompt_context) and "one" not in params.prompt
+        assert params.prompt == f"{params.prompt_context} Siobhan Nakamura."
         await send(session, {"type": "end_session"})
 
 
