@@ -17,9 +17,10 @@ RUN DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput -v 0 \
  && DJANGO_SECRET_KEY=build python manage.py prepare_models
 
 EXPOSE 8000 9091
-# Healthy = the model answers, the database and channel layer respond (/health 200).
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health').status != 200)"
+# Healthy = alive: /health answers and the model works, whether or not the process is
+# full or draining (monitoring/alive.py; /ready is the balancer's check).
+HEALTHCHECK --interval=15s --timeout=10s --start-period=60s \
+  CMD ["python", "-m", "monitoring.alive", "http://127.0.0.1:8000/health"]
 # SIGTERM drains sessions (finals sent, closed 1012) within SHUTDOWN_GRACE_SECONDS.
 STOPSIGNAL SIGTERM
 CMD ["sh", "-c", "python manage.py migrate --noinput && exec python manage.py serve"]

@@ -398,9 +398,10 @@ STT_MODEL = env_str("STT_MODEL", "tiny.en")
 STT_DEVICE = env_str("STT_DEVICE", "auto")  # auto | cpu | cuda
 # auto: int8 on CPU, float16 on CUDA; or any CTranslate2 compute type.
 STT_COMPUTE_TYPE = env_str("STT_COMPUTE_TYPE", "auto")
-# Threads per inference; 0 = all cores. Workers = inferences run in parallel.
+# Inferences in parallel and threads per inference; 0 = automatic: on a CPU one 1-thread
+# inference per core, at most 4; on a GPU one (stt.engine.loading.inference_layout).
+STT_INFERENCE_WORKERS = env_int("STT_INFERENCE_WORKERS", 0)
 STT_CPU_THREADS = env_int("STT_CPU_THREADS", 0)
-STT_INFERENCE_WORKERS = env_int("STT_INFERENCE_WORKERS", 1)
 STT_PARTIAL_BEAM_SIZE = env_int("STT_PARTIAL_BEAM_SIZE", 1)
 STT_FINAL_BEAM_SIZE = env_int("STT_FINAL_BEAM_SIZE", 5)
 # Seconds one inference may take before the caller gives up on it.

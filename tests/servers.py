@@ -39,12 +39,21 @@ def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict
         return error.code, json.loads(error.read())
 
 
+def metric_samples(exposition: str) -> dict[str, float]:
+    """Prometheus' text exposition as {sample name with its labels: value}."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in exposition.splitlines() if line and not line.startswith("#")}
+
+
 class ScratchDatabase:
-    """A PostgreSQL database of its own for one server process, dropped afterwards."""
+    """A PostgreSQL database of its own for one server process, dropped afterwards; named
+    after the run's database (DATABASE_URL's), so that runs side by side on one server,
+    each on a database of its own, can tell their scratch databases apart."""
 
     def __init__(self, base_url: str) -> None:
         parts = urllib.parse.urlsplit(base_url)
-        self.name = f"fasttalk_e2e_{uuid.uuid4().hex[:10]}"
+        base = parts.path.lstrip("/") or "fasttalk"
+        self.name = f"{base[:40]}_e2e_{uuid.uuid4().hex[:10]}"
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 5432
         self.user = parts.username or "postgres"
         self._admin_dsn = f"host={self.host} port={self.port} user={self.user} dbname=postgres"
@@ -262,6 +271,18 @@ def base_env() -> dict[str, str]:
     # Those pushes overload the engine on purpose: admission by capacity would turn the
     # next sessions away. tests/test_capacity_process.py asks for it.
     env.setdefault("CAPACITY_ADMISSION", "0")
+    return env
+
+
+EMBEDDED_DATABASE = "embedded.sqlite3"
+
+
+def embedded_env(folder: Path, **settings: str) -> dict[str, str]:
+    """A server process's environment on the embedded defaults (no REDIS_URL: the
+    in-memory channel layer; SQLite), with its database file (EMBEDDED_DATABASE) and
+    media folder in `folder`, and `settings` on top."""
+    env = {key: value for key, value in base_env().items() if key not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update(DATABASE_URL=f"sqlite:///{folder / EMBEDDED_DATABASE}", MEDIA_ROOT=str(folder / "media"), **settings)
     return env
 
 

@@ -34,7 +34,12 @@ def test_compose_runs_haproxy_three_web_processes_worker_beat_postgres_and_redis
         assert services[name]["healthcheck"]["test"], name
     for name in WEB_SERVICES:
         web = services[name]
-        assert "/health" in " ".join(web["healthcheck"]["test"])
+        # Liveness read from /health's report (a full or draining process answers 503
+        # and is alive): the module the image holds, on the process's own port.
+        assert web["healthcheck"]["test"] == ["CMD", "python", "-m", "monitoring.alive",
+                                              f"http://127.0.0.1:{web['environment']['WEBSOCKET_PORT']}/health"]
+        # One thread per inference, two at a time (docs/capacity.md), not all cores each.
+        assert (web["environment"]["STT_INFERENCE_WORKERS"], web["environment"]["STT_CPU_THREADS"]) == ("2", "1")
         assert web["command"] == ["python", "manage.py", "serve"]
         assert web["environment"]["WEBSOCKET_PORT"] == "8000" and "8000" in web["expose"]
         assert not any(port.endswith(":8000") for port in web.get("ports", [])), "sessions go through HAProxy"
@@ -109,11 +114,19 @@ def test_the_gpu_override_reserves_a_gpu_for_each_process_and_builds_with_the_gp
     for name, web in services.items():
         assert web["build"]["args"]["REQUIREMENTS"] == "gpu"
         assert web["environment"]["STT_DEVICE"] == "cuda"
+        assert web["environment"]["STT_INFERENCE_WORKERS"] == "1", "a GPU's one queue batches"
         devices = web["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
         assert devices[0]["device_ids"] == [f"${{{name.upper()}_GPU:-0}}"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'requirements/${REQUIREMENTS}.txt' in dockerfile and "ARG REQUIREMENTS=base" in dockerfile
+
+
+def test_the_images_health_check_is_the_liveness_check_too():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    healthcheck = dockerfile.split("HEALTHCHECK", 1)[1].split("\n# ", 1)[0]
+    assert 'CMD ["python", "-m", "monitoring.alive", "http://127.0.0.1:8000/health"]' in healthcheck
+    assert (ROOT / "monitoring" / "alive.py").is_file()
 
 
 def test_requirements_are_split_by_purpose_and_pinned():

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.conftest import frames, silence
-from tests.servers import RedisServer, ScratchDatabase, Server, base_env, free_port, get_json
+from tests.servers import RedisServer, ScratchDatabase, Server, base_env, free_port, get_json, metric_samples
 
 pytestmark = pytest.mark.realtime
 
@@ -23,13 +23,7 @@ pytestmark = pytest.mark.realtime
 def scrape(base: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
+        return metric_samples(response.read().decode())
 
 
 async def one_session(url: str, audio: np.ndarray) -> list[dict]:

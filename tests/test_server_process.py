@@ -17,7 +17,7 @@ import websockets
 
 from stt.evaluation import word_error_rate
 from tests.conftest import JFK_TEXT, frames, silence
-from tests.servers import ROOT, ScratchDatabase, Server, base_env, get_json
+from tests.servers import EMBEDDED_DATABASE, ROOT, ScratchDatabase, Server, base_env, embedded_env, get_json
 
 FRAME = 1024  # 64 ms
 
@@ -37,13 +37,10 @@ def server(tmp_path_factory):
 def embedded_server(tmp_path_factory):
     """Daphne on the embedded defaults: no DATABASE_URL, no REDIS_URL."""
     folder = tmp_path_factory.mktemp("embedded")
-    env = {k: v for k, v in base_env().items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     # A private SQLite file and media folder: the defaults live in the project directory.
-    env["DATABASE_URL"] = f"sqlite:///{folder / 'embedded.sqlite3'}"
-    env["MEDIA_ROOT"] = str(folder / "media")
-    env["REFINE_FINALS"] = "1"  # as by default: re-transcribed in-process, no worker
-    running = Server(env, folder)
-    running.sqlite_path = folder / "embedded.sqlite3"
+    # REFINE_FINALS as by default: re-transcribed in-process, no worker.
+    running = Server(embedded_env(folder, REFINE_FINALS="1"), folder)
+    running.sqlite_path = folder / EMBEDDED_DATABASE
     running.media_root = folder / "media"
     yield running
     running.stop()
@@ -174,12 +171,51 @@ def test_a_first_run_says_how_to_try_it_and_that_command_works(embedded_server):
     assert word_error_rate(JFK_TEXT, shown.stdout) <= 0.15
 
 
+def health_log(server: Server) -> tuple[list[dict], list[int]]:
+    """The server's JSON log lines, and the statuses its access log gave /health."""
+    entries = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+    return entries, [e["status"] for e in entries if e.get("event") == "http_request" and e.get("path") == "/health"]
+
+
+def errors_about_health(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e["level"] == "ERROR" and ("/health" in e["message"] or "/ready" in e["message"])]
+
+
 def test_startup_503s_of_health_are_answers_not_errors(embedded_server):
-    # The fixture polled /health while the model loaded; Django logs a 503 as an error
+    # The fixture polled /health every 0.3 s until it answered 200; while the model
+    # loads /health answers 503 (on a fast machine the model may be loaded before the
+    # first poll: the test below makes a 503 for sure). Django logs a 503 as an error
     # unless it is told otherwise.
-    entries = [json.loads(line) for line in embedded_server.log.read_text().splitlines() if line.startswith("{")]
+    entries, answers = health_log(embedded_server)
     assert entries, "a log that is not a terminal is JSON"
-    assert not [e for e in entries if e["level"] == "ERROR" and "/health" in e["message"]]
+    assert 200 in answers, "the access log has the fixture's polls"
+    assert not errors_about_health(entries)
+
+
+async def test_a_full_process_answers_503_on_health_and_ready_and_logs_no_error(tmp_path):
+    """A 503 of the health endpoints is an answer (loading, draining, full), not a fault:
+    made certain here by a process held full by its capacity gate's slow start."""
+    server = Server(embedded_env(tmp_path, CAPACITY_ADMISSION="1", CAPACITY_WARMUP_SECONDS="60"), tmp_path)
+    try:
+        async with websockets.connect(server.ws) as ws:
+            await ws.send(json.dumps({"type": "start_session"}))
+            assert json.loads(await ws.recv())["type"] == "session_started"
+            health = await asyncio.to_thread(get_json, f"{server.base}/health")
+            ready = await asyncio.to_thread(get_json, f"{server.base}/ready")
+        assert health[0] == 503 and health[1]["ready"] is False, health
+        assert ready[0] == 503, ready
+    finally:
+        server.stop()
+    entries, answers = health_log(server)
+    assert 503 in answers, "the access log has the 503"
+    assert not errors_about_health(entries)
+
+
+def test_the_containers_health_check_finds_a_running_process_alive(embedded_server):
+    # docker-compose.yml's web health check, as run there, against a real process.
+    checked = subprocess.run([sys.executable, "-m", "monitoring.alive", f"{embedded_server.base}/health"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
 
 
 async def test_application_close_codes_reach_the_client_through_daphne(server):
@@ -201,11 +237,8 @@ async def test_a_client_that_vanishes_is_dropped_by_the_keepalive(tmp_path_facto
     """A client that goes silent and stops reading (a vanished laptop, a dead NAT
     mapping) does not answer the server's ping: the server drops it within
     WEBSOCKET_PING_INTERVAL + WEBSOCKET_PING_TIMEOUT and serves on."""
-    env = {k: v for k, v in base_env().items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     folder = tmp_path_factory.mktemp("vanished")
-    env.update(DATABASE_URL=f"sqlite:///{folder / 'db.sqlite3'}", MEDIA_ROOT=str(folder / "media"),
-               WEBSOCKET_PING_INTERVAL="1", WEBSOCKET_PING_TIMEOUT="2")
-    server = Server(env, folder)
+    server = Server(embedded_env(folder, WEBSOCKET_PING_INTERVAL="1", WEBSOCKET_PING_TIMEOUT="2"), folder)
     try:
         async with websockets.connect(server.ws, ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "start_session"}))
@@ -231,11 +264,9 @@ async def test_a_client_that_never_reads_is_dropped_past_the_outbound_cap(tmp_pa
     import socket
 
     folder = tmp_path_factory.mktemp("stalled")
-    env = {k: v for k, v in base_env().items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     limit = 256 * 1024
-    env.update(DATABASE_URL=f"sqlite:///{folder / 'db.sqlite3'}", MEDIA_ROOT=str(folder / "media"),
-               WEBSOCKET_MAX_OUTBOUND_BYTES=str(limit), AUTH_MAX_MESSAGES_PER_SECOND="1000000")
-    server = Server(env, folder)
+    server = Server(embedded_env(folder, WEBSOCKET_MAX_OUTBOUND_BYTES=str(limit),
+                                 AUTH_MAX_MESSAGES_PER_SECOND="1000000"), folder)
     marker = "dropping a client that stopped reading"
     try:
         sock = socket.socket()

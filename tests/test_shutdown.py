@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from tests.conftest import frames
-from tests.servers import ScratchDatabase, Server, base_env
+from tests.servers import EMBEDDED_DATABASE, ScratchDatabase, Server, base_env, embedded_env
 
 pytestmark = pytest.mark.realtime
 
@@ -51,14 +51,6 @@ async def test_sigterm_finalizes_stores_and_sends_pending_speech_then_closes_101
         database.drop()
 
 
-def embedded_env(folder) -> dict[str, str]:
-    """The embedded defaults (SQLite, in-memory layer, refinements run in-process)."""
-    env = {k: v for k, v in base_env().items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(DATABASE_URL=f"sqlite:///{folder / 'embedded.sqlite3'}", MEDIA_ROOT=str(folder / "media"),
-               REFINE_FINALS="1")
-    return env
-
-
 async def test_sigterm_while_a_refinement_runs_in_process_exits_0_and_leaves_it_queued(tmp_path, jfk_audio):
     """Issue 14 #10: SIGTERM right after a session, with the in-process refinement of its
     final under way, aborted the process ("terminate called without an active exception",
@@ -66,7 +58,7 @@ async def test_sigterm_while_a_refinement_runs_in_process_exits_0_and_leaves_it_
     either done or queued again, never running."""
     import sqlite3
 
-    server = Server({**embedded_env(tmp_path), "SHUTDOWN_GRACE_SECONDS": "1"}, tmp_path)
+    server = Server(embedded_env(tmp_path, REFINE_FINALS="1", SHUTDOWN_GRACE_SECONDS="1"), tmp_path)
     try:
         async with websockets.connect(server.ws) as ws:
             await ws.send(json.dumps({"type": "start_session"}))
@@ -76,7 +68,7 @@ async def test_sigterm_while_a_refinement_runs_in_process_exits_0_and_leaves_it_
             messages = [json.loads(raw) async for raw in ws]
         assert [m for m in messages if m["type"] == "transcription_final"]
         deadline = time.monotonic() + 30  # until the refinement has started
-        with sqlite3.connect(tmp_path / "embedded.sqlite3") as database:
+        with sqlite3.connect(tmp_path / EMBEDDED_DATABASE) as database:
             while time.monotonic() < deadline and not database.execute(
                     "SELECT 1 FROM stt_refinement WHERE status = 'running'").fetchall():
                 await asyncio.sleep(0.05)
@@ -86,7 +78,7 @@ async def test_sigterm_while_a_refinement_runs_in_process_exits_0_and_leaves_it_
         assert "terminate called" not in log and "Traceback" not in log, log[-2000:]
         assert code == 0
         print([line for line in log.splitlines() if "shutdown_done" in line])
-        with sqlite3.connect(tmp_path / "embedded.sqlite3") as database:
+        with sqlite3.connect(tmp_path / EMBEDDED_DATABASE) as database:
             states = [row[0] for row in database.execute("SELECT status FROM stt_refinement").fetchall()]
         assert states and "running" not in states, states
     finally:
@@ -106,7 +98,7 @@ def test_a_port_in_use_gives_one_clear_line_and_exit_code_1(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        env = embedded_env(tmp_path)
+        env = embedded_env(tmp_path, REFINE_FINALS="1")
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,
                        check=True)
         result = subprocess.run([sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port),
