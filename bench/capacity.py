@@ -3,7 +3,7 @@ distinct real speech 1, 2 or 3 processes on this machine carry while every strea
 finals stay within p95 <= 1.5 s (end of the last word to the final's arrival) and no
 stream falls behind real time, for several STT_INFERENCE_WORKERS x STT_CPU_THREADS.
 
-    .venv/bin/python bench/capacity.py --quick          # 1-3 processes, configs 1x0 and 2x1, 20 s trials
+    .venv/bin/python bench/capacity.py --quick          # 1-3 processes, configs 1x0 and 2x1 (the default on 2 cores), 20 s trials
     .venv/bin/python bench/capacity.py                  # + worker/thread configs, 40 s trials
     .venv/bin/python bench/capacity.py --processes 1 --configs 1x2,2x1 --duration 60
     .venv/bin/python bench/capacity.py --admission-only  # refusals past capacity, one process
@@ -182,7 +182,7 @@ def print_admission(results: list[StreamFigures], streams: int, capacity: list[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="configs 1x0 (as shipped) and 2x1 only, 20 s trials")
+    parser.add_argument("--quick", action="store_true", help="configs 1x0 (the default before 2026-11-29) and 2x1 (the automatic default on 2 cores) only, 20 s trials")
     parser.add_argument("--processes", default="1,2,3", help="comma-separated process counts")
     parser.add_argument("--configs", default=None,
                         help="WxT per process: inference workers x CPU threads (0: cores split), "

@@ -32,7 +32,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fasttalk.settings")
 import numpy as np  # noqa: E402
 
 SAMPLE_RATE = 16000
-TALK = ROOT.parent / "shared" / "audio" / "long_gates_ted.wav"
+# The speech folder: $BENCH_AUDIO_DIR (bench/gpu_check.py sets it), else ../shared/audio.
+TALK = Path(os.environ.get("BENCH_AUDIO_DIR") or ROOT.parent / "shared" / "audio") / "long_gates_ted.wav"
 
 
 def load_model(name: str, device: str, compute_type: str, threads: int):

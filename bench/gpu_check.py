@@ -2,13 +2,14 @@
 
     bench/gpu_check.sh                      # on a GPU machine: venv with requirements/gpu.txt, then this
     python bench/gpu_check.py --dry-run     # anywhere: the same steps on the CPU, tiny shapes
+    python bench/gpu_check.py --audio-dir /data/speech   # where ../shared/audio is absent
 
 For each model (tiny.en, and base, joined from its two packages by stt/model_files.py):
   1. decode time per batch size and window (bench/decode_times.py);
   2. streams sustained: a server process (manage.py serve) on the GPU, and the
      performance tester (stt/client/perf.py) with 50, 100 and 200 simulated clients at
-     real-time pace, each streaming its own audio (the eight recordings of
-     ../shared/audio taken in turn, each client at a gain of its own), split over
+     real-time pace, each streaming its own audio (the recordings of the audio
+     directory taken in turn, each client at a gain of its own), split over
      client processes of at most --clients-per-process; a load is sustained when no
      session failed, finals p95 <= 1.3 s (the tester counts from the utterance's end,
      200 ms after its last word: 1.5 s from the last word) and no client fell behind
@@ -17,7 +18,14 @@ For each model (tiny.en, and base, joined from its two packages by stt/model_fil
      halves the batch, a failing GPU opens the GPU breaker and the CPU answers.
 The server runs open, with refinement and admission by capacity off; on this
 environment's DATABASE_URL, else on SQLite without stored audio (not a production
-database: its writes are serialized). Raw results are written to --out as JSON.
+database: its writes are serialized). Raw results are written to --out as JSON; the
+exit status is 1 when a step did not run through (failed_steps: an error, no final,
+a fault path that misbehaved), not when a load was not sustained.
+
+The audio directory: --audio-dir, else $BENCH_AUDIO_DIR, else ../shared/audio beside
+the checkout. It must hold long_gates_ted.wav (the long talk the decode and fault steps
+cut their pieces from: they are given the directory as BENCH_AUDIO_DIR) and the
+recordings the clients stream (its .wav and .flac files, the talk included).
 """
 
 from __future__ import annotations
@@ -33,18 +41,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-AUDIO_DIR = ROOT.parent / "shared" / "audio"
+DEFAULT_AUDIO_DIR = ROOT.parent / "shared" / "audio"
+TALK_NAME = "long_gates_ted.wav"
 FINAL_P95_MS = 1300  # from the utterance's end; 1.5 s from the last word
 MAX_LAG_S = 0.5
 
 
-def run_json(args: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> dict:
-    """Run a Python step; its last stdout line is one JSON object."""
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env or os.environ.copy(), capture_output=True,
-                          text=True, timeout=timeout)
+def recordings(audio_dir: Path) -> list[Path]:
+    return [path for path in sorted(audio_dir.iterdir()) if path.suffix in (".wav", ".flac")]
+
+
+def run_json(args: list[str], audio_dir: Path, timeout: float = 3600) -> dict:
+    """Run a Python step on the audio of `audio_dir`; its last stdout line is one JSON object."""
+    env = {**os.environ, "BENCH_AUDIO_DIR": str(audio_dir)}
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
     if done.returncode != 0:
         return {"error": f"exit {done.returncode}: {done.stderr.strip()[-800:]}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # The engine's warnings (a GPU error it did not take for out of memory, say) are
+    # the first thing to read when a fault path misbehaves.
+    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line or "Error" in line]
+    if warnings:
+        result["warnings"] = warnings[-20:]
+    return result
 
 
 def server_env(model: str, device: str, clients: int, folder: Path) -> dict[str, str]:
@@ -62,9 +82,9 @@ def server_env(model: str, device: str, clients: int, folder: Path) -> dict[str,
     return env
 
 
-def perf(url: str, clients: int, duration: float, per_process: int) -> dict:
+def perf(url: str, clients: int, duration: float, per_process: int, audio_dir: Path) -> dict:
     """The performance tester with `clients` clients over several processes, merged."""
-    files = [str(path) for path in sorted(AUDIO_DIR.iterdir()) if path.suffix in (".wav", ".flac")]
+    files = [str(path) for path in recordings(audio_dir)]
     sizes = [min(per_process, clients - start) for start in range(0, clients, per_process)]
     procs = [subprocess.Popen([sys.executable, "-m", "stt.client", "perf", *files, "--url", url, "--clients",
                                str(size), "--duration", str(duration), "--language", "en", "--json"],
@@ -105,15 +125,16 @@ def check_model(model: str, device: str, args: argparse.Namespace, folder: Path)
     result: dict = {"model": model}
     decode = ["bench/decode_times.py", "--model", model, "--device", device, "--json"]
     decode += (["--dry-run"] if args.dry_run else ["--batches", args.batches, "--windows", args.windows])
-    result["decode"] = run_json(decode)
+    result["decode"] = run_json(decode, args.audio_dir)
     counts = [int(c) for c in args.clients.split(",")]
     server = Server(server_env(model, device, max(counts), folder), folder)
     try:
-        result["perf"] = [perf(server.ws, count, args.duration, args.clients_per_process) for count in counts]
+        result["perf"] = [perf(server.ws, count, args.duration, args.clients_per_process, args.audio_dir)
+                          for count in counts]
     finally:
         server.stop()
     faults = ["bench/gpu_faults.py", "--model", model] + (["--dry-run"] if args.dry_run else [])
-    result["faults"] = run_json(faults)
+    result["faults"] = run_json(faults, args.audio_dir)
     return result
 
 
@@ -144,7 +165,32 @@ def print_table(results: list[dict]) -> None:
             print(f"{model:8} {'faults':34} {json.dumps(faults)}")
 
 
-def main() -> None:
+def failed_steps(results: list[dict]) -> list[str]:
+    """What did not run through: a step's error, a tester process without results, a load
+    without a single final, a fault path that did not behave. A load not sustained is a
+    result, not a failure."""
+    failed = []
+    for result in results:
+        model, decode, faults = result["model"], result["decode"], result["faults"]
+        if "error" in decode or not decode.get("rows"):
+            failed.append(f"{model}: decode")
+        failed += [f"{model}: {run['clients']} clients" for run in result["perf"]
+                   if run["errors"] or not run["final_count"]]
+        paths = [faults] if faults.get("dry_run") else [faults.get("out_of_memory", {}), faults.get("gpu_breaker", {})]
+        if "error" in faults or not all(path.get("ok") for path in paths):
+            failed.append(f"{model}: faults")
+    return failed
+
+
+def audio_dir_of(given: str | None, parser: argparse.ArgumentParser) -> Path:
+    """--audio-dir, else $BENCH_AUDIO_DIR, else ../shared/audio; it must hold the talk."""
+    audio_dir = Path(given or os.environ.get("BENCH_AUDIO_DIR") or DEFAULT_AUDIO_DIR).resolve()
+    if not (audio_dir / TALK_NAME).is_file():
+        parser.error(f"{audio_dir} holds no {TALK_NAME}: give the speech folder with --audio-dir or BENCH_AUDIO_DIR")
+    return audio_dir
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny.en,base")
     parser.add_argument("--clients", default="50,100,200")
@@ -153,22 +199,30 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,8,16,32")
     parser.add_argument("--windows", default="10,16,22")
     parser.add_argument("--out", default="var/gpu-check")
+    parser.add_argument("--audio-dir", help=f"speech to use (default: $BENCH_AUDIO_DIR, else {DEFAULT_AUDIO_DIR})")
     parser.add_argument("--dry-run", action="store_true", help="on the CPU: tiny.en, 2 clients for 5 s, tiny shapes")
     args = parser.parse_args()
+    args.audio_dir = audio_dir_of(args.audio_dir, parser)
     device = "cuda"
     if args.dry_run:
         device, args.models, args.clients, args.duration = "cpu", "tiny.en", "2", 5.0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    audio = {"dir": str(args.audio_dir), "files": [path.name for path in recordings(args.audio_dir)]}
     results = []
     for model in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="fasttalk-gpu-check-") as folder:
             results.append(check_model(model, device, args, Path(folder)))
-        (out / "gpu_check.json").write_text(json.dumps({"started": started, "results": results}, indent=1))
+        (out / "gpu_check.json").write_text(json.dumps({"started": started, "audio": audio, "results": results},
+                                                       indent=1))
     print_table(results)
     print(f"\nraw results: {out / 'gpu_check.json'}")
+    failed = failed_steps(results)
+    if failed:
+        print(f"steps that failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

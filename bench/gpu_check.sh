@@ -11,7 +11,10 @@
 #
 # Environment: GPU_VENV (default .venv-gpu; an existing one is reused), PIP_ARGS (extra
 # pip arguments, e.g. "--no-index --find-links /wheels" on a machine without PyPI),
-# DATABASE_URL (default: SQLite in a scratch folder). Arguments go to bench/gpu_check.py.
+# GPU_PYTHON (an interpreter that already has the packages, e.g. a GPU image's own
+# python3 with requirements/gpu.txt's packages on PYTHONPATH: no venv is made),
+# DATABASE_URL (default: SQLite in a scratch folder), BENCH_AUDIO_DIR (the speech, default
+# ../shared/audio; or --audio-dir). Arguments go to bench/gpu_check.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,22 +24,26 @@ for argument in "$@"; do
 done
 
 if [ "$dry_run" = 1 ]; then
-  venv=.venv
+  python=.venv/bin/python
 else
-  venv="${GPU_VENV:-.venv-gpu}"
   if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
     echo "gpu_check: no NVIDIA GPU here (nvidia-smi); use --dry-run to check the steps on the CPU" >&2
     exit 2
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    # shellcheck disable=SC2086  # PIP_ARGS is a list of arguments
-    "$venv/bin/pip" install -q ${PIP_ARGS:-} -r requirements/gpu.txt
+  if [ -n "${GPU_PYTHON:-}" ]; then
+    python="$GPU_PYTHON"
+  else
+    venv="${GPU_VENV:-.venv-gpu}"
+    if [ ! -x "$venv/bin/python" ]; then
+      python3 -m venv "$venv"
+      # shellcheck disable=SC2086  # PIP_ARGS is a list of arguments
+      "$venv/bin/pip" install -q ${PIP_ARGS:-} -r requirements/gpu.txt
+    fi
+    python="$venv/bin/python"
   fi
 fi
 
-python="$venv/bin/python"
 site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # CTranslate2 loads cuBLAS and cuDNN at run time; pip put them here (as in the Dockerfile).
 export LD_LIBRARY_PATH="$site/nvidia/cublas/lib:$site/nvidia/cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -27,15 +27,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fasttalk.settings")
-# CTranslate2's CUDA caching allocator keeps up to 200 MB of freed blocks for reuse; with
-# no cache (bin_growth,min_bin,max_bin,max_cached_bytes) freed memory goes back to the
-# device, so the ballast below really starves the engine. Read when ctranslate2 loads.
+# CTranslate2's default CUDA allocator (cuda_malloc_async) keeps freed memory in its pool,
+# out of the ballast's reach: on the H200 a batch of one still decoded with every free byte
+# taken. The cub caching allocator with no cache (bin_growth,min_bin,max_bin,
+# max_cached_bytes) hands freed memory back to the device, so the ballast below really
+# starves the engine. Both are read when ctranslate2 loads.
+os.environ.setdefault("CT2_CUDA_ALLOCATOR", "cub_caching")
 os.environ.setdefault("CT2_CUDA_CACHING_ALLOCATOR_CONFIG", "4,3,12,0")
 
 import numpy as np  # noqa: E402
 
 SAMPLE_RATE = 16000
-TALK = ROOT.parent / "shared" / "audio" / "long_gates_ted.wav"
+# The speech folder: $BENCH_AUDIO_DIR (bench/gpu_check.py sets it), else ../shared/audio.
+TALK = Path(os.environ.get("BENCH_AUDIO_DIR") or ROOT.parent / "shared" / "audio") / "long_gates_ted.wav"
 MIB = 1024 * 1024
 
 
@@ -121,7 +125,9 @@ async def breaker_path(engine, ballast: Ballast, talk: np.ndarray, reset_seconds
 
     options = DecodeOptions.final("en", True, beam_size=5)
     states, answered = [], 0
+    fallbacks_before = engine.stats.cpu_fallbacks
     ballast.fill(0)
+    free_mib = ballast.free_bytes() / MIB  # what the engine had left: near 0, or the fill fell short
     try:
         for audio in pieces(talk, engine.gpu_breaker.failure_threshold + 2, 6.0, 99):
             transcript = await engine.transcribe(audio, options)
@@ -129,12 +135,17 @@ async def breaker_path(engine, ballast: Ballast, talk: np.ndarray, reset_seconds
             states.append(engine.gpu_breaker.state.value)
     finally:
         ballast.release()
+    # With the ballast holding the memory every job should fall back: a job the GPU still
+    # answered means the starvation did not reach the engine (memory it already held).
+    on_cpu = engine.stats.cpu_fallbacks - fallbacks_before
     opened = states[-1] == "open"
     await asyncio.sleep(reset_seconds + 0.5)
     transcript = await engine.transcribe(pieces(talk, 1, 6.0, 123)[0], options)
     closed = engine.gpu_breaker.state.value
-    return {"states_while_failing": states, "answered_by_cpu": answered, "cpu_fallbacks": engine.stats.cpu_fallbacks,
-            "gpu_failures": engine.stats.gpu_failures, "state_after_reset": closed,
+    return {"states_while_failing": states, "answered": answered, "answered_on_cpu": on_cpu,
+            "answered_on_gpu": len(states) - on_cpu, "free_mib_while_failing": round(free_mib, 1),
+            "gpu_failures": engine.stats.gpu_failures,
+            "state_after_reset": closed,
             "ok": opened and answered == len(states) and closed == "closed" and bool(transcript.text)}
 
 

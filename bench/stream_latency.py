@@ -267,8 +267,11 @@ def start_server(root: Path = ROOT, env: dict[str, str] | None = None,
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port), "--monitoring-port", "0"],
         cwd=root, stdout=output, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-        # The benchmark's own local server runs open, like bin/serve.
-        env=env if env is not None else {**os.environ, "AUTH_REQUIRED": os.environ.get("AUTH_REQUIRED", "false")},
+        # The benchmark's own local server runs open, like bin/serve, and admits every
+        # stream (admission by capacity would refuse streams that start together on a
+        # fresh process: bench/capacity.py measures it).
+        env=env if env is not None else {**os.environ, "AUTH_REQUIRED": os.environ.get("AUTH_REQUIRED", "false"),
+                                         "CAPACITY_ADMISSION": os.environ.get("CAPACITY_ADMISSION", "false")},
     )
     if log:
         output.close()  # the server holds its own copy

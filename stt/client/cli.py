@@ -162,6 +162,8 @@ def _session_config(args: argparse.Namespace) -> SessionConfig | None:
         chosen["enable_partial_transcription"] = False
     if args.keyterm:
         chosen["keyterms"] = args.keyterm
+    if args.prompt:
+        chosen["prompt"] = args.prompt
     try:
         return SessionConfig(**chosen)
     except ValidationError as exc:
@@ -248,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--no-partials", action="store_true", help="finals only")
     stream.add_argument("--keyterm", action="append", default=[], metavar="TERM",
                         help="a name or phrase to spell right (repeat for more, at most 100)")
+    stream.add_argument("--prompt", default=None, metavar="TEXT",
+                        help="text read as what came before the audio: the topic, the style (at most 2000 characters)")
     stream.add_argument("--retries", type=int, default=5, help="connection attempts (default 5)")
 
     perf = commands.add_parser("perf", parents=[common], help="measure latency with simulated clients")

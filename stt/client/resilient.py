@@ -32,6 +32,9 @@ class Transcript:
     finals: list[messages.TranscriptionFinal] = field(default_factory=list)
     offsets_ms: list[int] = field(default_factory=list)  # where each final's session began
     sessions: int = 0
+    # How each session's connection ended, in order: 1000 for the one that finished the
+    # recording; before it, why each resumed (1012 its process restarted, 1006 dropped ...).
+    close_codes: list[int | None] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -74,6 +77,7 @@ async def transcribe(audio: np.ndarray, url: str, config: SessionConfig | None =
         except ConnectionClosed:
             ended = None
             await session.close()
+        transcript.close_codes.append(session.close_code)
         if ended is not None:
             return transcript
         code = session.close_code

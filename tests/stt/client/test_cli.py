@@ -72,10 +72,30 @@ def test_json_output_is_one_schema_valid_server_message_per_line(stt_server):
 
 
 @pytest.mark.realtime
+def test_keyterms_and_a_prompt_given_on_the_command_line_configure_the_session(stt_server):
+    done = run_cli("stream", str(JFK_PATH), "--url", stt_server.ws, "--fast", "--json", "--no-partials",
+                   "--api-key", stt_server.keys["backend"], "--keyterm", "Kennedy", "--keyterm", "Fellow Americans",
+                   "--prompt", "A speech at an inauguration.")
+    assert done.returncode == 0, done.stderr
+    received = [json.loads(line) for line in done.stdout.splitlines()]
+    config = received[0]["data"]["config"]
+    assert config["keyterms"] == ["Kennedy", "Fellow Americans"]
+    assert config["prompt"] == "A speech at an inauguration."
+    finals = [m for m in received if m["type"] == "transcription_final"]
+    assert finals and not any(m["type"] == "transcription_partial" for m in received)
+
+
+def test_a_prompt_over_the_limit_is_refused_before_connecting():
+    done = run_cli("stream", str(JFK_PATH), "--url", "ws://127.0.0.1:9/ws/transcribe", "--prompt", "x" * 2001)
+    assert done.returncode != 0 and "prompt" in done.stderr, done.stderr
+
+
+@pytest.mark.realtime
 def test_on_a_terminal_partials_and_a_progress_bar_update_in_place(stt_server):
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "stt.client", "stream", str(JFK_PATH), "--url", stt_server.ws, "--pace", "2"],
+        # Real time (the default pace), as a microphone: partials keep up with speech.
+        [sys.executable, "-m", "stt.client", "stream", str(JFK_PATH), "--url", stt_server.ws],
         cwd=ROOT, stdout=follower, stderr=subprocess.PIPE,
         env={**os.environ, "FASTTALK_API_KEY": stt_server.keys["backend"], "COLUMNS": "200"})
     os.close(follower)

@@ -33,6 +33,7 @@ async def test_a_dropped_connection_resumes_in_a_new_session_from_the_last_final
     finally:
         proxy.close()
     assert transcript.reconnects == 1
+    assert transcript.close_codes == [1006, 1000], "the first connection dropped; the second ended the recording"
     assert word_error_rate(JFK_TEXT, transcript.text) <= 0.1, transcript.text
     # The second session started where the first session's confirmed audio ended.
     assert transcript.offsets_ms[0] == 0 and transcript.offsets_ms[-1] >= transcript.finals[0].data.end_ms
@@ -42,3 +43,4 @@ async def test_a_dropped_connection_resumes_in_a_new_session_from_the_last_final
 async def test_without_drops_it_is_one_session(stt_server, jfk_audio):
     transcript = await transcribe(jfk_audio, stt_server.ws, api_key=stt_server.keys["backend"], pace=None)
     assert transcript.sessions == 1 and word_error_rate(JFK_TEXT, transcript.text) <= 0.1
+    assert transcript.close_codes == [1000]

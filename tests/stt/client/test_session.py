@@ -31,7 +31,8 @@ async def test_a_backend_streams_a_file_and_reads_typed_messages_from_the_iterat
                                  api_key=stt_server.keys["backend"])
     received = []
     async with session:
-        sender = asyncio.create_task(session.stream(load_audio(JFK_PATH), pace=4.0))
+        # Real time, as a live backend streams: partials keep up with speech, not with 4x speech.
+        sender = asyncio.create_task(session.stream(load_audio(JFK_PATH), pace=1.0))
         await sender
         ended = await session.end()
         async for message in session.messages():
@@ -59,7 +60,7 @@ async def test_callbacks_receive_partials_finals_and_voice_activity_as_they_arri
     session = await open_session(stt_server.ws, api_key=stt_server.keys["backend"], callbacks=callbacks)
     with pytest.raises(RuntimeError):  # callbacks only: nothing piles up for an iterator
         await anext(session.messages())
-    await session.stream(jfk_audio, pace=3.0)
+    await session.stream(jfk_audio, pace=1.0)  # real time: partials keep up with speech
     await session.end()
     assert seen["vad"] and seen["partial"] and seen["final"]
     assert all(isinstance(m, messages.TranscriptionPartial) for m in seen["partial"])
