@@ -41,6 +41,10 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(items) / len(items) if items else None
 
 
+def _key_of(session: TrackedSession) -> int | None:
+    return getattr(getattr(session, "principal", None), "key_id", None)
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -49,6 +53,10 @@ class SessionRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._live: dict[str, TrackedSession] = {}
+        # Connections accepted but not yet admitted, in arrival order: admission awaits
+        # the runtime values, so a later connection can reach its limits check first.
+        # Counting those ahead of it keeps the limits first come, first served.
+        self._arriving: dict[str, TrackedSession] = {}
         self.started_at = time.time()
         self.draining = False  # shutting down: new connections are turned away
         self.total_connections = 0
@@ -57,10 +65,29 @@ class SessionRegistry:
         self.partial_latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.final_latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
 
-    def try_register(self, session: TrackedSession, limit: int) -> bool:
-        """Register a new connection unless `limit` connections are already live."""
+    def arrive(self, session: TrackedSession) -> None:
+        """A connection joins the line for admission (before anything is awaited)."""
         with self._lock:
-            if len(self._live) >= limit:
+            self._arriving[session.connection_id] = session
+
+    def leave_line(self, session: TrackedSession) -> None:
+        """Admitted or refused: no longer ahead of anyone."""
+        with self._lock:
+            self._arriving.pop(session.connection_id, None)
+
+    def _ahead_of(self, session: TrackedSession) -> list[TrackedSession]:
+        ahead = []
+        for connection_id, waiting in self._arriving.items():
+            if connection_id == session.connection_id:
+                return ahead
+            ahead.append(waiting)
+        return []  # not in line: nobody is ahead
+
+    def try_register(self, session: TrackedSession, limit: int) -> bool:
+        """Register a new connection unless `limit` connections are already live or
+        ahead of it in line."""
+        with self._lock:
+            if len(self._live) + len(self._ahead_of(session)) >= limit:
                 self.rejected_connections += 1
                 metrics.connections_rejected.inc()
                 return False
@@ -95,10 +122,12 @@ class SessionRegistry:
             self.final_latencies.append(latency_seconds)
             self.utterances_processed += 1
 
-    def sessions_of_key(self, key_id: int) -> int:
-        """Live connections acting for one API key."""
+    def sessions_of_key(self, key_id: int, counting_ahead_of: TrackedSession | None = None) -> int:
+        """Live connections acting for one API key, plus those in line ahead of
+        `counting_ahead_of`."""
         with self._lock:
-            return sum(1 for s in self._live.values() if getattr(getattr(s, "principal", None), "key_id", None) == key_id)
+            ahead = self._ahead_of(counting_ahead_of) if counting_ahead_of is not None else []
+            return sum(1 for s in [*self._live.values(), *ahead] if _key_of(s) == key_id)
 
     @property
     def active_connections(self) -> int:

@@ -34,10 +34,15 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
 
     async def open(self) -> bool:
         """Admit the connection; False (after telling the client why) when it may not stay."""
-        self.runtime = await self.services.runtime.values()
-        self.engine.set_failure_thresholds(self.runtime.transcription_failure_threshold,
-                                           self.runtime.gpu_failure_threshold)
-        refusal = self._admit()
+        registry = self.services.registry
+        registry.arrive(self)  # before the await: admission is in arrival order
+        try:
+            self.runtime = await self.services.runtime.values()
+            self.engine.set_failure_thresholds(self.runtime.transcription_failure_threshold,
+                                               self.runtime.gpu_failure_threshold)
+            refusal = self._admit()
+        finally:
+            registry.leave_line(self)
         if refusal is not None:
             error, code, reason = refusal
             self._state = "error"
@@ -68,7 +73,7 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
         self.services.audio_budget.join(self.budget_owner)
         self._start_watchdog()
         key_id, most = self.principal.key_id, self.principal.max_concurrent_sessions
-        if key_id is not None and registry.sessions_of_key(key_id) > most:
+        if key_id is not None and registry.sessions_of_key(key_id, counting_ahead_of=self) > most:
             return (SttError("too_many_sessions", f"this API key holds its maximum of {most} sessions here"),
                     CloseCode.TRY_AGAIN_LATER, "API key at its session limit")
         return None

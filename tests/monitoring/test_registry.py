@@ -3,8 +3,15 @@
 from monitoring.registry import SessionRegistry, percentile
 
 
+class Principal:
+    def __init__(self, key_id: int | None) -> None:
+        self.key_id = key_id
+
+
 class Fake:
-    def __init__(self, connection_id: str, state: str = "active", utterance: str | None = None) -> None:
+    def __init__(self, connection_id: str, state: str = "active", utterance: str | None = None,
+                 key_id: int | None = None) -> None:
+        self.principal = Principal(key_id)
         self.connection_id = connection_id
         self.session_id = connection_id
         self.state = state
@@ -19,6 +26,31 @@ def test_registration_stops_at_the_limit_and_counts_rejections():
     assert registry.try_register(Fake("a"), limit=2) and registry.try_register(Fake("b"), limit=2)
     assert not registry.try_register(Fake("c"), limit=2)
     assert (registry.active_connections, registry.total_connections, registry.rejected_connections) == (2, 2, 1)
+
+
+def test_a_connection_still_in_line_counts_against_those_behind_it():
+    """Admission awaits the runtime values, so a later connection may reach its limit
+    check first: the earlier one, still in line, holds its place."""
+    registry = SessionRegistry()
+    first, second = Fake("first"), Fake("second")
+    registry.arrive(first)
+    registry.arrive(second)
+    assert not registry.try_register(second, limit=1), "first is ahead of it"
+    registry.leave_line(second)
+    assert registry.try_register(first, limit=1), "nobody is ahead of first"
+
+
+def test_a_key_counts_its_sessions_live_and_ahead_in_line_but_not_behind():
+    registry = SessionRegistry()
+    first, second, other_key = Fake("first", key_id=7), Fake("second", key_id=7), Fake("x", key_id=8)
+    for fake in (other_key, first, second):
+        registry.arrive(fake)
+    assert registry.sessions_of_key(7, counting_ahead_of=second) == 1
+    assert registry.sessions_of_key(7, counting_ahead_of=first) == 0, "second is behind it"
+    registry.leave_line(first)
+    registry.try_register(first, limit=10)
+    assert registry.sessions_of_key(7, counting_ahead_of=second) == 1, "now live, no longer in line"
+    assert registry.sessions_of_key(7) == 1
 
 
 def test_snapshot_counts_connections_by_state_and_active_utterances():

@@ -7,9 +7,11 @@ import asyncio
 import numpy as np
 import pytest
 
+from stt.auth import Principal
 from stt.errors import SttError
 from stt.evaluation import word_error_rate
 from stt.messages import Configure, StartSession
+from stt.runtime_config import RuntimeValues
 from stt.session import SttSession
 from tests.conftest import JFK_TEXT, frames, silence
 from tests.stt.session.support import Transport, feed, open_session, send, session_services
@@ -90,6 +92,36 @@ class TestStartingASession:
         assert transport.closed[0] == 1013
         assert session.connection_id not in {s.connection_id for s in services.registry.sessions()}
         await first.end("session_end", ended_reason="test")
+
+
+    async def test_over_a_keys_limit_the_newer_connection_is_refused_whoever_reads_first(self, engine):
+        """Admission awaits the runtime values; the connection that arrived first keeps its
+        place even when the later one's read returns first."""
+        first_may_read = asyncio.Event()
+        services = session_services(engine, runtime=SlowFirstRuntime(first_may_read))
+        principal = Principal(7, "backend", max_concurrent_sessions=1, max_messages_per_second=100)
+        (first, first_seen), (second, second_seen) = [
+            (SttSession(t.send, t.close, services, principal=principal), t) for t in (Transport(), Transport())]
+        first_open = asyncio.ensure_future(first.open())
+        await asyncio.sleep(0)  # the first is in line, reading
+        assert await second.open() is False
+        assert second_seen.errors()[0]["code"] == "too_many_sessions" and second_seen.closed[0] == 1013
+        first_may_read.set()
+        assert await first_open is True and not first_seen.errors()
+        await first.end("session_end", ended_reason="test")
+
+
+class SlowFirstRuntime:
+    """Runtime values whose first read waits for `release`."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release, self.reads = release, 0
+
+    async def values(self, profile: str | None = None) -> RuntimeValues:
+        self.reads += 1
+        if self.reads == 1:
+            await self.release.wait()
+        return RuntimeValues.from_settings()
 
 
 class TestTranscripts:
