@@ -118,6 +118,15 @@ async def background_work_settled():
     await runtime_store.stop_listener()
 
 
+@pytest.fixture
+def fresh_runtime_store():
+    """The process's runtime-config store reads the profiles again, before and after the
+    test (a test that changes profiles must not see, or leave, cached values)."""
+    runtime_store.invalidate()
+    yield runtime_store
+    runtime_store.invalidate()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def history_connection_closed(django_db_setup):
     """The history thread's database connection must not outlive the test database

@@ -11,14 +11,7 @@ from stt.errors import SttError
 from stt.models import RuntimeProfile
 from stt.runtime_config import CONFIG_CHANGED, CONFIG_GROUP, RuntimeValues, store
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fresh_store():
-    store.invalidate()
-    yield
-    store.invalidate()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runtime_store")]
 
 
 async def test_without_profiles_the_server_settings_apply(settings):

@@ -10,17 +10,9 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from stt.models import RuntimeProfile
-from stt.runtime_config import store
 from tests.stt.session.support import open_session, send
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fresh_store():
-    store.invalidate()
-    yield
-    store.invalidate()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runtime_store")]
 
 
 def started_data(transport) -> dict:

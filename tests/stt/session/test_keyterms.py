@@ -13,24 +13,17 @@ from asgiref.sync import sync_to_async
 
 from stt.evaluation import normalize_text, word_error_rate
 from stt.models import RuntimeProfile
-from stt.runtime_config import RuntimeValues, store
+from stt.runtime_config import RuntimeValues
 from tests.conftest import AUDIO_DIR, JFK_TEXT, SAMPLE_RATE, load_audio, silence
 from tests.stt.session.support import HistoryRecorder, feed, open_session, send, session_services
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runtime_store")]
 
 SENTENCE = "Please send the invoice to Siobhan Nakamura today."
 NAMES = ["Siobhan Nakamura", "Reykjavik", "Zyphora", "Oisin Brannigan", "Kubernetes", "Anneliese Vandermolen",
          "Quorvex", "Ouagadougou", "Thibault Marchetti", "Nextavia", "Llandudno", "Pradeep Raghunathan",
          "Tegucigalpa", "Velocaster", "Ngozi Okonkwo", "Lumetric", "Chamonix", "Xiomara Castellanos",
          "Brightwell Orbis", "Szczecin", "Dmitri Volkonsky", "Sonaviq", "Tobermory", "Eilidh Fairbairn"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_store():
-    store.invalidate()
-    yield
-    store.invalidate()
 
 
 def final_text(transport) -> str:
