@@ -20,16 +20,14 @@ import websockets
 
 from stt.client import Backoff, SessionConfig, SttClientError, Transcript, open_session
 from stt.evaluation import word_error_rate
-from tests.conftest import AUDIO_DIR, JFK_TEXT, SAMPLE_RATE, frames, load_audio, silence
+from tests.conftest import SAMPLE_RATE, frames, silence
 from tests.servers import ROOT, AdminBrowser, get_json
 from tests.topology import (NAMES, Heard, Topology, assert_no_audio_twice, assert_stored_exactly_once, exit_time,
-                            live_labels, resilient, scrape, seconds_until_every_process_runs, stream_session,
-                            wait_until)
+                            live_labels, load_clips, recording, resilient, scrape, seconds_until_every_process_runs,
+                            stream_session, wait_until)
 
 pytestmark = pytest.mark.realtime
 
-CLIPS = ("jfk.flac", "ps_austen_0870.wav", "pv_platforms.wav", "fw_libri_61_left.wav", "ps_cards_005.wav",
-         "ps_goforward.wav")
 PASSWORD = "s3cret-pass-phrase"
 # tiny.en on these recordings, scored per session: 0-8 %, up to 15 % for a recording
 # resumed after a drain (a word cut at the drain). An utterance lost costs more.
@@ -63,24 +61,7 @@ def admin(topology) -> AdminBrowser:
 
 @pytest.fixture(scope="module")
 def clips() -> dict[str, tuple[np.ndarray, str]]:
-    loaded = {}
-    for name in CLIPS:
-        reference = JFK_TEXT if name == "jfk.flac" else (AUDIO_DIR / name).with_suffix(".txt").read_text().strip()
-        loaded[name] = (load_audio(AUDIO_DIR / name), reference)
-    return loaded
-
-
-def recording(clips: dict, index: int, count: int = 2) -> tuple[np.ndarray, str]:
-    """Session `index`'s own recording: `count` different clips in an order no other
-    session has, after a lead-in of its own length and at its own gain (so no two
-    sessions share an utterance's audio: the result cache must not answer)."""
-    names = [CLIPS[(index + step * (1 + index // len(CLIPS))) % len(CLIPS)] for step in range(count)]
-    parts, references = [silence(0.3 + 0.037 * index)], []
-    for name in names:
-        audio, reference = clips[name]
-        parts += [audio * (0.8 + 0.02 * index), silence(0.8)]
-        references.append(reference)
-    return np.concatenate(parts + [silence(0.4)]).astype(np.float32), " ".join(references)
+    return load_clips()
 
 
 async def test_sessions_spread_over_every_process_and_each_final_is_right_and_stored_once(topology, clips):

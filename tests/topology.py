@@ -28,11 +28,37 @@ import numpy as np
 import websockets
 
 from stt.client import Backoff, Callbacks, SessionConfig, Transcript, open_session, transcribe
+from tests.conftest import AUDIO_DIR, JFK_TEXT, load_audio, silence
 from tests.servers import (ROOT, Beat, RedisServer, ScratchDatabase, Worker, base_env, free_port, get_json,
                            metric_samples)
 
 NAMES = ("web1", "web2", "web3")
 BACKEND = "fasttalk_web"
+
+CLIPS = ("jfk.flac", "ps_austen_0870.wav", "pv_platforms.wav", "fw_libri_61_left.wav", "ps_cards_005.wav",
+         "ps_goforward.wav")
+
+
+def load_clips() -> dict[str, tuple[np.ndarray, str]]:
+    """Each of CLIPS: its audio and its reference transcript."""
+    loaded = {}
+    for name in CLIPS:
+        reference = JFK_TEXT if name == "jfk.flac" else (AUDIO_DIR / name).with_suffix(".txt").read_text().strip()
+        loaded[name] = (load_audio(AUDIO_DIR / name), reference)
+    return loaded
+
+
+def recording(clips: dict, index: int, count: int = 2) -> tuple[np.ndarray, str]:
+    """Session `index`'s own recording: `count` different clips in an order no other
+    session has, after a lead-in of its own length and at its own gain (so no two
+    sessions share an utterance's audio: the result cache must not answer)."""
+    names = [CLIPS[(index + step * (1 + index // len(CLIPS))) % len(CLIPS)] for step in range(count)]
+    parts, references = [silence(0.3 + 0.037 * index)], []
+    for name in names:
+        audio, reference = clips[name]
+        parts += [audio * (0.8 + 0.02 * index), silence(0.8)]
+        references.append(reference)
+    return np.concatenate(parts + [silence(0.4)]).astype(np.float32), " ".join(references)
 
 
 class ServeProcess:
