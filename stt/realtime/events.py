@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stt.errors import SttError
+from stt.wire.common import MAX_PROMPT_CHARS
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
@@ -26,7 +27,8 @@ class TranscriptionOptions(BaseModel):
     model_config = _STRICT
     model: str | None = Field(default=None, max_length=128)
     language: str | None = Field(default=None, max_length=35)
-    prompt: str | None = Field(default=None, max_length=8192)
+    # The session's own bound (session_config.prompt), so a long one is refused with the event.
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     # GA only (gpt-realtime-whisper, gpt-transcribe): accepted, not applied.
     delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
     keywords: list[str] | None = None
