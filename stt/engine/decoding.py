@@ -287,14 +287,14 @@ def _generate(model: Any, tokenizer: Any, jobs: Sequence[Decodable], encoded: An
         text = tokenizer.decode(tokens).strip()
         if result.no_speech_prob > NO_SPEECH_PROB and score < LOW_LOGPROB:
             tokens, text = [], ""
-        if job.kind is not JobKind.PARTIAL and text and _suspicious(tokenizer, text, tokens, prefix_length):
+        if job.kind is not JobKind.PARTIAL and text and is_suspicious(tokenizer, text, tokens, prefix_length):
             drafts.append(None)
             continue
         drafts.append(_Draft(text, tokens, score))
     return drafts
 
 
-def _suspicious(tokenizer: Any, text: str, tokens: list[int], prefix_length: int) -> bool:
+def is_suspicious(tokenizer: Any, text: str, tokens: list[int], prefix_length: int) -> bool:
     """A short-window result that loops or says it all twice (to be redone the long way).
     Said twice counts the forced prefix too: a final whose committed words begin the
     phrase ("And so" + " my fellow Americans. And so my fellow Americans.") says the
