@@ -16,7 +16,6 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stt.errors import SttError
-from stt.wire.common import MAX_PROMPT_CHARS
 
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
@@ -27,8 +26,9 @@ class TranscriptionOptions(BaseModel):
     model_config = _STRICT
     model: str | None = Field(default=None, max_length=128)
     language: str | None = Field(default=None, max_length=35)
-    # The session's own bound (session_config.prompt), so a long one is refused with the event.
-    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    # Loose on purpose: the session's own bound (2000) refuses a longer prompt when the
+    # update is applied, as invalid_config naming this field, the code /ws/transcribe gives.
+    prompt: str | None = Field(default=None, max_length=8192)
     # GA only (gpt-realtime-whisper, gpt-transcribe): accepted, not applied.
     delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
     keywords: list[str] | None = None

@@ -16,7 +16,6 @@ from stt.realtime.events import (
     TranscriptionSessionUpdate,
     parse_client_event,
 )
-from stt.messages import MAX_PROMPT_CHARS
 
 
 def parse(event: dict):
@@ -82,8 +81,6 @@ class TestBadEvents:
             ({"type": "session.update", "session": {"type": "realtime"}}, "session.type"),
             ({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
                 "turn_detection": {"prefix_padding_ms": 5000}}}}}, "session.audio.input.turn_detection.prefix_padding_ms"),
-            ({"type": "transcription_session.update", "session": {"input_audio_transcription": {
-                "prompt": "word " * (MAX_PROMPT_CHARS // 5 + 1)}}}, "session.input_audio_transcription.prompt"),
         ]
         for event, field in cases:
             bad = refusal(json.dumps(event))
