@@ -14,7 +14,7 @@ from stt.messages import Configure, StartSession
 from stt.runtime_config import RuntimeValues
 from stt.session import SttSession
 from tests.conftest import JFK_TEXT, frames, silence
-from tests.stt.session.support import Transport, feed, open_session, send, session_services
+from tests.stt.session.support import SettingsRuntime, Transport, feed, open_session, send, session_services
 
 # Sessions write their history (PostgreSQL under bin/test) from the history thread.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -111,8 +111,8 @@ class TestStartingASession:
         await first.end("session_end", ended_reason="test")
 
 
-class SlowFirstRuntime:
-    """Runtime values whose first read waits for `release`."""
+class SlowFirstRuntime(SettingsRuntime):
+    """The settings' runtime values, whose first read waits for `release`."""
 
     def __init__(self, release: asyncio.Event) -> None:
         self.release, self.reads = release, 0
@@ -121,7 +121,7 @@ class SlowFirstRuntime:
         self.reads += 1
         if self.reads == 1:
             await self.release.wait()
-        return RuntimeValues.from_settings()
+        return await super().values(profile)
 
 
 class TestTranscripts:
