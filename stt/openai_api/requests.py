@@ -7,12 +7,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from pydantic import TypeAdapter, ValidationError
+
 from stt.languages import normalize_language
+from stt.messages import Prompt
 from stt.openai_api.catalog import ModelCatalog
 from stt.openai_api.errors import ApiError, bad_request
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
+_PROMPT = TypeAdapter(Prompt)
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
@@ -56,7 +60,7 @@ def parse_transcription_request(fields: Mapping[str, Any], catalog: ModelCatalog
     return TranscriptionRequest(
         model=model,
         language=_language(_single(fields, "language"), supports_language),
-        prompt=_single(fields, "prompt").strip(),
+        prompt=_prompt(_single(fields, "prompt")),
         response_format=response_format,
         granularities=_granularities(fields, response_format),
         temperature=_temperature(_single(fields, "temperature")),
@@ -78,6 +82,17 @@ def _language(value: str, supports_language: Callable[[str | None], bool]) -> st
         raise bad_request(f"the model cannot transcribe {value!r} (it is English-only)", "language",
                           "unsupported_language")
     return language
+
+
+def _prompt(value: str) -> str:
+    """The prompt as the WebSocket's session_config.prompt takes it: the same bound
+    (MAX_PROMPT_CHARS: every chunk's decoder prompt is built from it, and it is stored
+    with the request), the same cleaning and the same refusal."""
+    try:
+        return _PROMPT.validate_python(value)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise bad_request(f"prompt: {problem}", "prompt", "invalid_config") from None
 
 
 def _granularities(fields: Mapping[str, Any], response_format: str) -> frozenset[str]:

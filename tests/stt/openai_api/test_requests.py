@@ -5,6 +5,7 @@ from django.http import QueryDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stt.errors import SttError
 from stt.openai_api.catalog import ModelCatalog
 from stt.openai_api.errors import ApiError
 from stt.openai_api.requests import parse_transcription_request, require_file
@@ -77,6 +78,25 @@ class TestRefused:
         assert (error.param, error.code) == (param, code)
         assert set(error.body()["error"]) == {"message", "type", "param", "code"}
         assert error.body()["error"]["type"] == "invalid_request_error" and error.message
+
+    def test_a_prompt_has_the_websockets_limit_and_error(self):
+        from urllib.parse import quote
+
+        from stt.messages import MAX_PROMPT_CHARS
+        from stt.protocol import validate_config
+
+        long_prompt = "word " * 400 + "x"
+        assert len(long_prompt) == MAX_PROMPT_CHARS + 1
+        error = refusal(f"model=whisper-1&prompt={quote(long_prompt)}")
+        with pytest.raises(SttError) as on_the_websocket:
+            validate_config({"prompt": long_prompt})
+        assert (error.param, error.code) == ("prompt", on_the_websocket.value.code) == ("prompt", "invalid_config")
+        assert str(MAX_PROMPT_CHARS) in error.message
+        assert parse(f"model=whisper-1&prompt={quote(long_prompt[:MAX_PROMPT_CHARS])}").prompt
+
+    def test_a_prompt_is_cleaned_like_the_websockets(self):
+        assert parse("model=whisper-1&prompt=%20Fast%0A%0Atalk%09STT%20").prompt == "Fast talk STT"
+        assert refusal("model=whisper-1&prompt=a%E2%80%AEb").param == "prompt"  # a bidi override
 
     def test_no_file_or_an_empty_one_is_refused(self):
         from django.core.files.uploadedfile import SimpleUploadedFile
