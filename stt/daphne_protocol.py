@@ -12,7 +12,8 @@ requirements/base.txt for the same reason.
 - Outbound cap: past WEBSOCKET_MAX_OUTBOUND_BYTES unsent bytes the client is dropped.
 - Request bodies: one larger than MAX_UPLOAD_BYTES (declared, or counted as it comes)
   is read and dropped, never stored, and answered 413 in the file API's error shape
-  without reaching the application.
+  without reaching the application. A chunked one within the limit reaches it with
+  the Content-Length it turned out to have (Django reads no body without one).
 - Dispatch without the database clean-up: Channels runs close_old_connections() on
   Django's one thread-sensitive thread before every message; every audio frame of every
   stream would queue there behind admin pages and exports.
@@ -184,6 +185,7 @@ class BoundedWebRequest(WebRequest):
     def gotLength(self, length: int | None) -> None:
         self._body_limit = settings.MAX_UPLOAD_BYTES
         self._body_bytes = 0
+        self._body_chunked = length is None  # Twisted's length: None for Transfer-Encoding chunked
         if length is not None and length > self._body_limit:
             self.body_too_large = True
             self.content = io.BytesIO()  # stays empty
@@ -203,6 +205,10 @@ class BoundedWebRequest(WebRequest):
 
     def process(self) -> Any:
         if not self.body_too_large:
+            if getattr(self, "_body_chunked", False):
+                # The whole body is here now: say its length, as Django reads no body without one.
+                self.requestHeaders.removeHeader(b"transfer-encoding")
+                self.requestHeaders.setRawHeaders(b"content-length", [str(self._body_bytes).encode()])
             return super().process()
         from stt.openai_api.errors import too_large
 

@@ -211,6 +211,36 @@ class TestBadInput:
         connection.close()
 
 
+    def test_a_chunked_body_within_the_limit_is_read_like_one_with_a_length(self, stt_server):
+        import http.client
+        from urllib.parse import urlsplit
+
+        boundary = "fasttalk-chunked"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"jfk.flac\"\r\n"
+                f"Content-Type: audio/flac\r\n\r\n").encode() + JFK_PATH.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        parts = urlsplit(stt_server.base)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        connection.request("POST", "/v1/audio/transcriptions", encode_chunked=True,
+                           body=(body[i:i + 65536] for i in range(0, len(body), 65536)),
+                           headers={"Authorization": f"Bearer {stt_server.keys['backend']}",
+                                    "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        assert response.status == 200, answer
+        assert word_error_rate(JFK_TEXT, answer["text"]) <= 0.1
+
+    @pytest.mark.parametrize("name", ["list.m3u8", "speech.mp3"])
+    def test_a_playlist_naming_a_file_of_the_server_is_refused(self, client, name):
+        playlist = (f"#EXTM3U\n#EXT-X-TARGETDURATION:12\n#EXTINF:11.0,\n{JFK_PATH}\n#EXT-X-ENDLIST\n").encode()
+        for size in (len(playlist), 3 * 1024 * 1024):  # in memory, and spooled to a temporary file
+            content = playlist + b"#" * (size - len(playlist))
+            with pytest.raises(openai.BadRequestError) as raised:
+                client.audio.transcriptions.create(file=(name, content, "audio/mpeg"), model="whisper-1")
+            assert (error_of(raised)["code"], error_of(raised)["param"]) == ("invalid_audio", "file")
+
+
 class TestHistory:
     def test_each_file_is_a_session_of_source_file_with_its_chunks_as_utterances(self, stt_server, client, several):
         path, reference, _ = several
