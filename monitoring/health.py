@@ -95,15 +95,21 @@ def _query_database() -> None:
 
 
 async def check_database(history: Any) -> dict[str, Any]:
-    """The database answers a query; and how many history writes wait for it."""
+    """The database answers a query, and the history reaches it: `degraded` while the
+    history writer journals or loses writes (its `condition()`: lately, or its backlog
+    full), although the database answers; and how many writes wait for it."""
     started = time.perf_counter()
-    backlog = {"history_backlog": history.backlog, "history_dropped": history.stats.dropped}
+    condition = history.condition()
+    stats = history.stats
+    figures = {"history": condition, "history_backlog": history.backlog, "history_dropped": stats.dropped,
+               "history_journaled": stats.journaled, "history_lost": stats.lost,
+               "history_audio_lost": stats.audio_lost}
     try:
         await asyncio.wait_for(sync_to_async(_query_database, thread_sensitive=False)(), CHECK_TIMEOUT_SECONDS)
     except Exception as exc:
-        return {"status": "error", "vendor": connection.vendor, "error": _short(exc), **backlog}
-    return {"status": "ok", "vendor": connection.vendor,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1), **backlog}
+        return {"status": "error", "vendor": connection.vendor, "error": _short(exc), **figures}
+    return {"status": "ok" if condition == "ok" else "degraded", "vendor": connection.vendor,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1), **figures}
 
 
 async def check_channel_layer() -> dict[str, Any]:

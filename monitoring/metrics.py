@@ -47,6 +47,12 @@ gpu_failures_total = Counter("fasttalk_gpu_failures", "GPU inferences that faile
 cpu_fallbacks_total = Counter("fasttalk_cpu_fallbacks", "Jobs decoded on the CPU because the GPU failed.")
 breaker_state = Gauge("fasttalk_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                       ["breaker"], multiprocess_mode="livemax")
+history_journaled_total = Counter(
+    "fasttalk_history_journaled", "History writes kept in the journal instead of the database, by reason "
+    "(refused, backlog_full, exit).", ["reason"])
+history_lost_total = Counter(
+    "fasttalk_history_lost", "History lost: `write`, a write not even the journal took; `audio`, a final "
+    "kept without its audio (the disk refused it or stalled).", ["what"])
 
 
 def multiprocess_dir() -> str | None:

@@ -68,6 +68,7 @@ async def test_finals_made_while_the_database_is_down_reach_the_history(server_b
         assert status == 200 and health["status"] == "degraded"
         assert health["checks"]["database"]["status"] == "error"
         assert health["checks"]["database"]["history_backlog"] >= 2
+        assert health["checks"]["database"]["history"] == "ok", "waiting in the backlog: nothing journaled yet"
 
         proxy.restore()
         deadline = time.monotonic() + 20
@@ -86,3 +87,5 @@ async def test_finals_made_while_the_database_is_down_reach_the_history(server_b
     assert rows == [(3, "end_session")]
     status, health = get_json(f"{server.base}/health")
     assert health["checks"]["database"]["history_backlog"] == 0
+    assert (health["checks"]["database"]["status"], health["checks"]["database"]["history"]) == ("ok", "ok"), \
+        "everything replayed, nothing journaled or lost: not degraded"

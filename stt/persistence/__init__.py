@@ -10,7 +10,8 @@ wait and be retried, or be kept in a journal file:
   write joins a backlog, the final is sent all the same, and a background task replays
   the backlog in order once the database answers. The backlog is bounded in number
   (PERSISTENCE_BACKLOG_LIMIT) and in memory (PERSISTENCE_BACKLOG_BYTES); a waiting
-  final's audio goes to storage at once, off the loop. Every write is idempotent
+  final's audio goes to storage at once, off the loop, and a final whose audio would
+  pass the memory bound waits for the disk to take it. Every write is idempotent
   (keyed by connection, utterance and event ids), so replaying one that did land is
   harmless.
 - The database refuses a write for good (bad data): it goes to the journal
@@ -21,7 +22,10 @@ wait and be retried, or be kept in a journal file:
   servers go on appending to it.
 
 So nothing a client saw is lost from the history: it is in the database, on its way,
-or in the journal, and each outcome is logged and counted. A final that failed after
+or in the journal, and each outcome is logged and counted. Only a disk that refuses
+the journal or the audio (full, unwritable), or stalls, loses anything; /health
+reports `degraded` while writes are journaled or lost (HistoryWriter.condition).
+The journal and stored audio are private: files 0600, folders 0700. A final that failed after
 its retries is kept too, with a failed status and its audio, for the refinement model
 to transcribe and for analysts to listen to.
 

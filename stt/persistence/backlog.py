@@ -3,7 +3,9 @@
 
 A final's audio is the bulk of it, so the writer spills it to storage off the event
 loop as soon as the final joins; until then it counts here. Writes on their way to
-the journal count too, until they are on disk."""
+the journal count too, until they are on disk. Room is judged on rows: audio past the
+byte bound makes its writer wait for the disk (stt/persistence/writer.py), it does not
+send the write to the journal."""
 
 from __future__ import annotations
 
@@ -26,10 +28,15 @@ class Backlog:
         return bool(self._waiting)
 
     def has_room(self, item: Write) -> bool:
-        return len(self._waiting) < settings.PERSISTENCE_BACKLOG_LIMIT and self.can_hold(item)
+        """Room for `item`'s row: in number, and in bytes once its audio is on disk."""
+        return (len(self._waiting) < settings.PERSISTENCE_BACKLOG_LIMIT
+                and self.held_bytes + item.row_bytes() <= settings.PERSISTENCE_BACKLOG_BYTES)
 
-    def can_hold(self, item: Write) -> bool:
-        return self.held_bytes + item.memory_bytes() - item.counted <= settings.PERSISTENCE_BACKLOG_BYTES
+    def full(self) -> bool:
+        return len(self._waiting) >= settings.PERSISTENCE_BACKLOG_LIMIT
+
+    def over_bytes(self) -> bool:
+        return self.held_bytes > settings.PERSISTENCE_BACKLOG_BYTES
 
     def append(self, item: Write) -> None:
         self._waiting.append(item)

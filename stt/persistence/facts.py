@@ -34,12 +34,16 @@ class Write:
         key = self.payload.get("utterance_id") or self.payload.get("event_id") or self.payload.get("connection_id")
         return f"{self.kind} {key}"
 
-    def memory_bytes(self) -> int:
-        """What holding this write costs: its payload as JSON, and its audio until saved."""
+    def row_bytes(self) -> int:
+        """What holding this write costs without its audio: its payload as JSON."""
         if not self._payload_bytes:
             self._payload_bytes = len(json.dumps(self.payload)) + 512  # and the objects around it
+        return self._payload_bytes
+
+    def memory_bytes(self) -> int:
+        """What holding this write costs: its payload as JSON, and its audio until saved."""
         audio = self.audio
-        return self._payload_bytes + (audio.nbytes if audio is not None else 0)
+        return self.row_bytes() + (audio.nbytes if audio is not None else 0)
 
 
 def _clean(value: Any) -> Any:

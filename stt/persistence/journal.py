@@ -7,16 +7,23 @@ the file: it renames it aside first (new appends start a new file), waits for ap
 already under way, replays the renamed file, puts the lines that still fail back by
 appending them, and deletes it. An appender locks the file (flock) for its line and
 checks, once it holds the lock, that the path still names the file it opened.
+
+It holds transcripts: the file is created 0600 and a folder made for it 0700, whatever
+the umask (a file an older release left readable by others is narrowed on the next
+append, when this user owns it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import fcntl
 import json
 import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator
@@ -40,6 +47,31 @@ def _names_same_file(handle: IO, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
+PRIVATE_FILE = 0o600
+PRIVATE_FOLDER = 0o700
+
+
+def _open_private(path: Path) -> IO:
+    """Open `path` for appending, created 0600 (the mode is given at creation, so there
+    is no moment when another user could open it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE)
+    if os.fstat(fd).st_mode & 0o077:
+        with contextlib.suppress(PermissionError):  # another user's file: leave it as it is
+            os.fchmod(fd, PRIVATE_FILE)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def _make_folder(folder: Path) -> None:
+    """The journal's folder, 0700 if this creates it (an existing one keeps its mode:
+    it may be shared, e.g. var/; the file itself is private either way)."""
+    if folder.is_dir():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # another appender made it meanwhile
+        folder.mkdir(mode=PRIVATE_FOLDER)
+        os.chmod(folder, PRIVATE_FOLDER)  # mkdir's mode passes through the umask
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -48,10 +80,10 @@ class Journal:
         """Append whole lines, atomically with respect to other appenders and rotation."""
         if not lines:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(self.path.parent)
         text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
         while True:
-            with self.path.open("a", encoding="utf-8") as handle:
+            with _open_private(self.path) as handle:
                 while _names_same_file(handle, self.path):
                     try:
                         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,32 +137,53 @@ def journal_line(item: Write, reason: str) -> str:
                        "at": datetime.now(timezone.utc).isoformat()})
 
 
-def keep_in_journal(item: Write, reason: str) -> None:
+class Kept(enum.Enum):
+    """What keeping a write in the journal came to."""
+
+    WHOLE = "journaled"  # the line, and a final's audio in storage (or it had none)
+    WITHOUT_AUDIO = "journaled without audio"  # the disk took the line, not the audio
+    LOST = "lost"  # the disk took not even the line
+
+
+def keep_in_journal(item: Write, reason: str) -> Kept:
     """Journal one write, its audio saved to storage first if the disk takes it.
     File I/O: call it on a history thread, never on the event loop."""
+    kept = Kept.WHOLE
     try:
         if item.kind == "final" and item.audio is not None:
             save_audio(item)
     except Exception as exc:
+        kept = Kept.WITHOUT_AUDIO
+        with item.audio_lock:
+            item.audio = None  # the line goes without it: counted lost once, here
         logger.error("could not save the audio of %s: %s", item.description, exc)
     try:
         Journal(Path(settings.HISTORY_JOURNAL)).append([journal_line(item, reason)])
         logger.error("history write %s journaled (%s)", item.description, reason)
     except Exception as exc:
         logger.critical("history write %s LOST (%s; journal failed: %s)", item.description, reason, exc)
+        return Kept.LOST
+    return kept
 
 
-def apply_or_journal(item: Write) -> Exception | None:
+@dataclass(frozen=True)
+class Refusal:
+    """A write the database refused for good, and what the journal made of it."""
+
+    error: Exception
+    kept: Kept
+
+
+def apply_or_journal(item: Write) -> Refusal | None:
     """On the history thread: apply one write. A database that cannot be reached raises
     (the write waits); a write refused for good is journaled, out of the way, and its
-    error returned."""
+    refusal returned."""
     try:
         apply(item)
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
-        keep_in_journal(item, f"refused: {exc!r}")
-        return exc
+        return Refusal(exc, keep_in_journal(item, f"refused: {exc!r}"))
     return None
 
 

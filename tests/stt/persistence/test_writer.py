@@ -164,3 +164,89 @@ async def test_no_flac_encode_or_file_io_happens_on_the_event_loop(settings, tmp
     journal = (tmp_path / "journal.jsonl").read_text().splitlines()
     assert len(journal) == 3
     await sync_to_async(writer.close_connection)()
+
+
+async def test_a_burst_past_the_byte_bound_keeps_every_audio_while_the_disk_is_healthy(settings, tmp_path):
+    """Finals arriving faster than the disk thread's callbacks reach the loop pass the
+    byte bound; the disk is fine, so each keeps its audio (its caller waits for the
+    spill) and the memory stays bounded."""
+    settings.PERSISTENCE_RETRY_SECONDS = 0.1
+    settings.PERSISTENCE_BACKLOG_BYTES = 2_000_000
+    settings.HISTORY_JOURNAL = str(tmp_path / "journal.jsonl")
+    writer = HistoryWriter()
+    ids = []
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        with database_away(writer):
+            for number in range(12):  # 6 MB of audio: three times the bound, in one burst
+                utterance_id, write = final(number)
+                ids.append(utterance_id)
+                await writer.write(write)
+                del write
+            held = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    assert held <= 2_000_000 + 1_000_000, f"{held / 1e6:.1f} MB held, beyond PERSISTENCE_BACKLOG_BYTES"
+    assert writer.stats.audio_lost == 0, "the disk was healthy: no audio dropped"
+    assert await writer.drain(timeout=30)
+    for utterance_id in ids:
+        assert await sync_to_async(stored_audio_seconds)(utterance_id) == SECONDS, "stored with its audio"
+    assert writer.condition() == "ok", "nothing journaled, nothing lost"
+    await sync_to_async(writer.close_connection)()
+
+
+def lost_metric(what: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("fasttalk_history_lost_total", {"what": what}) or 0.0
+
+
+async def test_writes_are_lost_only_when_the_disk_refuses_the_journal_and_each_loss_counts(settings, tmp_path):
+    """A journal and a storage the disk cannot take (their folder is a file): what
+    cannot wait for the database is lost, and says so in the writer's figures, its
+    condition and the Prometheus counters."""
+    not_a_folder = tmp_path / "not-a-folder"
+    not_a_folder.write_text("")
+    settings.HISTORY_JOURNAL = str(not_a_folder / "journal.jsonl")
+    settings.MEDIA_ROOT = str(not_a_folder / "media")
+    settings.PERSISTENCE_BACKLOG_LIMIT = 1
+    settings.PERSISTENCE_RETRY_SECONDS = 0.1
+    writer = HistoryWriter()
+    rows_before = lost_metric("write")
+    with database_away(writer):
+        for number in range(3):  # one waits in the backlog, two must go to the journal
+            await writer.write(final(number)[1])
+        deadline = time.monotonic() + 20
+        while writer.stats.lost < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert (writer.stats.lost, writer.stats.journaled) == (2, 0), "the journal took nothing"
+        assert lost_metric("write") - rows_before == 2
+        assert writer.condition() == "dropping"
+        settings.MEDIA_ROOT = str(tmp_path / "media")  # the disk is back for the one that waits
+    assert await writer.drain(timeout=30)
+    await sync_to_async(writer.close_connection)()
+
+
+async def test_a_stalled_disk_loses_audio_not_memory_and_the_writer_says_so(settings, tmp_path):
+    settings.PERSISTENCE_RETRY_SECONDS = 0.1
+    settings.PERSISTENCE_WRITE_TIMEOUT = 0.5
+    settings.PERSISTENCE_BACKLOG_BYTES = 2_000_000
+    settings.HISTORY_JOURNAL = str(tmp_path / "journal.jsonl")
+    writer = HistoryWriter()
+    disk_stuck = threading.Event()
+    writer._disk.submit(disk_stuck.wait, 60)
+    try:
+        with database_away(writer):
+            started = time.monotonic()
+            for number in range(10):
+                await writer.write(final(number)[1])
+            took = time.monotonic() - started
+            assert writer.stats.audio_lost >= 5 and writer.condition() == "dropping"
+            assert writer.backlog_bytes <= 2_000_000 + 600_000
+            disk_stuck.set()
+    finally:
+        disk_stuck.set()
+    assert took < 3 * settings.PERSISTENCE_WRITE_TIMEOUT, "one wait for the stalled disk, not one per final"
+    assert await writer.drain(timeout=30)
+    await sync_to_async(writer.close_connection)()
