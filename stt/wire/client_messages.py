@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stt.wire.common import (MAX_KEYTERM_CHARS, MAX_KEYTERMS, MAX_PROMPT_CHARS, Eagerness, Keyterm, Prompt,
-                             has_control_characters)
+                             clean_identifier)
 
 # Strict: no type coercion, no unknown keys, no infinities.
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -56,9 +56,7 @@ class SessionConfig(BaseModel):
     @field_validator("user_id", "conversation_id")
     @classmethod
     def _printable(cls, value: str | None) -> str | None:
-        if value is not None and has_control_characters(value):
-            raise ValueError("must not contain control characters")
-        return value
+        return clean_identifier(value)
 
     @field_validator("session_id")
     @classmethod

@@ -267,3 +267,85 @@ def test_every_server_message_carries_session_id_and_timestamp():
     assert message["type"] == "session_ended"
     assert message["metadata"]["session_id"] == "s1"
     assert message["metadata"]["timestamp"].endswith("Z")
+
+
+INVISIBLE = {
+    "C1 control (NEL)": "\u0085", "C1 control (CSI)": "\u009b", "right-to-left override": "\u202e",
+    "right-to-left isolate": "\u2067", "zero-width space": "\u200b", "byte order mark": "\ufeff",
+    "soft hyphen": "\u00ad", "word joiner": "\u2060", "private use": "\ue000", "line separator": "\u2028",
+}
+
+
+class TestInvisibleCharacters:
+    """Issue 23 #10: C1 controls, bidi overrides, zero-width and other format characters
+    (Unicode Cc, Cf), private-use and lone surrogates (Co, Cs) are refused with
+    invalid_config in keyterms, user_id, conversation_id and the prompt; the joiners
+    that scripts and emoji need (ZWJ, ZWNJ between two visible characters) are not."""
+
+    INVISIBLE = INVISIBLE
+
+    # A prompt's line breaks (NEL, U+2028 too) are whitespace, collapsed to one space: not refused there.
+    @pytest.mark.parametrize("field, name", [
+        (field, name) for field in ("user_id", "conversation_id", "keyterms", "prompt") for name in INVISIBLE
+        if not (field == "prompt" and INVISIBLE[name].isspace())])
+    def test_each_is_refused_naming_the_field(self, field, name):
+        text = f"alice{self.INVISIBLE[name]}admin"
+        value = [text] if field == "keyterms" else text
+        with pytest.raises(SttError) as caught:
+            protocol.validate_config({field: value})
+        error = caught.value.to_payload()
+        assert (error["code"], error["recoverable"]) == ("invalid_config", True)
+        assert error["field"] == ("keyterms.0" if field == "keyterms" else field)
+        assert "invisible or control characters" in error["message"]
+
+    def test_a_lone_surrogate_from_json_is_refused_too(self):
+        raw = json.loads('{"user_id": "alice\\ud800", "keyterms": ["x\\udfff"]}')  # what "\ud800" in JSON gives
+        with pytest.raises(SttError) as caught:
+            protocol.validate_config(raw)
+        assert caught.value.code == "invalid_config"
+
+    def test_the_reversed_text_of_an_override_cannot_pass_for_a_plain_id(self):
+        with pytest.raises(SttError) as caught:
+            protocol.validate_config({"user_id": "admin\u202enimda"})
+        assert caught.value.field == "user_id"
+
+    def test_joiners_inside_words_and_emoji_are_kept_in_keyterms_and_the_prompt(self):
+        persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # "mi-khaham": ZWNJ between letters
+        family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+        config = protocol.validate_config({"keyterms": [persian, f"Team {family}"],
+                                           "prompt": f"Notes {persian} {family}"})
+        assert config.keyterms == [persian, f"Team {family}"]
+        assert config.prompt == f"Notes {persian} {family}"
+        accents = protocol.validate_config({"user_id": "Zoë-Ångström", "keyterms": ["Reykjavík", "東京"]})
+        assert accents.user_id == "Zoë-Ångström"
+
+    @pytest.mark.parametrize("keyterm", ["\u200dZyphora", "Zyphora\u200c", "Zy\u200d\u200dphora", "Zyphora \u200d x"])
+    def test_a_joiner_that_joins_nothing_is_refused(self, keyterm):
+        with pytest.raises(SttError) as caught:
+            protocol.validate_config({"keyterms": [keyterm]})
+        assert caught.value.field == "keyterms.0"
+
+    def test_identifiers_take_no_joiner_at_all(self):
+        for field in ("user_id", "conversation_id"):
+            with pytest.raises(SttError) as caught:
+                protocol.validate_config({field: "ali\u200dce"})
+            assert caught.value.field == field
+
+    def test_a_prompt_keeps_its_line_breaks_as_spaces(self):
+        assert protocol.validate_config({"prompt": "One\r\nTwo\u2028Three\x85Four"}).prompt == "One Two Three Four"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_bidi_override_in_start_session_gets_invalid_config_over_the_websocket():
+    from channels.testing import WebsocketCommunicator
+
+    from fasttalk.asgi import application
+
+    communicator = WebsocketCommunicator(application, "/ws/transcribe")
+    assert (await communicator.connect(timeout=10))[0]
+    await communicator.send_to(text_data=json.dumps(
+        {"type": "start_session", "session_config": {"user_id": "user\u202eeliforp", "keyterms": ["Zyphora"]}}))
+    error = json.loads(await communicator.receive_from(timeout=10))
+    await communicator.disconnect()
+    assert error["type"] == "error"
+    assert (error["error"]["code"], error["error"]["field"]) == ("invalid_config", "user_id")
