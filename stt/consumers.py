@@ -9,10 +9,11 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from stt.daphne_protocol import DispatchWithoutDatabaseCleanup
+from stt.daphne_protocol import DispatchWithoutDatabaseCleanup, NoticesLostConnection
 from stt.handshake import client_address
 from stt.services import process_session_services
 from stt.session import SttSession
+from stt.session.state import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def session_group(connection_id: str) -> str:
     return f"stt.session.{connection_id}"
 
 
-class TranscribeConsumer(DispatchWithoutDatabaseCleanup, AsyncWebsocketConsumer):
+class TranscribeConsumer(NoticesLostConnection, DispatchWithoutDatabaseCleanup, AsyncWebsocketConsumer):
     session: SttSession | None = None
     groups_joined: list[str]
 
@@ -62,8 +63,17 @@ class TranscribeConsumer(DispatchWithoutDatabaseCleanup, AsyncWebsocketConsumer)
             await self.session.on_disconnect()  # first: pending speech must not wait on Redis
         await self._leave_groups()
 
+    def connection_lost(self) -> None:
+        """The client is gone, maybe before its disconnect message is read, or this
+        consumer is being cancelled: its session ends now (stt.daphne_protocol.NoticesLostConnection)."""
+        if self.session is not None:
+            self.session.client_gone()
+        if getattr(self, "groups_joined", None):
+            spawn(self._leave_groups())  # Redis: not awaited here
+
     async def _leave_groups(self) -> None:
-        for group in self.groups_joined:
+        groups, self.groups_joined = self.groups_joined, []  # once, whoever comes first
+        for group in groups:
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
             except Exception:

@@ -17,13 +17,21 @@ requirements/base.txt for the same reason.
 - Dispatch without the database clean-up: Channels runs close_old_connections() on
   Django's one thread-sensitive thread before every message; every audio frame of every
   stream would queue there behind admin pages and exports.
+- A lost connection is noticed at once: Daphne queues websocket.disconnect behind the
+  client's other messages (Channels hands a consumer one at a time), and cancels an
+  application still running application_close_timeout after its client left, so a
+  session waiting on its audio budget never heard of it. The scope carries an event set
+  when the connection is lost (CLIENT_GONE), a paused socket is watched for the peer
+  hanging up, and a consumer's connection_lost() runs however its application ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import select
 import socket
 import time
 from typing import Any, Callable
@@ -43,6 +51,31 @@ SERVER_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 
 # The private fields of twisted.internet.abstract.FileDescriptor that hold what a
 # transport has not written to its socket yet (Twisted has no public figure for it).
 TRANSPORT_BUFFER_FIELDS = ("dataBuffer", "offset", "_tempDataLen")
+
+
+# The scope key (an ASGI extension) of an asyncio.Event set the moment Daphne loses the
+# WebSocket connection, so the application can act while websocket.disconnect still waits
+# in its queue.
+CLIENT_GONE = "fasttalk.client_gone"
+
+# What poll() reports of a peer that reset the connection or closed its side of it.
+HANGUP_EVENTS = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+def peer_hung_up(transport: Any) -> bool:
+    """Whether the peer of a Twisted TCP transport (looked through a wrapping one) reset
+    the connection or closed its side, without reading from it: the bytes it sent before
+    stay unread. False when no socket is found."""
+    while transport is not None:
+        handle = transport.getHandle() if hasattr(transport, "getHandle") else None
+        if isinstance(handle, socket.socket):
+            if handle.fileno() < 0:
+                return True
+            poller = select.poll()
+            poller.register(handle.fileno(), HANGUP_EVENTS)
+            return any(events & HANGUP_EVENTS for _, events in poller.poll(0))
+        transport = getattr(transport, "transport", None)
+    return False
 
 
 class UnsentBytesUnknown(RuntimeError):
@@ -93,6 +126,16 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
     _reading_paused = False
     _dropped_slow_reader = False
     _figure_missing_logged = False
+    client_gone: asyncio.Event | None = None
+
+    def onConnect(self, request: Any) -> Any:
+        self.client_gone = asyncio.Event()  # in the scope (CLIENT_GONE), by create_application
+        return super().onConnect(request)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        super().onClose(wasClean, code, reason)  # queues websocket.disconnect
+        if self.client_gone is not None:
+            self.client_gone.set()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         super().onMessage(payload, isBinary)
@@ -111,6 +154,14 @@ class ClosingWebSocketProtocol(WebSocketProtocol):
     def _resume_when_drained(self) -> None:
         from twisted.internet import reactor  # here: importing it early would install the wrong reactor
 
+        if self.transport.connected and peer_hung_up(self.transport):
+            # A paused socket is not read, so Twisted would see the client go only once
+            # its session had worked through half the queue at its budget's pace.
+            logger.info("client %s hung up while its socket was paused", self.client_addr,
+                        extra={"event": "paused_client_gone"})
+            self._reading_paused = False
+            self.transport.abortConnection()  # connectionLost -> onClose, as for any loss
+            return
         if self.application_queue.qsize() > settings.WEBSOCKET_MAX_INBOUND_QUEUE // 2 \
                 and self.transport.connected:
             reactor.callLater(self.RESUME_CHECK_SECONDS, self._resume_when_drained)
@@ -229,8 +280,51 @@ def install(listen_error: Callable[[Any, Any], Any]) -> None:
 
     verify_unsent_bytes_figure()
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
+    if not getattr(daphne.server.Server.create_application, "adds_client_gone", False):
+        daphne.server.Server.create_application = with_client_gone(daphne.server.Server.create_application)
     daphne.http_protocol.WebRequest = BoundedWebRequest  # HTTPFactory.buildProtocol reads this name
     daphne.server.Server.listen_error = listen_error
+
+
+def with_client_gone(create_application: Callable[..., Any]) -> Callable[..., Any]:
+    """Daphne's Server.create_application(protocol, scope), with the protocol's
+    client_gone event put into the scope (CLIENT_GONE) first."""
+
+    def create(server: Any, protocol: Any, scope: dict[str, Any]) -> Any:
+        gone = getattr(protocol, "client_gone", None)
+        if gone is not None:
+            scope[CLIENT_GONE] = gone
+        return create_application(server, protocol, scope)
+
+    create.adds_client_gone = True  # type: ignore[attr-defined]
+    return create
+
+
+class NoticesLostConnection:
+    """A mixin for an async consumer whose handlers may wait long (a session held by its
+    audio budget): `connection_lost()` is called as soon as Daphne loses the connection
+    (CLIENT_GONE in the scope), while a handler still waits and websocket.disconnect is
+    queued behind the client's other messages, and again when the application ends
+    however it ends: done, failed, or cancelled by Daphne (application_close_timeout
+    after its client left; then the disconnect handler never runs)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        gone = scope.get(CLIENT_GONE)
+        watcher = asyncio.ensure_future(self._when_gone(gone)) if gone is not None else None
+        try:
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self.connection_lost()
+
+    async def _when_gone(self, gone: asyncio.Event) -> None:
+        await gone.wait()
+        self.connection_lost()
+
+    def connection_lost(self) -> None:
+        """What the connection held is let go. Called more than once, and maybe in a
+        cancelled task: it must be idempotent and await nothing."""
 
 
 class DispatchWithoutDatabaseCleanup:

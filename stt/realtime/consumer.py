@@ -67,3 +67,8 @@ class RealtimeConsumer(TranscribeConsumer):
         if self.realtime is not None:
             await self.realtime.on_disconnect()  # first: pending speech must not wait on Redis
         await self._leave_groups()
+
+    def connection_lost(self) -> None:
+        if self.realtime is not None:
+            self.realtime.client_gone()
+        super().connection_lost()

@@ -101,8 +101,12 @@ class RealtimeSession:
         return True
 
     async def on_disconnect(self) -> None:
+        self.client_gone()
+
+    def client_gone(self) -> None:
+        """The client is gone (SttSession.client_gone: nothing awaited, idempotent)."""
         self._open = False
-        await self.session.on_disconnect()
+        self.session.client_gone()
 
     def _session_object(self, dialect: str) -> dict[str, Any]:
         assert self.config is not None

@@ -45,6 +45,17 @@ class AudioBudget:
             if account.members <= 0:
                 del self._accounts[owner]
 
+    def refund(self, owner: Hashable, audio_seconds: float) -> None:
+        """Give back a charge whose audio was not taken after all (its session ended while
+        it waited), up to the burst; an account already closed has nothing to get back."""
+        per_session = self._rate_per_session()
+        with self._lock:
+            account = self._accounts.get(owner)
+            if account is None or per_session <= 0:
+                return
+            cap = per_session * max(1, account.members) * BURST_SECONDS
+            account.balance = min(cap, account.balance + audio_seconds)
+
     def wait_for(self, owner: Hashable, audio_seconds: float, now: float) -> float:
         """Charge `audio_seconds` to `owner`; how long (s) to wait before taking them."""
         per_session = self._rate_per_session()

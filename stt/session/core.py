@@ -38,6 +38,8 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
         registry.arrive(self)  # before the await: admission is in arrival order
         try:
             self.runtime = await self.services.runtime.values()
+            if self._ending:  # the client left while that was awaited: nothing to admit
+                return False
             self.engine.set_failure_thresholds(self.runtime.transcription_failure_threshold,
                                                self.runtime.gpu_failure_threshold)
             refusal = self._admit()
@@ -141,7 +143,8 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
                 raise SttError("session_not_started", "send start_session before audio; the frame was dropped")
             if samples is None:
                 samples = decode_frame(frame or b"", settings.MAX_AUDIO_FRAME_SAMPLES)
-            await self._within_audio_budget(len(samples) / protocol.SAMPLE_RATE)
+            if not await self._within_audio_budget(len(samples) / protocol.SAMPLE_RATE):
+                return  # the session is ending: the audio is dropped
             if self._ending or samples.size == 0:
                 return
             await self.stream.push_audio(samples)
@@ -154,8 +157,15 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
 
     async def on_disconnect(self) -> None:
         """The client is gone: finish its pending speech for the record, in the background."""
+        self.client_gone()
+
+    def client_gone(self) -> None:
+        """on_disconnect without an await, for a consumer being cancelled or one that learnt
+        of the loss before its disconnect message: the session starts ending at once (a
+        wait for the audio budget stops), its pending speech is finished in the background,
+        and it leaves the registry when that is done. Idempotent."""
         self._transport_open = False
-        if self._ending:
+        if self._ending or self._state == "closed":
             return
         spawn(self.end(FinalReason.DISCONNECT, ended_reason="client_disconnected"))
 
@@ -166,6 +176,7 @@ class SttSession(ControlHandlers, ResultDelivery, SessionLimits):
         if self._ending:
             return
         self._ending = True
+        self._ending_event.set()
         self.ended_reason = ended_reason
         if self._state != "error":
             self._state = "disconnecting"

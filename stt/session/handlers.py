@@ -67,6 +67,8 @@ class ControlHandlers(SessionKeyterms):
         except SttError as error:
             await self.fail(error, CloseCode.INTERNAL_ERROR)
             return
+        if self._ending:  # ended while the model loaded (its client gone): no stream to leave open
+            return
         check_language(info, config.language, "language")
         self._check_keyterms(config, config.language or self.context.language_context)
         self.config, self.raw_config, self.runtime = config, raw, runtime

@@ -38,11 +38,22 @@ class SessionLimits(SessionState):
                                                             f"messages per second for {who}; dropped"))
         return False
 
-    async def _within_audio_budget(self, audio_seconds: float) -> None:
-        """Wait until the key's audio budget covers these seconds of audio."""
-        delay = self.services.audio_budget.wait_for(self.budget_owner, audio_seconds, self._clock())
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def _within_audio_budget(self, audio_seconds: float) -> bool:
+        """Wait until the key's audio budget covers these seconds of audio. False when the
+        session starts ending meanwhile (its client gone, above all): the wait stops at
+        once, the audio is not taken and its charge is given back. A wait that ran its
+        course would hold the consumer, and the disconnect queued behind it, past Daphne's
+        application_close_timeout (issue 23 #3)."""
+        budget = self.services.audio_budget
+        delay = budget.wait_for(self.budget_owner, audio_seconds, self._clock())
+        if delay <= 0:
+            return True
+        try:
+            await asyncio.wait_for(self._ending_event.wait(), delay)
+        except TimeoutError:
+            return True
+        budget.refund(self.budget_owner, audio_seconds)
+        return False
 
     def _start_watchdog(self) -> None:
         self._watchdog = asyncio.ensure_future(self._watch_limits())

@@ -94,6 +94,8 @@ class SessionState:
         self._state = "connecting"
         self._transport_open = True
         self._ending = False
+        # Set with _ending: what waits for the client's sake (the audio budget) stops waiting.
+        self._ending_event = asyncio.Event()
         self._announced: set[str] = set()  # utterances the client heard of, final pending
         self.finished: asyncio.Future = asyncio.get_running_loop().create_future()
 

@@ -174,3 +174,62 @@ async def test_messages_do_not_wait_for_djangos_thread_sensitive_thread():
         await communicator.disconnect()
     assert reply["type"] == "error"
     assert waited < 1.0, f"the reply waited {waited:.2f} s for the thread-sensitive thread"
+
+
+async def live_with_label(label: str) -> list:
+    from monitoring.registry import registry
+
+    return [session for session in registry.sessions() if session.session_id == label]
+
+
+async def close_reason_of(label: str) -> str:
+    from asgiref.sync import sync_to_async
+
+    from stt.models import SessionRecord
+    from stt.persistence import history
+
+    assert await history.drain()
+    return await sync_to_async(lambda: SessionRecord.objects.get(session_id=label).close_reason)()
+
+
+async def waiting_on_its_budget(communicator: WebsocketCommunicator, label: str, settings) -> None:
+    """A started session whose frame waits about 100 s for its audio budget."""
+    settings.AUDIO_BUDGET_PER_SESSION = 0.01
+    await start(communicator, session_id=label)
+    await communicator.send_to(bytes_data=frames(silence(1.0), 16000)[0])
+    await asyncio.sleep(0.2)
+    assert await live_with_label(label)
+
+
+async def until_gone(label: str, within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while await live_with_label(label):
+        assert loop.time() < deadline, f"session {label} still registered {within:g} s on"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_consumer_killed_while_its_session_waits_ends_the_session(engine, settings):
+    """Issue 23 #3: Daphne cancels an application still running application_close_timeout
+    after its client left; the session never heard of it and stayed registered."""
+    communicator = await connect()
+    await waiting_on_its_budget(communicator, "killed-1", settings)
+    communicator.future.cancel()  # what Daphne's application checker does
+    await until_gone("killed-1")
+    assert await close_reason_of("killed-1") == "client_disconnected"
+
+
+async def test_a_connection_lost_under_daphne_ends_the_waiting_session_before_its_queue_is_read(engine, settings):
+    """Daphne signals the lost connection in the scope (stt.daphne_protocol.CLIENT_GONE):
+    the session ends although the websocket.disconnect message is still queued behind
+    the frame that waits for its budget."""
+    from stt.daphne_protocol import CLIENT_GONE
+
+    communicator = WebsocketCommunicator(application, "/ws/transcribe")
+    gone = communicator.scope[CLIENT_GONE] = asyncio.Event()
+    assert (await communicator.connect(timeout=10))[0]
+    await waiting_on_its_budget(communicator, "lost-1", settings)
+    gone.set()  # what ClosingWebSocketProtocol.onClose does
+    await until_gone("lost-1")
+    assert await close_reason_of("lost-1") == "client_disconnected"
+    await communicator.disconnect()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import socket
+import struct
 
 import pytest
 from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
@@ -16,8 +17,8 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 
 from stt.daphne_protocol import (
-    BoundedWebRequest, ClosingWebSocketFactory, ClosingWebSocketProtocol, UnsentBytesUnknown, unsent_bytes,
-    verify_unsent_bytes_figure,
+    CLIENT_GONE, BoundedWebRequest, ClosingWebSocketFactory, ClosingWebSocketProtocol, UnsentBytesUnknown,
+    peer_hung_up, unsent_bytes, verify_unsent_bytes_figure, with_client_gone,
 )
 
 
@@ -126,6 +127,19 @@ class TestDaphneInternals:
         server_transport.resumeProducing()
         assert server_transport.connected
 
+    def test_the_application_is_created_with_the_scope_we_add_to_and_the_loss_reported_to_onclose(self):
+        assert parameters(daphne_server.Server.create_application) in (["self", "protocol", "scope"],
+                                                                        ["server", "protocol", "scope"])
+        assert "self.server.create_application" in inspect.getsource(WebSocketProtocol.onConnect)
+        assert parameters(WebSocketProtocol.onConnect) == ["self", "request"]
+        assert parameters(WebSocketProtocol.onClose) == ["self", "wasClean", "code", "reason"]
+        assert "websocket.disconnect" in inspect.getsource(WebSocketProtocol.onClose)
+
+    def test_channels_consumers_are_called_with_scope_receive_send(self):
+        from channels.consumer import AsyncConsumer
+
+        assert parameters(AsyncConsumer.__call__) == ["self", "scope", "receive", "send"]
+
     def test_our_protocol_is_the_factorys(self):
         assert ClosingWebSocketFactory.protocol is ClosingWebSocketProtocol
         assert issubclass(ClosingWebSocketProtocol, WebSocketProtocol)
@@ -158,3 +172,102 @@ class TestDispatch:
         assert seen == [{"type": "stt.control", "action": "x"}]
         with pytest.raises(ValueError):
             await consumer.dispatch({"type": "no.such"})
+
+
+@pytest.fixture
+def tcp_pair():
+    """A connected TCP pair on the loopback: (the server's side, the client's side)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    yield server, client
+    server.close()
+    client.close()
+
+
+class TestAClientGoneWhileItsSocketIsPaused:
+    """Issue 23 #3: a paused socket is not read, so its client's reset or close went
+    unseen until its session had worked through half its queue."""
+
+    def transport(self, sock: socket.socket) -> tcp.Server:
+        return tcp.Server(sock, Protocol(), ("127.0.0.1", 50000), None, 1, NoReactor())
+
+    def test_a_live_client_with_unread_frames_has_not_hung_up(self, tcp_pair):
+        server, client = tcp_pair
+        client.sendall(b"frame" * 1000)
+        assert not peer_hung_up(self.transport(server))
+
+    def test_a_client_that_reset_the_connection_has_hung_up(self, tcp_pair):
+        server, client = tcp_pair
+        client.sendall(b"frame" * 1000)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        assert until(lambda: peer_hung_up(self.transport(server)))
+
+    def test_a_client_that_closed_behind_its_unread_frames_has_hung_up(self, tcp_pair):
+        server, client = tcp_pair
+        client.sendall(b"frame" * 1000)
+        client.shutdown(socket.SHUT_WR)
+        assert until(lambda: peer_hung_up(self.transport(server)))
+        assert server.recv(5) == b"frame", "nothing was read to find out"
+
+    def test_a_wrapping_transport_is_looked_through(self, tcp_pair):
+        server, client = tcp_pair
+        client.shutdown(socket.SHUT_WR)
+
+        class Wrapper:  # TLS: its handle is not a socket
+            transport = self.transport(server)
+
+            def getHandle(self):
+                return object()
+
+        assert until(lambda: peer_hung_up(Wrapper()))
+        assert not peer_hung_up(object()), "no socket: nothing known"
+
+
+class TestTheLossInTheScope:
+    def test_the_protocols_event_goes_into_the_scope_of_its_application(self):
+        import asyncio
+
+        made = []
+
+        class Protocol_:
+            client_gone = asyncio.Event()
+
+        create = with_client_gone(lambda server, protocol, scope: made.append(scope) or "queue")
+        assert create(None, Protocol_(), {"type": "websocket"}) == "queue"
+        assert made[0][CLIENT_GONE] is Protocol_.client_gone
+        create(None, object(), {"type": "http"})
+        assert CLIENT_GONE not in made[1], "an HTTP request has none"
+
+    def test_onclose_sets_the_event_after_daphne_queued_the_disconnect(self):
+        import asyncio
+
+        class Queue:
+            messages: list = []
+
+            def put_nowait(self, message):
+                self.messages.append(message)
+
+        protocol = ClosingWebSocketProtocol.__new__(ClosingWebSocketProtocol)
+        protocol.server = type("S", (), {"protocol_disconnected": lambda self, p: None,
+                                         "log_action": lambda self, *a: None})()
+        protocol.request = type("R", (), {"path": "/ws/transcribe"})()
+        protocol.client_addr = ["127.0.0.1", 5000]
+        protocol.application_queue = Queue()
+        protocol.client_gone = asyncio.Event()
+        protocol.onClose(False, 1006, "reset")
+        assert Queue.messages == [{"type": "websocket.disconnect", "code": 1006}]
+        assert protocol.client_gone.is_set()
+
+
+def until(condition, seconds: float = 2.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

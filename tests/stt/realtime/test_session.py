@@ -3,16 +3,20 @@ and model (no Channels: a transport that records what the client is sent)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 
 from stt.evaluation import word_error_rate
 from stt.models import SessionRecord
 from stt.persistence import history
-from stt.realtime import BETA
+from stt.realtime import BETA, RealtimeSession
+from stt.session.budget import AudioBudget
 from tests.conftest import JFK_PATH, JFK_TEXT
 from tests.stt.realtime.support import (
     COMPLETED,
+    append_events,
     items_completed,
     load_24k,
     open_realtime,
@@ -21,7 +25,8 @@ from tests.stt.realtime.support import (
     stream,
     until,
 )
-from tests.stt.session.support import open_session
+from tests.stt.session.support import (HistoryRecorder, ManualClock, SettingsRuntime, Transport, open_session,
+                                       session_services)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -238,3 +243,23 @@ class TestBadInput:
         await until(transport, lambda t: t.closed is not None, timeout=10)
         assert transport.closed[0] == 1008
         assert transport.of("error")[-1]["error"]["code"] == "too_many_errors"
+
+
+class TestAClientGone:
+    async def test_a_client_gone_behind_a_large_append_over_the_budget_ends_its_session_at_once(self, engine):
+        """Issue 23 #3 on /v1/realtime: an append of many seconds waited its whole budget
+        before the disconnect could be seen."""
+        services = session_services(engine, audio_budget=AudioBudget(lambda: 0.01), clock=ManualClock(),
+                                    history=HistoryRecorder(), runtime=SettingsRuntime())
+        transport = Transport()
+        realtime = RealtimeSession(transport.send, transport.close, services, client="127.0.0.1:5000")
+        assert await realtime.open()
+        [append] = append_events(quiet(10.0), chunk_seconds=10.0)  # 10 s of audio: a 1000 s wait
+        waiting = asyncio.ensure_future(realtime.on_text(append))
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "the append waits for its budget"
+        await realtime.on_disconnect()
+        await asyncio.wait_for(waiting, 2)
+        summary = await asyncio.wait_for(realtime.session.finished, 5)
+        assert summary["reason"] == "client_disconnected" and not services.registry.sessions()
+        assert realtime.session.record.close_reason == "client_disconnected"

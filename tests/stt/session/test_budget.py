@@ -58,3 +58,14 @@ def test_a_key_whose_sessions_all_left_starts_afresh():
     audio.leave("key")
     audio.join("key")
     assert audio.wait_for("key", 1.0, now=0.0) == 0.0
+
+
+def test_audio_given_back_refills_the_balance_up_to_the_burst():
+    audio = budget(1.0)
+    audio.join("key")
+    assert audio.wait_for("key", BURST_SECONDS + 3.0, now=0.0) == pytest.approx(3.0)
+    audio.refund("key", 3.0)  # the frame was not taken after all (its session ended)
+    assert audio.wait_for("key", 1.0, now=1.0) == 0.0, "owing nothing: the second refilled pays for it"
+    audio.refund("key", 100.0)
+    assert audio.wait_for("key", BURST_SECONDS + 1.0, now=1.0) == pytest.approx(1.0), "no more than the burst"
+    audio.refund("nobody", 1.0)  # an account already gone: nothing to give back

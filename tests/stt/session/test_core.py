@@ -110,6 +110,20 @@ class TestStartingASession:
         assert await first_open is True and not first_seen.errors()
         await first.end("session_end", ended_reason="test")
 
+    async def test_a_client_gone_while_its_admission_is_decided_is_never_registered(self, engine):
+        """Issue 23 #3: the loss is now seen at once (stt.daphne_protocol), so it can come
+        while open() awaits; the session it ended must not be registered after all."""
+        may_read = asyncio.Event()
+        services = session_services(engine, runtime=SlowFirstRuntime(may_read))
+        session = SttSession(Transport().send, Transport().close, services)
+        opening = asyncio.ensure_future(session.open())
+        await asyncio.sleep(0)
+        await session.on_disconnect()
+        await asyncio.wait_for(session.finished, 5)
+        may_read.set()
+        assert await opening is False
+        assert not services.registry.sessions() and session.state == "closed"
+
 
 class SlowFirstRuntime(SettingsRuntime):
     """The settings' runtime values, whose first read waits for `release`."""

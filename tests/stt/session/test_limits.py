@@ -86,3 +86,37 @@ async def test_audio_over_the_budget_is_delayed_never_dropped(engine):
     summary = transport.of("session_ended")[0]["data"]
     assert summary["audio_received_s"] == pytest.approx(audio_seconds, abs=0.1) and summary["errors"] == 0
     assert not transport.errors()
+
+
+async def budget_bound_session(engine) -> tuple[SttSession, Transport, asyncio.Task]:
+    """A session whose next frame waits 48 s for its budget (0.01 s of audio per second,
+    0.02 s of burst, a clock that does not move), with that frame waiting."""
+    services = session_services(engine, audio_budget=AudioBudget(lambda: 0.01), clock=ManualClock(),
+                                history=HistoryRecorder(), runtime=SettingsRuntime())
+    session, transport = await open_session(engine, services=services)
+    waiting = asyncio.ensure_future(session.on_audio(frames(silence(0.5), 8000)[0]))
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "the frame waits for its budget"
+    return session, transport, waiting
+
+
+async def test_a_client_gone_while_its_frame_waits_for_the_budget_ends_its_session_at_once(engine):
+    """Issue 23 #3: the wait ran its course first, the disconnect queued behind it, and
+    Daphne killed the application before the session could end."""
+    session, transport, waiting = await budget_bound_session(engine)
+    await session.on_disconnect()
+    await asyncio.wait_for(waiting, 2)
+    summary = await asyncio.wait_for(session.finished, 5)
+    assert summary["reason"] == "client_disconnected" and session.record.close_reason == "client_disconnected"
+    assert not session.services.registry.sessions(), "off the registry: /stats and /ready are clear"
+    assert session.audio_received_ms == 0, "the frame it waited with was not taken"
+
+
+async def test_a_session_ended_by_the_server_stops_waiting_for_the_budget_and_gives_the_charge_back(engine):
+    session, transport, waiting = await budget_bound_session(engine)
+    budget = session.services.audio_budget
+    budget.join(session.budget_owner)  # another session on the same budget, which stays
+    await session.end("session_end", ended_reason="test")
+    await asyncio.wait_for(waiting, 2)
+    assert session.audio_received_ms == 0
+    assert budget.wait_for(session.budget_owner, 0.01, session.services.clock()) == 0.0, "the frame not taken is not paid"
