@@ -8,7 +8,7 @@ import functools
 from fasttalk.celery import app as celery_app
 from monitoring.sources import ServiceSources
 from stt import protocol
-from stt.auth import api_key_of_request, on_checked_connection
+from stt.auth import api_key_of_request, look_up_off_loop
 from stt.engine import DecodeOptions, get_engine
 from stt.persistence import history
 from stt.services import process_capacity_gate
@@ -19,5 +19,5 @@ def service_sources() -> ServiceSources:
     return ServiceSources(engine=get_engine, history=history, celery_app=celery_app,
                           probe_options=DecodeOptions.partial("en"),
                           protocol_version=protocol.PROTOCOL_VERSION, sample_rate=protocol.SAMPLE_RATE,
-                          api_key_of=functools.partial(on_checked_connection, api_key_of_request),
+                          api_key_of=functools.partial(look_up_off_loop, api_key_of_request),
                           capacity=lambda: process_capacity_gate().verdict().as_dict())

@@ -138,9 +138,13 @@ class SessionRegistry:
         with self._lock:
             return list(self._live.values())
 
-    def snapshot(self) -> dict[str, Any]:
-        """The design document's "Enhanced Connection Statistics" for this process."""
+    def snapshot(self, of_key: int | None = None) -> dict[str, Any]:
+        """The design document's "Enhanced Connection Statistics" for this process. With
+        `of_key`, `processing_stats` lists that API key's sessions only (a tenant sees no
+        other tenant's ids); the counts and latency figures stay the process's (no ids in
+        them, and `/` and `/ready` show the connection count publicly anyway)."""
         sessions = self.sessions()
+        listed = sessions if of_key is None else [s for s in sessions if _key_of(s) == of_key]
         by_state = {state: 0 for state in CONNECTION_STATES}
         for session in sessions:
             by_state[session.state] = by_state.get(session.state, 0) + 1
@@ -154,7 +158,8 @@ class SessionRegistry:
             "rejected_connections": self.rejected_connections,
             "connections_by_state": by_state,
             # Keyed by the server's id: clients may pick the same session_id (the entry's label).
-            "processing_stats": {s.connection_id: s.stats_entry() for s in sessions},
+            "processing_stats": {s.connection_id: s.stats_entry() for s in listed},
+            "processing_stats_scope": "process" if of_key is None else "api_key",
             "performance_metrics": {
                 "avg_partial_latency_ms": _ms(_mean(partial)),
                 "avg_final_latency_ms": _ms(_mean(final)),

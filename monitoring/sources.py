@@ -4,7 +4,11 @@ so that monitoring never imports the service it watches."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
+
+
+async def _no_key(authorization: str) -> Any:
+    return None
 
 
 @dataclass(frozen=True)
@@ -15,8 +19,9 @@ class ServiceSources:
     probe_options: Any  # decode options of the health probe
     protocol_version: str
     sample_rate: int
-    # The API key an `Authorization` header names, or None (blocking: called in a pool thread).
-    api_key_of: Callable[[str], Any] = lambda authorization: None
+    # The API key an `Authorization` header names, or None; looked up off the event loop
+    # on threads of its own (never queued behind uploads' work).
+    api_key_of: Callable[[str], Awaitable[Any]] = _no_key
     # Whether this process takes new sessions by its measured capacity: a dict with at
     # least `full` (bool) and `retry_after`, or None when it is not judged.
     capacity: Callable[[], dict[str, Any] | None] = lambda: None

@@ -6,6 +6,8 @@ see monitoring/urls.py): monitoring imports nothing from stt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -69,25 +71,36 @@ async def ready(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
     return JsonResponse(state, status=200 if state["ready"] else 503)
 
 
-async def may_read_stats(request: HttpRequest, sources: ServiceSources) -> bool:
+@dataclass(frozen=True)
+class StatsReader:
+    """Who reads /stats: every session (staff, or anyone in open mode) when `key_id` is
+    None, else the sessions of that API key only."""
+
+    key_id: int | None = None
+
+
+async def stats_reader(request: HttpRequest, sources: ServiceSources) -> StatsReader | None:
     """With AUTH_REQUIRED, the live session list is for an API key (Authorization:
-    Bearer ftk_…) or a signed-in staff user; open mode shows it to anyone."""
+    Bearer ftk_…, its own sessions) or a signed-in staff user (all of them); open mode
+    shows it all to anyone (every session there is anonymous). None: refused."""
     if not settings.AUTH_REQUIRED:
-        return True
+        return StatsReader()
     user = await request.auser()
     if user.is_active and user.is_staff:
-        return True
+        return StatsReader()
     authorization = request.headers.get("Authorization", "")
-    # In a pool thread, not Django's one thread-sensitive thread (admin pages wait there).
-    return bool(authorization) and await sync_to_async(sources.api_key_of, thread_sensitive=False)(
-        authorization) is not None
+    if not authorization:
+        return None
+    key = await sources.api_key_of(authorization)
+    return None if key is None else StatsReader(key_id=key.pk)
 
 
 async def stats(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
-    if not await may_read_stats(request, sources):
+    reader = await stats_reader(request, sources)
+    if reader is None:
         return JsonResponse({"error": {"code": "unauthorized", "message": "send an API key as Authorization: "
                                        "Bearer ftk_..., or sign in to the admin as staff"}}, status=401)
-    snapshot = registry.snapshot()
+    snapshot = registry.snapshot(of_key=reader.key_id)
     engine = sources.engine()
     history = sources.history
     snapshot["engine"] = {

@@ -10,8 +10,9 @@
   browser form is taken too (subprotocols `realtime` and
   `openai-insecure-api-key.<key or token>`; answered with `realtime`), for
   /v1/realtime clients.
-- AUTH_REQUIRED=false runs the service open (development); Origin is checked in any
-  case: the service's own origin, or one in ALLOWED_ORIGINS.
+- AUTH_REQUIRED=false runs the service open (development); Host and Origin are checked
+  in any case: Host one of DJANGO_ALLOWED_HOSTS (as Django checks every HTTP request's),
+  Origin the service's own origin, or one in ALLOWED_ORIGINS.
 - With AUTH_REQUIRED, /stats (the live session list) is for API keys and staff users.
 
 Credentials are never logged.
@@ -19,11 +20,13 @@ Credentials are never logged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
@@ -32,6 +35,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core import signing
 from django.db import close_old_connections
+from django.http.request import split_domain_port, validate_host
 
 from stt.messages import AUTH_SUBPROTOCOL_PREFIX, SUBPROTOCOL
 
@@ -59,6 +63,9 @@ class Decision:
     principal: Principal | None
     reason: str = ""  # why not, for the log (never the credential)
     subprotocol: str | None = None
+    # When the credential stops opening connections (Unix time): a token's expiry; None
+    # for an API key, valid until revoked. Bounds how long an admission may be remembered.
+    expires_at: float | None = None
 
 
 def hash_key(raw: str) -> str:
@@ -76,11 +83,18 @@ def _signer() -> signing.TimestampSigner:
     return signing.TimestampSigner(salt=_TOKEN_SALT, sep=".")
 
 
+def _token_expiry(token: str) -> float:
+    """When a well-formed token expires (Unix time): its signing time, which the signer
+    keeps in whole seconds, plus AUTH_TOKEN_TTL_SECONDS; what `key_for` judges it by."""
+    issued = signing.b62_decode(token.rsplit(".", 2)[-2])
+    return float(issued + settings.AUTH_TOKEN_TTL_SECONDS)
+
+
 def mint_token(key: Any) -> tuple[str, datetime]:
     """A token for a browser, acting for `key` until it expires."""
     payload = signing.b64_encode(json.dumps({"k": key.pk}).encode()).decode()
-    ttl = settings.AUTH_TOKEN_TTL_SECONDS
-    return _signer().sign(payload), datetime.now(timezone.utc) + timedelta(seconds=ttl)
+    token = _signer().sign(payload)
+    return token, datetime.fromtimestamp(_token_expiry(token), timezone.utc)
 
 
 def _principal(key: Any) -> Principal:
@@ -93,16 +107,23 @@ def _principal(key: Any) -> Principal:
 
 def key_for(credential: str) -> Any:
     """The active ApiKey a credential (key or token) stands for, or None."""
+    return key_and_expiry(credential)[0]
+
+
+def key_and_expiry(credential: str) -> tuple[Any, float | None]:
+    """The active ApiKey a credential stands for (or None), and when the credential
+    expires (Unix time; None for a key, which lives until revoked)."""
     from stt.models import ApiKey
 
     if credential.startswith(KEY_PREFIX):
-        return ApiKey.objects.filter(key_hash=hash_key(credential), revoked_at__isnull=True).first()
+        return ApiKey.objects.filter(key_hash=hash_key(credential), revoked_at__isnull=True).first(), None
     try:
         payload = _signer().unsign(credential, max_age=settings.AUTH_TOKEN_TTL_SECONDS)
         key_id = json.loads(signing.b64_decode(payload.encode()))["k"]
+        expires_at = _token_expiry(credential)
     except (signing.BadSignature, ValueError, KeyError, TypeError):
-        return None
-    return ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).first()
+        return None, None
+    return ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).first(), expires_at
 
 
 def _headers(scope: dict) -> dict[str, str]:
@@ -154,9 +175,22 @@ def origin_allowed(origin: str | None, host: str | None = None) -> bool:
     return normalized in {o.rstrip("/").lower() for o in allowed}
 
 
+def host_served(host: str | None) -> bool:
+    """Whether a handshake's Host is one of DJANGO_ALLOWED_HOSTS, as Django requires of
+    every HTTP request: the same-origin rule trusts Host, and DNS rebinding hands a
+    foreign page this service's address under its own name. No Host header (ASGI test
+    clients; HTTP/1.1 clients always send one) is not checked."""
+    if host is None:
+        return True
+    domain, _port = split_domain_port(host.strip())
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+
+
 def authorize_handshake(scope: dict) -> Decision:
     """Whether a WebSocket handshake may be accepted, and as whom (sync: touches the DB)."""
     headers = _headers(scope)
+    if not host_served(headers.get("host")):
+        return Decision(None, f"host {headers.get('host')!r} is not in DJANGO_ALLOWED_HOSTS")
     if not origin_allowed(headers.get("origin"), headers.get("host")):
         return Decision(None, f"origin {headers.get('origin')!r} is not in ALLOWED_ORIGINS")
     subprotocol = answered_subprotocol(list(scope.get("subprotocols") or []))
@@ -165,13 +199,13 @@ def authorize_handshake(scope: dict) -> Decision:
         if settings.AUTH_REQUIRED:
             return Decision(None, "no credential")
         return Decision(Principal.anonymous(), subprotocol=subprotocol)
-    key = key_for(credential)
+    key, expires_at = key_and_expiry(credential)
     if key is None:
         if is_openai_placeholder(credential, scope.get("path", "")):
             return Decision(Principal.anonymous(), subprotocol=subprotocol)
         return Decision(None, "invalid, expired or revoked credential")
     note_key_used(key)
-    return Decision(_principal(key), subprotocol=subprotocol)
+    return Decision(_principal(key), subprotocol=subprotocol, expires_at=expires_at)
 
 
 def is_openai_placeholder(credential: str, path: str) -> bool:
@@ -250,3 +284,22 @@ def on_checked_connection(function: Callable[..., T], *args: Any) -> T:
         return function(*args)
     finally:
         close_old_connections()
+
+
+KEY_LOOKUP_THREADS = 4
+
+
+@functools.cache
+def key_lookup_pool() -> ThreadPoolExecutor:
+    """Threads for API-key lookups of their own: a lookup never queues behind other
+    blocking work of the process (uploads' decoding above all, issue 23)."""
+    return ThreadPoolExecutor(KEY_LOOKUP_THREADS, thread_name_prefix="stt-key-lookup")
+
+
+async def look_up_off_loop(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` on a checked connection (on_checked_connection), on a key-lookup
+    thread: for the asynchronous callers that authenticate a request."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(on_checked_connection, thread_sensitive=False,
+                               executor=key_lookup_pool())(function, *args)

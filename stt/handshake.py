@@ -12,7 +12,7 @@ than on Django's single thread-sensitive thread, so handshakes never queue behin
 another or behind other sync work there; and an admission is remembered for
 AUTH_CACHE_SECONDS, so a backend that reconnects (or opens many sessions) does not
 query the database each time. Revoking a key therefore stops new connections within
-AUTH_CACHE_SECONDS.
+AUTH_CACHE_SECONDS; an expired token is refused from its expiry on, whatever the cache.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from asgiref.sync import sync_to_async
-from stt.auth import Decision, authorize_handshake, credential_from_scope, on_checked_connection
+from stt.auth import Decision, authorize_handshake, credential_from_scope, look_up_off_loop
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +39,22 @@ def _authorize_or_refuse(authorize: Authorize, scope: dict) -> Decision:
 
 
 class RecentAdmissions:
-    """Handshakes admitted with a credential in the last `ttl_seconds`, by everything
+    """Handshakes admitted with a credential, remembered for `ttl_seconds` from the start
+    of their lookup and never past the credential's own expiry (a token's), by everything
     the decision depended on (the credential's digest, Origin, Host, the subprotocols
-    offered). Refusals are never remembered. Used on the event loop only."""
+    offered). Refusals are never remembered. Used on the event loop only.
+
+    Counting from the lookup's start keeps the documented bound: a key revoked at R is
+    refused by every process from R + ttl on, however slow the lookup that read it."""
 
     MAX_ENTRIES = 10000
 
-    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.ttl_seconds = ttl_seconds
         self.clock = clock
-        self._entries: dict[tuple, tuple[float, Decision]] = {}
+        self.wall_clock = wall_clock  # what a credential's expiry (Unix time) is measured on
+        self._entries: dict[tuple, tuple[float, Decision]] = {}  # key -> (deadline on `clock`, decision)
 
     @staticmethod
     def _key(scope: dict) -> tuple | None:
@@ -64,20 +69,28 @@ class RecentAdmissions:
     def get(self, scope: dict) -> Decision | None:
         key = self._key(scope)
         entry = self._entries.get(key) if key is not None else None
-        if entry is None or self.clock() - entry[0] > self.ttl_seconds:
+        if entry is None or self.clock() >= entry[0]:
             return None
         return entry[1]
 
-    def remember(self, scope: dict, decision: Decision) -> None:
+    def remember(self, scope: dict, decision: Decision, looked_up_at: float | None = None) -> None:
+        """Remember an admission whose lookup began at `looked_up_at` (on `clock`; now
+        if not given)."""
         key = self._key(scope)
         # Only keys are remembered: an anonymous admission (an OpenAI placeholder key on
         # an open service) depends on the path and on AUTH_REQUIRED, not on the credential.
         if key is None or decision.principal is None or decision.principal.key_id is None \
                 or self.ttl_seconds <= 0:
             return
+        now = self.clock()
+        deadline = (now if looked_up_at is None else looked_up_at) + self.ttl_seconds
+        if decision.expires_at is not None:
+            deadline = min(deadline, now + decision.expires_at - self.wall_clock())
+        if deadline <= now:
+            return
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()  # a crude bound; entries are cheap to make again
-        self._entries[key] = (self.clock(), decision)
+        self._entries[key] = (deadline, decision)
 
 
 def client_address(scope: dict) -> str | None:
@@ -120,7 +133,9 @@ class HandshakeMiddleware:
             return _authorize_or_refuse(self.authorize, scope)
         decision = self.admissions.get(scope)
         if decision is None:
-            decision = await sync_to_async(on_checked_connection, thread_sensitive=False)(
-                _authorize_or_refuse, self.authorize, scope)
-            self.admissions.remember(scope, decision)
+            looked_up_at = self.admissions.clock()
+            # On the key-lookup threads: never behind uploads' work, nor Django's one
+            # thread-sensitive thread (admin pages wait there).
+            decision = await look_up_off_loop(_authorize_or_refuse, self.authorize, scope)
+            self.admissions.remember(scope, decision, looked_up_at)
         return decision

@@ -78,3 +78,16 @@ def test_percentile_picks_the_nearest_rank():
     assert percentile([], 0.5) is None
     assert percentile([3, 1, 2], 0.5) == 2
     assert percentile(range(101), 0.95) == 95
+
+
+def test_a_keys_snapshot_lists_only_its_sessions_and_says_so():
+    registry = SessionRegistry()
+    for fake in (Fake("mine", "buffering", "u1", key_id=7), Fake("theirs", "processing", "u2", key_id=8),
+                 Fake("anonymous")):
+        registry.try_register(fake, limit=10)
+    own = registry.snapshot(of_key=7)
+    assert list(own["processing_stats"]) == ["mine"] and own["processing_stats_scope"] == "api_key"
+    assert own["active_connections"] == 3, "counts stay the process's (public on / and /ready)"
+    everything = registry.snapshot()
+    assert set(everything["processing_stats"]) == {"mine", "theirs", "anonymous"}
+    assert everything["processing_stats_scope"] == "process"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import asyncio
 import io
 import json
 import logging
@@ -12,6 +14,7 @@ from django.test import AsyncClient
 from monitoring.logs import JsonFormatter
 from monitoring.registry import registry
 from stt.engine import DecodeOptions
+from stt.persistence import HistoryStats, error_write, history
 from stt.services import process_session_services
 from stt.session import SttSession
 from tests.stt.engine.helpers import unique
@@ -31,6 +34,17 @@ async def test_index_lists_the_service_and_its_endpoints(engine):
     assert info["audio"] == {"encoding": "float32le", "sample_rate": 16000, "channels": 1}
 
 
+def test_index_answers_only_for_the_host_names_it_serves(engine, client):
+    """Issue 23 #12: with DJANGO_ALLOWED_HOSTS=* any Host header was reflected in `/`
+    (DNS rebinding). The test client's own name, testserver, is added by Django's test
+    set-up to the default list, as for every Django project. (The sync client: the async
+    one adds a Host header of its own.)"""
+    foreign = client.get("/", HTTP_HOST="rebind.attacker.example")
+    assert foreign.status_code == 400 and b"rebind.attacker.example/ws" not in foreign.content
+    local = client.get("/", HTTP_HOST="127.0.0.1:8000")
+    assert local.json()["endpoints"]["websocket"] == "ws://127.0.0.1:8000/ws/transcribe"
+
+
 async def test_index_renders_a_page_for_browsers(engine):
     response = await AsyncClient().get("/", headers={"Accept": "text/html"})
     assert response.status_code == 200
@@ -44,6 +58,55 @@ async def test_health_is_200_with_every_part_checked(engine, redis_channel_layer
     assert report["checks"]["model"]["status"] == "ok"
     assert report["checks"]["database"] == {**report["checks"]["database"], "status": "ok", "vendor": "postgresql"}
     assert report["checks"]["channel_layer"]["backend"] == "ResilientRedisChannelLayer"
+
+
+@pytest.fixture
+def history_figures():
+    """The process's history writer counts afresh for the test, and its old figures come
+    back after it (a journaled write would degrade /health for the tests after)."""
+    saved = history.stats
+    history.stats = HistoryStats()
+    yield history.stats
+    history.stats = saved
+
+
+A_ROW_POSTGRESQL_REFUSES = {"code": "x" * 100, "category": "connection", "severity": "low", "recoverable": True,
+                            "message": "a code longer than its column"}
+
+
+async def test_health_is_degraded_while_history_writes_go_to_the_journal(
+        engine, redis_channel_layer, settings, tmp_path, history_figures):
+    """The database answers, but a write it refused is in the journal, not the history."""
+    settings.HISTORY_JOURNAL = str(tmp_path / "journal.jsonl")
+    assert await history.write(error_write(A_ROW_POSTGRESQL_REFUSES, None, "health")) is False
+    response = await AsyncClient().get("/health")
+    report = response.json()
+    database = report["checks"]["database"]
+    assert (database["status"], database["history"], database["history_journaled"]) == ("degraded", "journaling", 1)
+    assert (response.status_code, report["status"], report["ready"]) == (200, "degraded", True)
+
+
+async def test_health_is_degraded_while_history_writes_are_lost(
+        engine, redis_channel_layer, settings, tmp_path, history_figures):
+    """A write the journal cannot take either (its folder is a file) is lost: /health says so."""
+    not_a_folder = tmp_path / "not-a-folder"
+    not_a_folder.write_text("")
+    settings.HISTORY_JOURNAL = str(not_a_folder / "journal.jsonl")
+    assert await history.write(error_write(A_ROW_POSTGRESQL_REFUSES, None, "health")) is False
+    report = (await AsyncClient().get("/health")).json()
+    database = report["checks"]["database"]
+    assert (database["status"], database["history"], database["history_lost"]) == ("degraded", "dropping", 1)
+    assert report["status"] == "degraded"
+
+
+async def test_health_is_healthy_again_once_the_window_has_passed(
+        engine, redis_channel_layer, settings, tmp_path, history_figures):
+    settings.HISTORY_JOURNAL = str(tmp_path / "journal.jsonl")
+    settings.PERSISTENCE_DEGRADED_SECONDS = 0.2
+    await history.write(error_write(A_ROW_POSTGRESQL_REFUSES, None, "health"))
+    await asyncio.sleep(0.3)
+    report = (await AsyncClient().get("/health")).json()
+    assert (report["status"], report["checks"]["database"]["history"]) == ("healthy", "ok")
 
 
 async def test_health_is_503_when_the_model_cannot_load(broken_engine):
@@ -185,14 +248,15 @@ async def test_stats_has_every_field_of_the_design_document(engine):
     assert session.connection_id not in registry.snapshot()["processing_stats"], "ended sessions leave the live list"
 
 
-async def live_session(engine, session_id: str) -> SttSession:
+async def live_session(engine, session_id: str, principal=None) -> SttSession:
     async def send(message: dict) -> None:
         pass
 
     async def close(code: int, reason: str) -> None:
         pass
 
-    session = SttSession(send, close, process_session_services(engine), client="10.1.2.3:4567")
+    session = SttSession(send, close, process_session_services(engine), client="10.1.2.3:4567",
+                         principal=principal)
     await session.open()
     await session.on_text(json.dumps({"type": "start_session", "session_config": {"session_id": session_id}}))
     return session
@@ -243,6 +307,66 @@ class TestStatsWithAuthentication:
             await session.end("session_end", ended_reason="test")
         assert response.status_code in (200, 503)
         assert b"secret-session" not in response.content and b"10.1.2.3" not in response.content
+
+
+class TestStatsPerTenant:
+    """Issue 23 (tenants): with AUTH_REQUIRED, an API key's /stats lists the sessions of
+    that key only, never another tenant's ids; staff see every session; /health names none."""
+
+    @pytest.fixture(autouse=True)
+    def auth_on(self, settings):
+        settings.AUTH_REQUIRED = True
+
+    @staticmethod
+    async def tenant(name: str):
+        from stt import auth
+        from stt.models import ApiKey
+
+        raw, prefix, digest = auth.generate_key()
+        key = await ApiKey.objects.acreate(name=name, prefix=prefix, key_hash=digest)
+        return raw, auth.Principal(key.pk, name, 20, 1000)
+
+    async def test_a_key_sees_its_own_sessions_and_no_id_of_another_tenants(self, engine, jfk_audio):
+        from django.contrib.auth.models import User
+
+        from tests.conftest import frames
+
+        raw_a, tenant_a = await self.tenant("tenant-a")
+        raw_b, tenant_b = await self.tenant("tenant-b")
+        mine = await live_session(engine, "tenant-a-session", principal=tenant_a)
+        theirs = await live_session(engine, "tenant-b-session", principal=tenant_b)
+        staff_client = AsyncClient()
+        await staff_client.aforce_login(await User.objects.acreate(username="ops", is_staff=True))
+        try:
+            for frame in frames(jfk_audio[:24000]):  # 1.5 s of speech: tenant b has an open utterance
+                await theirs.on_audio(frame)
+            for _ in range(100):
+                if theirs.current_utterance_id:
+                    break
+                await asyncio.sleep(0.05)
+            their_ids = [theirs.connection_id, "tenant-b-session", theirs.current_utterance_id]
+            as_a = await AsyncClient().get("/stats", headers={"Authorization": f"Bearer {raw_a}"})
+            as_staff = await staff_client.get("/stats")
+        finally:
+            await mine.end("session_end", ended_reason="test")
+            await theirs.end("session_end", ended_reason="test")
+        assert their_ids[2], "tenant b's session had an utterance open"
+        assert as_a.status_code == 200
+        assert list(as_a.json()["processing_stats"]) == [mine.connection_id]
+        assert as_a.json()["processing_stats"][mine.connection_id]["session_id"] == "tenant-a-session"
+        for their_id in their_ids:
+            assert their_id.encode() not in as_a.content, f"{their_id} of another tenant was shown"
+        assert {mine.connection_id, theirs.connection_id} <= set(as_staff.json()["processing_stats"])
+        assert as_staff.json()["processing_stats"][theirs.connection_id]["current_utterance_id"] == their_ids[2]
+
+    async def test_open_mode_shows_every_session_to_anyone(self, engine, settings):
+        settings.AUTH_REQUIRED = False
+        session = await live_session(engine, "open-session")
+        try:
+            stats = (await AsyncClient().get("/stats")).json()
+        finally:
+            await session.end("session_end", ended_reason="test")
+        assert stats["processing_stats"][session.connection_id]["session_id"] == "open-session"
 
 
 class TestReadyForNewSessions:

@@ -58,6 +58,17 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def startup_line(host: str, port: int, allowed_hosts: list[str]) -> str:
+    """The first line `serve` prints: where it listens, and the Host names it answers
+    for (DJANGO_ALLOWED_HOSTS), loudly when that is any name."""
+    if "*" in allowed_hosts:
+        names = "any Host name (DJANGO_ALLOWED_HOSTS=*: open to DNS rebinding; list the names in production)"
+    else:
+        names = f"Host names {', '.join(allowed_hosts)} (others: set DJANGO_ALLOWED_HOSTS)"
+    return (f"Fasttalk STT on http://{host}:{port}/  (WebSocket: /ws/transcribe; "
+            f"OpenAI realtime: /v1/realtime?intent=transcription); {names}")
+
+
 def ready_banner(host: str, port: int, auth_required: bool) -> str:
     """What to try once the model is loaded: the demo page and one CLI command."""
     from stt.client.session import DEFAULT_URL
@@ -107,8 +118,11 @@ class Command(BaseCommand):
 
         daphne_protocol.install(listen_error_handler(service_port_taken))
         daphne.cli.AccessLogGenerator = AccessLog  # access lines through logging, as JSON
-        self.stdout.write(f"Fasttalk STT on http://{host}:{port}/  (WebSocket: /ws/transcribe; "
-                          "OpenAI realtime: /v1/realtime?intent=transcription)")
+        if options["host"] and settings.ALLOWED_HOSTS_DEFAULTED and options["host"] not in ("", "::"):
+            # The default names what this command prints: the address it was told to bind too.
+            bound = f"[{host}]" if ":" in host else host
+            settings.ALLOWED_HOSTS = list(dict.fromkeys([*settings.ALLOWED_HOSTS, bound]))
+        self.stdout.write(startup_line(host, port, settings.ALLOWED_HOSTS))
         extra_endpoints = []
         monitoring_port = options["monitoring_port"] if options["monitoring_port"] is not None \
             else settings.MONITORING_PORT
