@@ -24,7 +24,15 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # The default key is for local development only; production sets DJANGO_SECRET_KEY.
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "fasttalk-dev-insecure-key-change-me")
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "*")
+# Host names the service answers for: Django answers other Host headers 400, and the
+# WebSocket handshake (stt/handshake.py) refuses them, so a page whose name was rebound to
+# this address (DNS rebinding) is not taken for the service's own origin. Default: the
+# loopback names and the address `manage.py serve` binds and prints (WEBSOCKET_HOST, IPv6
+# in brackets, none for "::"; its --host too); "*" only when set so (README).
+_BIND = env_str("WEBSOCKET_HOST", "0.0.0.0")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ",".join(dict.fromkeys(
+    ["localhost", "127.0.0.1", "[::1]"] + ([] if _BIND in ("", "::") else [f"[{_BIND}]" if ":" in _BIND else _BIND]))))
+ALLOWED_HOSTS_DEFAULTED = not env_list("DJANGO_ALLOWED_HOSTS", "")
 
 # Production behind TLS (a proxy terminating it sets X-Forwarded-Proto): secure cookies,
 # HTTPS redirects and HSTS; `manage.py check --deploy` is clean with it and a real key.
@@ -107,6 +115,10 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 # Utterance audio (FLAC) lives here; it is served only to staff, through the admin.
 MEDIA_ROOT = env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media"))
+# Recordings are private to the service's user (the server and the Celery worker run as
+# one): files 0600, folders Django creates (MEDIA_ROOT included) 0700, whatever the umask.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 # --- History (sessions, utterances, errors) ------------------------------------------
 
@@ -121,8 +133,12 @@ PERSISTENCE_RETRY_SECONDS = env_float("PERSISTENCE_RETRY_SECONDS", 2.0)
 # Writes held while the database is down; beyond it they go to the journal (and are logged).
 PERSISTENCE_BACKLOG_LIMIT = env_int("PERSISTENCE_BACKLOG_LIMIT", 10000)
 # Memory those writes may hold, in bytes: rows, and finals' audio until it is spilled to
-# storage (at once, unless the disk lags); beyond it writes go to the journal.
+# storage (at once, off the loop); rows beyond it go to the journal, a final whose audio
+# would pass it waits for the disk (at most PERSISTENCE_WRITE_TIMEOUT; stt/persistence/writer.py).
 PERSISTENCE_BACKLOG_BYTES = env_int("PERSISTENCE_BACKLOG_BYTES", 32 * 1024 * 1024)
+# After the history writer journals a write, or loses one or a final's audio, /health
+# reports the database check `degraded` for this many seconds.
+PERSISTENCE_DEGRADED_SECONDS = env_float("PERSISTENCE_DEGRADED_SECONDS", 60.0)
 # History writes the database refused, or that were still waiting at exit, as JSON
 # lines; manage.py replay_history_journal writes them later.
 HISTORY_JOURNAL = env_str("HISTORY_JOURNAL", str(BASE_DIR / "var" / "history-journal.jsonl"))
@@ -434,6 +450,20 @@ MAX_FILE_SECONDS = env_float("MAX_FILE_SECONDS", 1800.0)
 # A file is transcribed in chunks of at most this many seconds, cut at the longest pause
 # of each chunk's last 40% (silero-vad): each chunk is one short engine job below live work.
 FILE_CHUNK_SECONDS = env_float("FILE_CHUNK_SECONDS", 12.0)
+# Uploads in progress at once (stt/openai_api/uploads.py): per process (also the threads of
+# the file pool, where uploads' form parsing, decoding and VAD run below live streams) and
+# per API key; beyond either, 429 rate_limit_exceeded with Retry-After FILE_RETRY_AFTER (s).
+FILE_MAX_UPLOADS = env_int("FILE_MAX_UPLOADS", 4)
+FILE_MAX_UPLOADS_PER_KEY = env_int("FILE_MAX_UPLOADS_PER_KEY", 2)
+FILE_RETRY_AFTER = env_float("FILE_RETRY_AFTER", 5.0)
+# Chunks of all uploads together in the engine at once: the other inference workers stay
+# free for live streams (a live final never waits for more than this many file chunks).
+FILE_ENGINE_JOBS = env_int("FILE_ENGINE_JOBS", 1)
+# Longest decode of an uploaded file (s); past it the upload is refused (400 decode_timeout).
+FILE_DECODE_TIMEOUT = env_float("FILE_DECODE_TIMEOUT", 60.0)
+if FILE_MAX_UPLOADS < 1 or FILE_MAX_UPLOADS_PER_KEY < 1 or FILE_ENGINE_JOBS < 1 or FILE_DECODE_TIMEOUT <= 0 or FILE_RETRY_AFTER < 0:
+    raise ImproperlyConfigured("FILE_MAX_UPLOADS, FILE_MAX_UPLOADS_PER_KEY and FILE_ENGINE_JOBS must be >= 1, "
+                               "FILE_DECODE_TIMEOUT > 0, FILE_RETRY_AFTER >= 0")
 # Model names clients may send besides STT_MODEL; all are served by the one loaded model.
 OPENAI_MODEL_ALIASES = env_list("OPENAI_MODEL_ALIASES", "whisper-1,gpt-4o-transcribe,gpt-4o-mini-transcribe")
 # (Uploads above Django's FILE_UPLOAD_MAX_MEMORY_SIZE, 2.5 MB, wait in a temporary file.)

@@ -57,7 +57,8 @@ def _started_at() -> int:
 
 def _file_settings() -> FileSettings:
     return FileSettings(chunk_seconds=settings.FILE_CHUNK_SECONDS, store_audio=settings.STORE_AUDIO,
-                        retries=settings.STT_FINAL_RETRIES, retry_base_delay=settings.STT_RETRY_BASE_DELAY)
+                        retries=settings.STT_FINAL_RETRIES, retry_base_delay=settings.STT_RETRY_BASE_DELAY,
+                        server_id=current_server_id())
 
 
 def process_file_services(engine: SpeechEngine | None = None) -> FileApiServices:

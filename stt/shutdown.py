@@ -1,6 +1,7 @@
-"""Graceful shutdown of a server process (SIGTERM): stop admitting sessions, finish
-every active one (pending speech becomes finals, stored then sent; session_ended;
-close 1012), write the history backlog, queue the refinements (in-process: finish the
+"""Graceful shutdown of a server process (SIGTERM): stop admitting sessions and uploads
+(503 with Retry-After), finish every active session (pending speech becomes finals,
+stored then sent; session_ended; close 1012) and upload (its transcript, or else an
+error: stt/openai_api/uploads.py), write the history backlog, queue the refinements (in-process: finish the
 one in progress or leave it queued), then stop, all within SHUTDOWN_GRACE_SECONDS.
 The process then exits 0 (stt/management/commands/serve.py)."""
 
@@ -14,6 +15,7 @@ from typing import Callable
 from django.conf import settings
 
 from monitoring.registry import registry
+from stt.openai_api.uploads import process_uploads
 from stt.persistence import history
 from stt.tasks import stop_refinement_dispatch
 
@@ -30,14 +32,17 @@ async def drain_sessions(grace_seconds: float | None = None) -> dict[str, int]:
     sessions = registry.sessions()
     logger.warning("shutting down: finishing %d session(s) within %.0f s", len(sessions), grace,
                    extra={"event": "shutdown", "sessions": len(sessions)})
+    uploads = asyncio.ensure_future(process_uploads().drain(grace))
     tasks = [asyncio.ensure_future(session.shutdown()) for session in sessions]
     done, pending = (await asyncio.wait(tasks, timeout=grace)) if tasks else (set(), set())
+    upload_outcome = await uploads  # within the grace period too (it stops what is left)
     remaining = max(1.0, grace - (time.monotonic() - started))
     await history.drain_or_journal(timeout=remaining)  # what the database did not take: journaled
     # Then the refinements of those finals: queued, or (in-process) finished or left queued.
     remaining = max(0.5, grace - (time.monotonic() - started))
     refinements = await asyncio.to_thread(stop_refinement_dispatch, remaining)
-    outcome = {"sessions": len(sessions), "finished": len(done), "unfinished": len(pending), **refinements}
+    outcome = {"sessions": len(sessions), "finished": len(done), "unfinished": len(pending), **upload_outcome,
+               **refinements}
     logger.warning("shutdown: %s", outcome, extra={"event": "shutdown_done", **outcome})
     return outcome
 

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 import websockets
 
@@ -109,3 +110,63 @@ def test_a_port_in_use_gives_one_clear_line_and_exit_code_1(tmp_path):
     assert "terminate called" not in output and "Traceback" not in output, output
     errors = [line for line in output.splitlines() if "in use" in line]
     assert len(errors) == 1 and str(port) in errors[0], output
+
+
+def post_upload(base: str, path, fields: dict[str, str]):
+    """A multipart upload; returns the open response (or the HTTPError, which is one)."""
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode()
+                    for name, value in fields.items())
+    body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+             "Content-Type: application/octet-stream\r\n\r\n").encode()
+    body += path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{base}/v1/audio/transcriptions", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        return urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as error:
+        return error
+
+
+async def test_sigterm_drains_uploads_finishing_one_ending_the_other_and_refusing_new_ones(tmp_path, jfk_audio):
+    """Issue 23 #5: at SIGTERM a plain upload got an empty reply, a streamed one neither
+    its end nor an error, an upload during the drain was dropped, the process was gone
+    1 s after the signal, and the file rows stayed open without a server id. Now: the
+    upload that can finish within the grace period is answered, the one that cannot
+    ends with an `error` event, a new one gets 503 with Retry-After, both rows close."""
+    import soundfile
+
+    from tests.conftest import AUDIO_DIR, JFK_PATH, JFK_TEXT, load_audio
+    from stt.evaluation import word_error_rate
+
+    talk = tmp_path / "talk.flac"  # eight minutes: far more than the grace period transcribes
+    soundfile.write(talk, np.tile(load_audio(AUDIO_DIR / "long_gates_ted.wav"), 4), 16000, format="FLAC")
+    database = ScratchDatabase(os.environ["DATABASE_URL"])
+    server = Server({**base_env(), "DATABASE_URL": database.url(), "SHUTDOWN_GRACE_SECONDS": "10"}, tmp_path)
+    try:
+        streamed = await asyncio.to_thread(post_upload, server.base, talk, {"model": "whisper-1", "stream": "true"})
+        assert streamed.status == 200 and streamed.readline().startswith(b"data: ")  # its first delta
+        plain = asyncio.ensure_future(asyncio.to_thread(post_upload, server.base, JFK_PATH, {"model": "whisper-1"}))
+        while len(database.query("SELECT 1 FROM stt_sessionrecord WHERE source = 'file'")) < 2:
+            await asyncio.sleep(0.05)  # both are being transcribed
+        server.process.send_signal(signal.SIGTERM)
+        late = await asyncio.to_thread(post_upload, server.base, JFK_PATH, {"model": "whisper-1"})
+        assert late.status == 503 and int(late.headers["Retry-After"]) >= 1
+        assert json.loads(late.read())["error"]["code"] == "server_shutting_down"
+        answered = await plain
+        assert answered.status == 200 and word_error_rate(JFK_TEXT, json.loads(answered.read())["text"]) <= 0.1
+        events = [json.loads(line[6:]) for line in (await asyncio.to_thread(streamed.read)).splitlines()
+                  if line.startswith(b"data: ")]
+        assert events and "error" in events[-1] and events[-1]["error"]["code"] == "server_shutting_down", events[-3:]
+        assert await asyncio.to_thread(server.process.wait, 20) == 0
+        rows = database.query("SELECT close_reason, ended_at IS NOT NULL, server_id IS NOT NULL "
+                              "FROM stt_sessionrecord WHERE source = 'file' ORDER BY started_at")
+        assert rows == [("server_shutdown", True, True), ("completed", True, True)]
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+        database.drop()

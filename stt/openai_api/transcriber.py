@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from stt.openai_api.formats import ChunkText, FileTranscript, TimedWord
 from stt.openai_api.requests import TranscriptionRequest
 from stt.persistence import FinalFacts, HistoryWriter, SessionFacts, final_write, session_write
 from stt.protocol import word_timings
+
+if TYPE_CHECKING:
+    from stt.openai_api.uploads import UploadTicket
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class FileSettings:
     store_audio: bool
     retries: int
     retry_base_delay: float
+    server_id: str | None = None  # the process's (stt.liveness): its lost-process sweep closes the row
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class Upload:
     audio: np.ndarray  # 16 kHz mono float32
     principal: str  # the API key's name, or "anonymous"
     client_address: str
+    # Its admission (uploads.py): the VAD steps run on the file pool, and the server's
+    # stop (shutdown) ends it between chunks. None: the loop's default pool, no stop.
+    ticket: "UploadTicket | None" = None
 
 
 class FileTranscriber:
@@ -80,9 +87,8 @@ class FileTranscriber:
     async def chunks(self, upload: Upload) -> AsyncIterator[ChunkText]:
         """Each chunk's text, in order, as the engine gives it."""
         settings = self._settings()
-        loop = asyncio.get_running_loop()
         planned = iter_chunks(upload.audio, settings.chunk_seconds, self._vad_factory)
-        record = self._session_facts(upload)
+        record = self._session_facts(upload, settings)
         self.history.write_later(session_write(record))
         options = DecodeOptions.file(upload.request.language, upload.request.word_timestamps,
                                      prompt=upload.request.prompt, temperature=upload.request.temperature)
@@ -91,10 +97,12 @@ class FileTranscriber:
                    "audio_transcribed_s": 0.0}
         reason = "client_disconnected"
         try:
-            while (chunk := await loop.run_in_executor(None, next, planned, None)) is not None:
+            while (chunk := await _blocking(upload, next, planned, None)) is not None:
                 start, end = chunk.start, chunk.end
                 audio = upload.audio[start:end]
-                transcript = await self._decode(audio, options, stream_key, settings)
+                decoded = self._decode(audio, options, stream_key, settings)
+                transcript = await _unless_stopped(upload, upload.ticket.in_engine_turn(decoded)
+                                                   if upload.ticket is not None else decoded)
                 summary["audio_transcribed_s"] = round(summary["audio_transcribed_s"] + audio.size / SAMPLE_RATE, 3)
                 if transcript.text:
                     summary["utterances"] += 1
@@ -105,6 +113,9 @@ class FileTranscriber:
             reason = "completed"
         except SttError as exc:
             reason = exc.code
+            raise
+        except Exception as exc:
+            reason = getattr(exc, "reason", "internal_error")  # UploadStopped: server_shutdown
             raise
         finally:
             record.ended_at, record.close_reason, record.summary = datetime.now(timezone.utc), reason, summary
@@ -127,7 +138,7 @@ class FileTranscriber:
         info = self.engine.info
         return None if info is None or info.multilingual else "en"
 
-    def _session_facts(self, upload: Upload) -> SessionFacts:
+    def _session_facts(self, upload: Upload, settings: FileSettings) -> SessionFacts:
         connection_id = str(uuid.uuid4())
         info = self.engine.info
         config = upload.request.as_config()
@@ -135,8 +146,9 @@ class FileTranscriber:
             connection_id=connection_id, session_id=f"file-{connection_id[:8]}", user_id=None, conversation_id=None,
             client_address=upload.client_address, profile="", config=config,
             effective_config={**config, "api_key": upload.principal,
-                              "chunk_seconds": self._settings().chunk_seconds},
-            model=info.model if info is not None else "", started_at=datetime.now(timezone.utc), source="file")
+                              "chunk_seconds": settings.chunk_seconds},
+            model=info.model if info is not None else "", started_at=datetime.now(timezone.utc), source="file",
+            server_id=settings.server_id)
 
     def _final_facts(self, record: SessionFacts, start: int, end: int, audio: np.ndarray, transcript: Transcript,
                      options: DecodeOptions, settings: FileSettings) -> FinalFacts:
@@ -148,6 +160,34 @@ class FileTranscriber:
             final_latency_ms=round((transcript.queue_seconds + transcript.inference_seconds) * 1000),
             decode=_decode_facts(options, transcript), audio=audio if settings.store_audio else None,
             created_at=datetime.now(timezone.utc))
+
+
+async def _blocking(upload: Upload, function: Callable[..., Any], *args: Any) -> Any:
+    """A blocking step of the upload's: on the file pool (its ticket), below live work."""
+    if upload.ticket is not None:
+        return await upload.ticket.run(function, *args)
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+async def _unless_stopped(upload: Upload, work: Any) -> Any:
+    """`work`'s result, unless the server stops the upload first (UploadStopped; the
+    chunk's engine job is cancelled)."""
+    ticket = upload.ticket
+    if ticket is None:
+        return await work
+    from stt.openai_api.uploads import UploadStopped
+
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(ticket.stopping.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+    if ticket.stopping.is_set() and not (task.done() and not task.cancelled()):
+        raise UploadStopped(ticket.stop_reason or "server_shutdown")
+    return task.result()
 
 
 def _decode_facts(options: DecodeOptions, transcript: Transcript) -> dict[str, Any]:

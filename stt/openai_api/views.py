@@ -1,28 +1,29 @@
 """The OpenAI-compatible HTTP API: POST /v1/audio/transcriptions, GET /v1/models[/{id}].
 
 Async views (Daphne runs them on the event loop): the key lookup, the form parse and
-the audio decode run in threads, the transcription on the engine's workers, so a
-10-minute upload never holds the loop. Every refusal is OpenAI's error shape with the
-status its client maps to an exception: 400 BadRequestError, 401 AuthenticationError,
-404 NotFoundError, 413 (APIStatusError), 503 while the model is unavailable.
+the audio decode run in threads (the key lookup on stt.auth's, the rest on the file
+pool of uploads.py), the transcription on the engine's workers, so a 10-minute upload
+never holds the loop. Every refusal is OpenAI's error shape with the status its client
+maps to an exception: 400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
+413 (APIStatusError), 429 RateLimitError over the upload limits, 503 while the model is
+unavailable or the server shuts down (with Retry-After).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
 
-from stt.audio import AudioTooLong, UndecodableAudio, decode_file
-from stt.auth import api_key_of_request, is_openai_placeholder, note_key_used, on_checked_connection
+from stt.audio import AudioTooLong, UndecodableAudio
+from stt.auth import api_key_of_request, is_openai_placeholder, look_up_off_loop, note_key_used
 from stt.engine import EngineInfo
 from stt.errors import SttError
 from stt.openai_api.errors import SERVER_ERROR, ApiError, bad_request, too_large, unauthorized
@@ -30,6 +31,7 @@ from stt.openai_api.formats import render
 from stt.openai_api.requests import parse_transcription_request, require_file
 from stt.openai_api.services import FileApiServices
 from stt.openai_api.transcriber import Upload
+from stt.openai_api.uploads import UploadStopped, UploadTicket
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +49,26 @@ class OpenAiApi:
             return ApiError(405, "use POST with multipart/form-data", "method_not_allowed").response()
         services = self._services()
         try:
-            principal = await authenticate(request)
-            upload = await self._upload(request, services, principal)
+            caller = await authenticate_caller(request)
+            ticket = services.uploads.admit(caller.key)  # 429 over the limits, 503 while draining
         except ApiError as error:
             return error.response()
-        if upload.request.stream:
-            response = StreamingHttpResponse(_events(services, upload), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"  # proxies pass each event on at once
-            return response
+        streamed = False
         try:
+            upload = await self._upload(request, services, caller.name, ticket)
+            if upload.request.stream:
+                streamed = True
+                return _event_stream(services, upload, ticket)
             transcript = await services.transcriber.transcribe(upload)
+        except ApiError as error:
+            return error.response()
         except SttError as exc:
             return engine_error(exc).response()
+        except UploadStopped as stopped:
+            return stopped_error(stopped, services).response()
+        finally:
+            if not streamed:
+                ticket.end_request()
         body, content_type = render(transcript, upload.request.response_format, upload.request.granularities)
         return HttpResponse(body, content_type=content_type)
 
@@ -80,19 +89,21 @@ class OpenAiApi:
             return ApiError(404, f"the model {model_id!r} does not exist", "model_not_found", "model").response()
         return JsonResponse(catalog.entry(model_id))
 
-    async def _upload(self, request: HttpRequest, services: FileApiServices, principal: str) -> Upload:
+    async def _upload(self, request: HttpRequest, services: FileApiServices, principal: str,
+                      ticket: UploadTicket) -> Upload:
+        """The request's form and audio; the blocking parts on the file pool (ticket.run)."""
         limit = settings.MAX_UPLOAD_BYTES
         if _content_length(request) > limit:
             raise too_large(limit)
-        fields, files = await asyncio.to_thread(_form, request)
+        fields, files = await ticket.run(_form, request)
         info = await _engine_info(services)
         parsed = parse_transcription_request(fields, services.catalog, info.supports_language)
         upload = require_file(files)
         try:
-            audio = await asyncio.to_thread(decode_file, _source(upload), settings.MAX_FILE_SECONDS)
+            audio = await ticket.decode(services.decoder, _source(upload), settings.MAX_FILE_SECONDS)
         except (UndecodableAudio, AudioTooLong) as exc:
             raise bad_request(str(exc), "file", "invalid_audio") from None
-        return Upload(parsed, audio, principal, request.META.get("REMOTE_ADDR") or "")
+        return Upload(parsed, audio, principal, request.META.get("REMOTE_ADDR") or "", ticket)
 
     def urls(self) -> dict[str, Any]:
         """The views as Django takes them (the API authenticates by key: no CSRF)."""
@@ -100,19 +111,31 @@ class OpenAiApi:
                 "model": csrf_exempt(self.model)}
 
 
+@dataclass(frozen=True)
+class Caller:
+    name: str  # the API key's name, or "anonymous"
+    key: int | None  # the key's id (uploads are limited per key); None: anonymous
+
+
 async def authenticate(request: HttpRequest) -> str:
     """The name of the API key the request carries (`Authorization: Bearer ftk_…`), or
     "anonymous" when AUTH_REQUIRED is off and it carries no key of ours; ApiError 401."""
+    return (await authenticate_caller(request)).name
+
+
+async def authenticate_caller(request: HttpRequest) -> Caller:
+    """The key a request carries, as `authenticate`; looked up on the key-lookup threads
+    (stt.auth.look_up_off_loop), never behind uploads' work."""
     header = request.headers.get("Authorization", "")
     credential = header[7:].strip() if header.lower().startswith("bearer ") else ""
     if not credential and not settings.AUTH_REQUIRED or is_openai_placeholder(credential, request.path):
-        return "anonymous"  # open mode: the OpenAI SDK insists on sending some key
+        return Caller("anonymous", None)  # open mode: the OpenAI SDK insists on sending some key
     if not credential:
         raise unauthorized("send an API key as Authorization: Bearer ftk_...")
-    key = await sync_to_async(on_checked_connection, thread_sensitive=False)(_active_key, header)
+    key = await look_up_off_loop(_active_key, header)
     if key is None:
         raise unauthorized("the API key is not valid (unknown or revoked)")
-    return key.name
+    return Caller(key.name, key.pk)
 
 
 def _active_key(header: str) -> Any:
@@ -165,20 +188,42 @@ def engine_error(exc: SttError) -> ApiError:
                     retry_after=exc.retry_after if exc.code in ENGINE_STATUS else None)
 
 
+def stopped_error(stopped: UploadStopped, services: FileApiServices) -> ApiError:
+    """An upload the server ended (shutdown): 503 with Retry-After, to send it again."""
+    return ApiError(503, "the server is shutting down: the transcription was stopped; send the file again",
+                    "server_shutting_down", None, SERVER_ERROR, retry_after=services.uploads.retry_after())
+
+
 def _sse(event: dict) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
-async def _events(services: FileApiServices, upload: Upload) -> AsyncIterator[bytes]:
+def _event_stream(services: FileApiServices, upload: Upload, ticket: UploadTicket) -> StreamingHttpResponse:
+    events = _events(services, upload, ticket)
+    ticket.end_with(events)  # even if the stream is never iterated (its client left at once)
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies pass each event on at once
+    return response
+
+
+async def _events(services: FileApiServices, upload: Upload, ticket: UploadTicket) -> AsyncIterator[bytes]:
     """OpenAI's streamed transcription: a `transcript.text.delta` per chunk with text, then
-    `transcript.text.done`; a failure ends the stream with an `error` event."""
+    `transcript.text.done`; a failure (or the server's shutdown) ends the stream with an
+    `error` event."""
     texts: list[str] = []
     try:
-        async for chunk in services.transcriber.chunks(upload):
-            if chunk.text:
-                yield _sse({"type": "transcript.text.delta", "delta": (" " if texts else "") + chunk.text})
-                texts.append(chunk.text)
-    except SttError as exc:
-        yield _sse(engine_error(exc).body())
-        return
-    yield _sse({"type": "transcript.text.done", "text": " ".join(texts)})
+        try:
+            async for chunk in services.transcriber.chunks(upload):
+                if chunk.text:
+                    yield _sse({"type": "transcript.text.delta", "delta": (" " if texts else "") + chunk.text})
+                    texts.append(chunk.text)
+        except SttError as exc:
+            yield _sse(engine_error(exc).body())
+            return
+        except UploadStopped as stopped:
+            yield _sse(stopped_error(stopped, services).body())
+            return
+        yield _sse({"type": "transcript.text.done", "text": " ".join(texts)})
+    finally:
+        ticket.end_request()
