@@ -23,11 +23,9 @@ import argparse
 import asyncio
 import io
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -35,7 +33,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from flood import load, start_local_server  # noqa: E402
+from flood import load, served  # noqa: E402
 from stream_latency import (  # noqa: E402
     AUDIO_DIR,
     SAMPLE_RATE,
@@ -176,23 +174,9 @@ def main() -> None:
     parser.add_argument("--before", type=int, default=7,
                         help="recordings each stream plays without the file before it is sent")
     args = parser.parse_args()
-    server = database = None
-    with tempfile.TemporaryDirectory(prefix="fasttalk-file-priority-") as log_dir:
-        if args.url:
-            url = args.url
-            parts = urlsplit(url)
-            base = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
-        else:
-            server, database = start_local_server(Path(log_dir))
-            url, base = server.ws, server.base
-        try:
-            with_file, without, file_run = asyncio.run(run(url, base, args.api_key, args.streams, args.file_minutes,
-                                                            args.before))
-        finally:
-            if server is not None:
-                server.stop()
-            if database is not None:
-                database.drop()
+    with served(args.url, "fasttalk-file-priority-") as (url, base):
+        with_file, without, file_run = asyncio.run(run(url, base, args.api_key, args.streams, args.file_minutes,
+                                                        args.before))
     report(args.streams, with_file, without, file_run)
 
 

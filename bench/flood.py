@@ -26,8 +26,11 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 import websockets
@@ -165,6 +168,23 @@ def start_local_server(log_dir: Path):
         raise
 
 
+@contextmanager
+def served(url: str | None, prefix: str) -> Iterator[tuple[str, str]]:
+    """(WebSocket URL, HTTP base) of the server at `url`, or of a local one started here
+    (and stopped, its scratch database dropped, when the block ends)."""
+    if url:
+        parts = urlsplit(url)
+        yield url, f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as log_dir:
+        server, database = start_local_server(Path(log_dir))
+        try:
+            yield server.ws, server.base
+        finally:
+            server.stop()
+            database.drop()
+
+
 def report(recording: Recording, repeat: int, idle: Measured, flooded: Measured, stats: FloodStats) -> None:
     seconds = stats.stopped - stats.started
     print(f"\nflood benchmark: {recording.name} ({recording.audio.size / SAMPLE_RATE:.1f} s) x{repeat} "
@@ -195,20 +215,8 @@ def main() -> None:
                         help="seconds a measured session may take to end after its audio")
     args = parser.parse_args()
     recording = clip_recording(args.clip)
-    server = database = None
-    with tempfile.TemporaryDirectory(prefix="fasttalk-flood-") as log_dir:
-        if args.url:
-            url = args.url
-        else:
-            server, database = start_local_server(Path(log_dir))
-            url = server.ws
-        try:
-            idle, flooded, stats = asyncio.run(run(url, recording, args.repeat, args.warmup, args.wait))
-        finally:
-            if server is not None:
-                server.stop()
-            if database is not None:
-                database.drop()
+    with served(args.url, "fasttalk-flood-") as (url, _):
+        idle, flooded, stats = asyncio.run(run(url, recording, args.repeat, args.warmup, args.wait))
     report(recording, args.repeat, idle, flooded, stats)
 
 

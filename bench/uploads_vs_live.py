@@ -22,10 +22,8 @@ import argparse
 import asyncio
 import io
 import sys
-import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -34,7 +32,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 from file_priority import FILE_CLIP, Live, live_streams  # noqa: E402
-from flood import load, start_local_server  # noqa: E402
+from flood import load, served  # noqa: E402
 from stream_latency import AUDIO_DIR, SAMPLE_RATE, load_recordings, quantile_ms  # noqa: E402
 
 
@@ -126,23 +124,9 @@ def main() -> None:
     parser.add_argument("--upload-seconds", type=float, default=60.0)
     parser.add_argument("--before", type=int, default=6, help="recordings played idle before (and after)")
     args = parser.parse_args()
-    server = database = None
-    with tempfile.TemporaryDirectory(prefix="fasttalk-uploads-vs-live-") as log_dir:
-        if args.url:
-            url = args.url
-            parts = urlsplit(url)
-            base = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
-        else:
-            server, database = start_local_server(Path(log_dir))
-            url, base = server.ws, server.base
-        try:
-            idle, loaded, done = asyncio.run(run(url, base, args.api_key, args.uploads, args.before,
-                                                 args.upload_seconds))
-        finally:
-            if server is not None:
-                server.stop()
-            if database is not None:
-                database.drop()
+    with served(args.url, "fasttalk-uploads-vs-live-") as (url, base):
+        idle, loaded, done = asyncio.run(run(url, base, args.api_key, args.uploads, args.before,
+                                             args.upload_seconds))
     report(args.uploads, args.upload_seconds, idle, loaded, done)
 
 
