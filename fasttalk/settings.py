@@ -459,6 +459,10 @@ FILE_RETRY_AFTER = env_float("FILE_RETRY_AFTER", 5.0)
 # Chunks of all uploads together in the engine at once: the other inference workers stay
 # free for live streams (a live final never waits for more than this many file chunks).
 FILE_ENGINE_JOBS = env_int("FILE_ENGINE_JOBS", 1)
+# On a CPU, uploads' chunks run on a copy of the model of their own (FILE_ENGINE_JOBS
+# inferences of one thread) at the lowest CPU priority, so they take only the CPU time live
+# streams leave; false: on the live workers, below live work in their queue. (GPU: shared.)
+FILE_SEPARATE_MODEL = env_bool("FILE_SEPARATE_MODEL", True)
 # Longest decode of an uploaded file (s); past it the upload is refused (400 decode_timeout).
 FILE_DECODE_TIMEOUT = env_float("FILE_DECODE_TIMEOUT", 60.0)
 if FILE_MAX_UPLOADS < 1 or FILE_MAX_UPLOADS_PER_KEY < 1 or FILE_ENGINE_JOBS < 1 or FILE_DECODE_TIMEOUT <= 0 or FILE_RETRY_AFTER < 0:

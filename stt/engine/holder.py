@@ -30,6 +30,7 @@ def build_engine_from_settings() -> SpeechEngine:
         # Read at each request, as before the engine took it as an argument.
         transcription_timeout=lambda: settings.STT_TRANSCRIPTION_TIMEOUT,
         load_window_seconds=settings.CAPACITY_WINDOW_SECONDS,
+        background_workers=settings.FILE_ENGINE_JOBS if settings.FILE_SEPARATE_MODEL else 0,
     )
 
 

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
+from stt.engine.priority import lower_this_thread
 from stt.engine.types import EngineInfo
 from stt.errors import SttError
 
@@ -101,6 +102,28 @@ def create_model(path: str, device: str, compute_type: str, cpu_threads: int, wo
                         num_workers=workers, local_files_only=Path(path).is_dir())
 
 
+def in_niced_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` run by a thread at the lowest CPU priority: the threads it starts
+    (CTranslate2's compute threads, when it builds a model) inherit that priority, while
+    the caller keeps its own. Only the compute is lowered: a lowered thread that holds
+    the GIL would hold up the event loop's thread whenever the cores are busy."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        lower_this_thread()
+        try:
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # re-raised in the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="stt-niced-start", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 class LoadedModel:
     """A loaded model with its info, its tokenizers and, on demand, its CPU copy."""
 
@@ -114,6 +137,7 @@ class LoadedModel:
         self._tokenizers: dict[str | None, Any] = {}
         self._cpu_copy: Any = None
         self._cpu_lock = threading.Lock()
+        self._background_copy: Any = None
 
     def tokenizer(self, language: str | None) -> Any:
         """The model's tokenizer set up for `language` (English for English-only models)."""
@@ -138,8 +162,20 @@ class LoadedModel:
                                                self._workers)
             return self._cpu_copy
 
+    def background_copy(self, workers: int) -> Any:
+        """A CPU copy of the model for background work (uploads), `workers` inferences of
+        one thread each, whose compute threads run at the lowest CPU priority; loaded
+        once, when first needed."""
+        with self._cpu_lock:
+            if self._background_copy is None:
+                compute_type = self.info.compute_type if self.info.device == "cpu" else "int8"
+                self._background_copy = in_niced_thread(self._factory, self.info.model_path, "cpu", compute_type,
+                                                        1, workers)
+                logger.info("background copy of %s loaded: %d inference(s) x 1 thread", self.info.model, workers)
+            return self._background_copy
+
     def release(self) -> None:
-        self.model = self._cpu_copy = None
+        self.model = self._cpu_copy = self._background_copy = None
 
 
 class ModelLoader:

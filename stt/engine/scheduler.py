@@ -57,7 +57,8 @@ class Scheduler:
 
     def __init__(self, decode: BatchDecoder, breaker: CircuitBreaker, stats: EngineStats,
                  batch_limit: BatchLimit, cache_size: int, min_window: float,
-                 timeout: Callable[[], float], load: LoadMeter | None = None) -> None:
+                 timeout: Callable[[], float], load: LoadMeter | None = None,
+                 publish_queue_depth: bool = True) -> None:
         self._decode = decode
         self.breaker = breaker
         self.stats = stats
@@ -74,6 +75,7 @@ class Scheduler:
         self.threads: list[threading.Thread] = []
         self._running = 0
         self.closed = False
+        self._publish_queue_depth = publish_queue_depth  # the live queue's gauge (one per process)
 
     @property
     def queue_depth(self) -> int:
@@ -89,9 +91,10 @@ class Scheduler:
         with self._cond:
             return sum(1 for job in self._queue if job.kind < JobKind.PARTIAL)
 
-    def start(self, workers: int) -> None:
+    def start(self, workers: int, name: str = "stt-inference", on_start: Callable[[], None] | None = None) -> None:
+        """`workers` threads named `name`-N; each runs `on_start` first (its priority)."""
         for index in range(workers):
-            thread = threading.Thread(target=self._work, name=f"stt-inference-{index}", daemon=True)
+            thread = threading.Thread(target=self._work, args=(on_start,), name=f"{name}-{index}", daemon=True)
             thread.start()
             self.threads.append(thread)
 
@@ -242,9 +245,13 @@ class Scheduler:
             if job.key is not None:
                 self._in_flight[job.key] = job
             self._queue.append(job)
-            metrics.queue_depth.set(len(self._queue))
+            self._queue_depth_changed()
             self._cond.notify()
         return job.future, job
+
+    def _queue_depth_changed(self) -> None:
+        if self._publish_queue_depth:
+            metrics.queue_depth.set(len(self._queue))
 
     def _replace_queued_partial(self, stream_key: Any, job: Job) -> None:
         stale = self._queued_partials.get(stream_key)
@@ -265,7 +272,7 @@ class Scheduler:
     def _remove_queued(self, job: Job) -> None:
         if job in self._queue:
             self._queue.remove(job)
-            metrics.queue_depth.set(len(self._queue))
+            self._queue_depth_changed()
         if self._queued_partials.get(job.stream_key) is job:
             del self._queued_partials[job.stream_key]
         if job.key is not None and self._in_flight.get(job.key) is job:
@@ -273,7 +280,9 @@ class Scheduler:
 
     # --- workers ---------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, on_start: Callable[[], None] | None = None) -> None:
+        if on_start is not None:
+            on_start()
         while True:
             batch: list[Job] = []
             try:

@@ -26,7 +26,7 @@ from stt.engine.jobs import BatchLimit, Job
 from stt.engine.load import LoadMeter
 from stt.engine.loading import LoadedModel, ModelFactory, ModelLoader, create_model, inference_layout, pick_device
 from stt.engine.scheduler import Scheduler
-from stt.engine.types import AudioSource, DecodeOptions, EngineInfo, EngineStats, Transcript
+from stt.engine.types import AudioSource, DecodeOptions, EngineInfo, EngineStats, JobKind, Transcript
 from stt.errors import SttError
 
 logger = logging.getLogger(__name__)
@@ -52,12 +52,17 @@ class SpeechEngine:
         transcription_timeout: float | Callable[[], float] = 30.0,
         model_factory: ModelFactory = create_model,
         load_window_seconds: float = 30.0,
+        background_workers: int = 0,
     ) -> None:
         """`transcription_timeout` is seconds, or a callable read at each request (the
         process engine follows STT_TRANSCRIPTION_TIMEOUT as it changes). `model_factory`
         builds the faster-whisper model for a path, device and compute type.
         `load_window_seconds`: the span of the load figures (`load`, stt/engine/load.py).
-        `workers` and `cpu_threads` of 0 are chosen for the device (inference_layout)."""
+        `workers` and `cpu_threads` of 0 are chosen for the device (inference_layout).
+        `background_workers` > 0: on a CPU, chunks of uploaded files (JobKind.FILE) run
+        on a copy of the model of their own, with that many workers at the lowest CPU
+        priority, so they use only what live streams leave of the cores; 0, or a GPU:
+        they queue below live work on the model's own workers."""
         self.model_reference = model
         self.workers, self.cpu_threads = inference_layout(pick_device(device), workers, cpu_threads,
                                                           os.cpu_count() or 1)
@@ -81,6 +86,15 @@ class SpeechEngine:
         self.load = LoadMeter(self.workers, load_window_seconds)
         self.scheduler = Scheduler(self._decode, self.transcription_breaker, self.stats, self._batch_limit,
                                    cache_size, min_window_seconds, timeout, self.load)
+        self.background_workers = max(0, background_workers)
+        self.background: Scheduler | None = None  # the uploads' lane, once serving on a CPU
+        if self.background_workers:
+            batch_limit = BatchLimit()
+            batch_limit.set_full(self.background_workers)
+            self._background = Scheduler(self._decode_in_background, self.transcription_breaker, self.stats,
+                                         batch_limit, cache_size, min_window_seconds, timeout,
+                                         LoadMeter(self.background_workers, load_window_seconds),
+                                         publish_queue_depth=False)
 
     def set_failure_thresholds(self, transcription: int, gpu: int) -> None:
         """Breaker thresholds from the runtime configuration (they change at run time)."""
@@ -128,6 +142,9 @@ class SpeechEngine:
             self._gpu_guard = GpuGuard(self._decode_on_gpu, self._decode_on_cpu, self.gpu_breaker,
                                        self._batch_limit, self.stats)
         self.scheduler.start(self.workers)
+        if self.background_workers and not on_gpu:
+            self.background = self._background
+            self.background.start(self.background_workers, "stt-background-inference")
 
     # --- requests ------------------------------------------------------------------
 
@@ -157,7 +174,8 @@ class SpeechEngine:
         if self.scheduler.closed:
             raise SttError("model_unavailable", "the speech engine is shut down")
         await self.ready()
-        return await self.scheduler.request(source, options, stream_key, health_probe)
+        lane = self.background if options.kind is JobKind.FILE and self.background is not None else self.scheduler
+        return await lane.request(source, options, stream_key, health_probe)
 
     def prefetch(self, audio: np.ndarray, options: DecodeOptions, stream_key: Any = None) -> None:
         """Start decoding audio whose result will probably be asked for soon (a final
@@ -176,7 +194,10 @@ class SpeechEngine:
         Waits for inferences in progress, so that the model is never destroyed under a
         running inference (CTranslate2 aborts the process if it is).
         """
-        if self.scheduler.close(timeout) and self._loaded is not None:
+        stopped = self.scheduler.close(timeout)
+        if self.background is not None:
+            stopped = self.background.close(timeout) and stopped
+        if stopped and self._loaded is not None:
             self._loaded.release()  # else leave it to the process exit
 
     # --- decoding ------------------------------------------------------------------
@@ -194,6 +215,10 @@ class SpeechEngine:
     def _decode_on_cpu(self, jobs: list[Job]) -> list[Decoded]:
         assert self._loaded is not None
         return self._decode_with(self._loaded.cpu_copy(), jobs, encoder_to_cpu=False)
+
+    def _decode_in_background(self, jobs: list[Job]) -> list[Decoded]:
+        assert self._loaded is not None
+        return self._decode_with(self._loaded.background_copy(self.background_workers), jobs, encoder_to_cpu=False)
 
     def _decode_with(self, model: Any, jobs: list[Job], encoder_to_cpu: bool) -> list[Decoded]:
         assert self._loaded is not None

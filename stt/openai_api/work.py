@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, Callable, Protocol, Union
@@ -28,6 +27,7 @@ from typing import IO, Any, Callable, Protocol, Union
 import numpy as np
 
 from stt.audio import DecodeStopped, decode_file
+from stt.engine.priority import lower_this_thread
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +44,8 @@ class Decoder(Protocol):
 
 
 def _lower_priority() -> None:
-    """Each file thread's CPU priority, below the process's other threads (Linux sets
-    nice per thread; elsewhere this does nothing)."""
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + FILE_NICENESS))
-    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: same priority
-        logger.debug("file threads keep the process's priority: %s", exc)
+    """Each file thread's CPU priority, below the process's other threads."""
+    lower_this_thread(FILE_NICENESS)
 
 
 class FileWorkPool:

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from stt.engine import DecodeOptions
+from stt.engine import DecodeOptions, SpeechEngine
 from stt.evaluation import word_error_rate
 from tests.conftest import JFK_TEXT, silence
 from tests.stt.engine.helpers import unique
@@ -69,3 +69,52 @@ async def test_a_final_that_comes_out_doubled_is_redone_the_long_way(engine, jfk
     clip = jfk_audio[int(0.152 * 16000):int(2.768 * 16000)]
     result = await engine.transcribe(clip, DecodeOptions.final("en", word_timestamps=True))
     assert word_error_rate("And so my fellow Americans.", result.text) <= 0.2, result.text
+
+
+def niced_threads() -> set[int]:
+    """The ids of this process's threads running at the lowest CPU priority (nice 19)."""
+    from pathlib import Path
+
+    niced = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        if int(fields[16]) == 19:  # field 19 of stat: nice (counted after the name)
+            niced.add(int(task.name))
+    return niced
+
+
+class TestTheUploadsLane:
+    """On a CPU, chunks of uploaded files run on a copy of the model of their own whose
+    threads run at the lowest CPU priority, so they take only the CPU time live streams
+    leave; live work never runs there."""
+
+    async def test_a_file_chunk_is_decoded_by_niced_threads_of_a_copy_and_live_work_is_not(self, jfk_audio):
+        engine = SpeechEngine("tiny.en", cache_size=0, background_workers=1)
+        try:
+            await engine.ready()
+            assert engine.background is not None
+            before = niced_threads()
+            transcript = await engine.transcribe(unique(jfk_audio), DecodeOptions.file("en", word_timestamps=True))
+            assert word_error_rate(JFK_TEXT, transcript.text) == 0.0 and transcript.words
+            # The copy was built by a niced thread: its compute thread inherits the nice value.
+            assert len(niced_threads() - before) >= 1
+            assert engine.background.load.figures().final_busy_seconds > 0
+            assert engine.load.figures().final_busy_seconds == 0, "the live workers' load has no upload in it"
+            await engine.transcribe(unique(jfk_audio[:48000]), DecodeOptions.final("en", True))
+            assert engine.load.figures().final_busy_seconds > 0
+        finally:
+            engine.close()
+
+    async def test_without_a_lane_file_chunks_queue_on_the_live_workers(self, jfk_audio):
+        engine = SpeechEngine("tiny.en", cache_size=0)
+        try:
+            await engine.ready()
+            assert engine.background is None
+            transcript = await engine.transcribe(unique(jfk_audio), DecodeOptions.file("en", word_timestamps=False))
+            assert word_error_rate(JFK_TEXT, transcript.text) == 0.0
+            assert engine.load.figures().final_busy_seconds > 0
+        finally:
+            engine.close()
