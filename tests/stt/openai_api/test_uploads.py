@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -124,7 +125,7 @@ async def test_a_keys_third_upload_and_the_processs_fifth_are_refused_429_with_r
         await decoder.wait_entered(3)
         refused = await asyncio.wait_for(api.transcriptions(upload_request(first)), 5)
         assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
-        body = __import__("json").loads(refused.content)["error"]
+        body = json.loads(refused.content)["error"]
         assert set(body) == {"message", "type", "param", "code"} and body["code"] == "rate_limit_exceeded"
         held.append(asyncio.ensure_future(api.transcriptions(upload_request(second))))  # the process's fourth
         await decoder.wait_entered(1)
@@ -155,7 +156,7 @@ async def test_a_decode_past_its_time_limit_is_refused_and_its_hung_thread_keeps
     key = await asyncio.to_thread(new_key, "backend")
     try:
         response = await asyncio.wait_for(api.transcriptions(upload_request(key)), 10)
-        error = __import__("json").loads(response.content)["error"]
+        error = json.loads(response.content)["error"]
         assert response.status_code == 400 and error["code"] == "decode_timeout" and error["param"] == "file"
         assert decoder.asked_to_stop.is_set() or await asyncio.wait_for(decoder.asked_to_stop.wait(), 5) is True
         # The decode thread still hangs: its slot is not given to the next upload.
