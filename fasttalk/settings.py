@@ -460,7 +460,7 @@ FILE_RETRY_AFTER = env_float("FILE_RETRY_AFTER", 5.0)
 # free for live streams (a live final never waits for more than this many file chunks).
 FILE_ENGINE_JOBS = env_int("FILE_ENGINE_JOBS", 1)
 # On a CPU, uploads' chunks run on a copy of the model of their own (FILE_ENGINE_JOBS
-# inferences of one thread) at the lowest CPU priority, so they take only the CPU time live
+# inferences of one thread) at a low CPU priority (nice +10), so they take mostly the CPU time live
 # streams leave; false: on the live workers, below live work in their queue. (GPU: shared.)
 FILE_SEPARATE_MODEL = env_bool("FILE_SEPARATE_MODEL", True)
 # Longest decode of an uploaded file (s); past it the upload is refused (400 decode_timeout).

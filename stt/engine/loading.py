@@ -103,7 +103,7 @@ def create_model(path: str, device: str, compute_type: str, cpu_threads: int, wo
 
 
 def in_niced_thread(function: Callable[..., Any], *args: Any) -> Any:
-    """`function(*args)` run by a thread at the lowest CPU priority: the threads it starts
+    """`function(*args)` run by a thread at the background CPU priority: the threads it starts
     (CTranslate2's compute threads, when it builds a model) inherit that priority, while
     the caller keeps its own. Only the compute is lowered: a lowered thread that holds
     the GIL would hold up the event loop's thread whenever the cores are busy."""
@@ -164,7 +164,7 @@ class LoadedModel:
 
     def background_copy(self, workers: int) -> Any:
         """A CPU copy of the model for background work (uploads), `workers` inferences of
-        one thread each, whose compute threads run at the lowest CPU priority; loaded
+        one thread each, whose compute threads run at the background CPU priority; loaded
         once, when first needed."""
         with self._cpu_lock:
             if self._background_copy is None:

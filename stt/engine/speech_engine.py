@@ -88,10 +88,14 @@ class SpeechEngine:
                                    cache_size, min_window_seconds, timeout, self.load)
         self.background_workers = max(0, background_workers)
         self.background: Scheduler | None = None  # the uploads' lane, once serving on a CPU
+        # The uploads' lane has a breaker of its own: a chunk that runs past its time limit
+        # because live streams took the CPU is not a failure of the live model.
+        self.background_breaker = CircuitBreaker("background_transcription", transcription_failure_threshold,
+                                                 transcription_reset_seconds, on_change=_breaker_changed)
         if self.background_workers:
             batch_limit = BatchLimit()
             batch_limit.set_full(self.background_workers)
-            self._background = Scheduler(self._decode_in_background, self.transcription_breaker, self.stats,
+            self._background = Scheduler(self._decode_in_background, self.background_breaker, self.stats,
                                          batch_limit, cache_size, min_window_seconds, timeout,
                                          LoadMeter(self.background_workers, load_window_seconds),
                                          publish_queue_depth=False)
@@ -99,6 +103,7 @@ class SpeechEngine:
     def set_failure_thresholds(self, transcription: int, gpu: int) -> None:
         """Breaker thresholds from the runtime configuration (they change at run time)."""
         self.transcription_breaker.failure_threshold = max(1, transcription)
+        self.background_breaker.failure_threshold = max(1, transcription)
         self.gpu_breaker.failure_threshold = max(1, gpu)
 
     # --- loading -----------------------------------------------------------------

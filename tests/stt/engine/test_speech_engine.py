@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 from stt.engine import DecodeOptions, SpeechEngine
+from stt.engine.breaker import BreakerState
+from stt.engine.priority import BACKGROUND
+from stt.errors import SttError
 from stt.evaluation import word_error_rate
 from tests.conftest import JFK_TEXT, silence
 from tests.stt.engine.helpers import unique
@@ -72,7 +75,7 @@ async def test_a_final_that_comes_out_doubled_is_redone_the_long_way(engine, jfk
 
 
 def niced_threads() -> set[int]:
-    """The ids of this process's threads running at the lowest CPU priority (nice 19)."""
+    """The ids of this process's threads running at the background CPU priority or lower."""
     from pathlib import Path
 
     niced = set()
@@ -81,15 +84,15 @@ def niced_threads() -> set[int]:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the thread ended meanwhile
-        if int(fields[16]) == 19:  # field 19 of stat: nice (counted after the name)
+        if int(fields[16]) >= BACKGROUND:  # field 19 of stat: nice (counted after the name)
             niced.add(int(task.name))
     return niced
 
 
 class TestTheUploadsLane:
     """On a CPU, chunks of uploaded files run on a copy of the model of their own whose
-    threads run at the lowest CPU priority, so they take only the CPU time live streams
-    leave; live work never runs there."""
+    threads run at a low CPU priority, so they take mostly the CPU time live streams
+    leave; live work never runs there, and their failures are not the live model's."""
 
     async def test_a_file_chunk_is_decoded_by_niced_threads_of_a_copy_and_live_work_is_not(self, jfk_audio):
         engine = SpeechEngine("tiny.en", cache_size=0, background_workers=1)
@@ -105,6 +108,19 @@ class TestTheUploadsLane:
             assert engine.load.figures().final_busy_seconds == 0, "the live workers' load has no upload in it"
             await engine.transcribe(unique(jfk_audio[:48000]), DecodeOptions.final("en", True))
             assert engine.load.figures().final_busy_seconds > 0
+        finally:
+            engine.close()
+
+    async def test_a_chunk_past_its_time_limit_opens_the_lanes_breaker_not_the_live_one(self, jfk_audio):
+        engine = SpeechEngine("tiny.en", cache_size=0, background_workers=1, transcription_timeout=0.001,
+                              transcription_failure_threshold=1)
+        try:
+            await engine.ready()
+            with pytest.raises(SttError) as timed_out:
+                await engine.transcribe(unique(jfk_audio), DecodeOptions.file("en", word_timestamps=False))
+            assert timed_out.value.code == "transcription_timeout"
+            assert engine.background_breaker.state is BreakerState.OPEN
+            assert engine.transcription_breaker.state is BreakerState.CLOSED
         finally:
             engine.close()
 
