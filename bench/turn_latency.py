@@ -65,7 +65,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -254,10 +254,13 @@ def server_env(folder: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def local_server(root: Path) -> Iterator[str]:
-    """A server of the tree at `root` on a fresh, migrated SQLite database; its URL."""
+def local_server(root: Path, adjust: Callable[[dict[str, str]], dict[str, str]] | None = None) -> Iterator[str]:
+    """A server of the tree at `root` on a fresh, migrated SQLite database; its URL.
+    `adjust` changes its environment (server_env's) before it starts."""
     with tempfile.TemporaryDirectory(prefix="turn-bench-server-") as folder:
         env, log = server_env(Path(folder)), Path(folder) / "server.log"
+        if adjust is not None:
+            env = adjust(env)
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=root, env=env,
                        check=True)
         try:

@@ -337,9 +337,12 @@ CAPACITY_FINAL_P95_BOUND = env_float("CAPACITY_FINAL_P95_BOUND", 0.8)
 CAPACITY_MAX_LOAD = env_float("CAPACITY_MAX_LOAD", 0.25)
 # Finals the window must hold before their p95 is judged.
 CAPACITY_MIN_FINALS = env_int("CAPACITY_MIN_FINALS", 8)
-# A session's first seconds do not count in its measured demand (it has not spoken yet);
-# until a demand has been measured once, sessions are admitted one this far apart.
+# A session's first seconds do not count in its measured demand (it has not spoken yet).
 CAPACITY_WARMUP_SECONDS = env_float("CAPACITY_WARMUP_SECONDS", 5.0)
+# A session's final-path demand (decode seconds per session-second) assumed until one
+# is measured: clients that connect together to an idle process are admitted up to
+# CAPACITY_MAX_LOAD x workers / this (8 on two workers), not one per warmup.
+CAPACITY_PRIOR_DEMAND = env_float("CAPACITY_PRIOR_DEMAND", 0.06)
 # The sliding window of the engine's load figures (read when the engine is built).
 CAPACITY_WINDOW_SECONDS = env_float("CAPACITY_WINDOW_SECONDS", 30.0)
 # retry_after told to a refused client.

@@ -10,8 +10,8 @@ The bound is set small (CAPACITY_MAX_LOAD=0.03: any real stream's final-path dem
 is several times that), so the refusal follows from the process's own measurements
 alone, whatever the speed of this machine: the first stream is admitted (a process
 without sessions always admits one), a second is refused while the first is not yet
-measured (slow start), and from its first decodes on, because it would load the
-engine past the bound. One admitted stream, so that its bound holds even
+measured (CAPACITY_PRIOR_DEMAND, 0.06, is over that bound too), and from its first
+decodes on, because it would load the engine past the bound. One admitted stream, so that its bound holds even
 on a machine other work loads heavily."""
 
 from __future__ import annotations
@@ -136,9 +136,9 @@ async def test_past_capacity_new_sessions_are_refused_and_the_admitted_keep_thei
     assert (await asyncio.to_thread(get_json, f"{server.base}/health"))[1]["ready"] is True
     admitted = asyncio.create_task(paced(server.ws, stream_audio(RECORDINGS)))
 
-    # Full at once (slow start: its cost is not measured yet), then by the measured figures.
-    status, report = await health_when(server.base, lambda s, r: r["capacity"]["projected_load"] is not None,
-                                       timeout=25)
+    # Full at once (what a session is assumed to cost before one is measured is over the
+    # bound), then by the measured figures.
+    status, report = await health_when(server.base, lambda s, r: r["capacity"]["sessions"] == 1, timeout=25)
     assert status == 503 and report["not_ready"] == ["at_capacity"], report
     assert report["status"] == "healthy", "full, not broken"
     capacity = report["capacity"]

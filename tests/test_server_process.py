@@ -194,8 +194,10 @@ def test_startup_503s_of_health_are_answers_not_errors(embedded_server):
 
 async def test_a_full_process_answers_503_on_health_and_ready_and_logs_no_error(tmp_path):
     """A 503 of the health endpoints is an answer (loading, draining, full), not a fault:
-    made certain here by a process held full by its capacity gate's slow start."""
-    server = Server(embedded_env(tmp_path, CAPACITY_ADMISSION="1", CAPACITY_WARMUP_SECONDS="60"), tmp_path)
+    made certain here by a process held full by its capacity gate's prior (a session is
+    assumed to cost 100 decode seconds a second until one is measured)."""
+    server = Server(embedded_env(tmp_path, CAPACITY_ADMISSION="1", CAPACITY_WARMUP_SECONDS="60",
+                                 CAPACITY_PRIOR_DEMAND="100"), tmp_path)
     try:
         async with websockets.connect(server.ws) as ws:
             await ws.send(json.dumps({"type": "start_session"}))

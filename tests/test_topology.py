@@ -389,9 +389,10 @@ async def test_sessions_go_on_through_the_balancer_while_redis_restarts(topology
 
 # Admission by capacity, on web1 only: the other tests load the processes on purpose and
 # run with it off (tests/servers.py base_env). Until a process has measured what a
-# session costs, it admits one session per CAPACITY_WARMUP_SECONDS (slow start,
-# stt/session/capacity.py): at 60 s, web1 is full from its first session on, for the test.
-FULL_AFTER_ONE_SESSION = {"CAPACITY_ADMISSION": "1", "CAPACITY_WARMUP_SECONDS": "60"}
+# session costs (not before 3 x CAPACITY_WARMUP_SECONDS), it assumes CAPACITY_PRIOR_DEMAND
+# (stt/session/capacity.py): at 100 decode seconds per session-second, web1 is full
+# from its first session on, for the test.
+FULL_AFTER_ONE_SESSION = {"CAPACITY_ADMISSION": "1", "CAPACITY_WARMUP_SECONDS": "60", "CAPACITY_PRIOR_DEMAND": "100"}
 
 
 async def test_a_full_process_leaves_the_rotation_and_new_sessions_go_to_the_others(topology, clips):

@@ -23,6 +23,12 @@ PARTIAL_PATIENCE = (0.3, 0.6)
 # higher): live work always goes first, yet a file moves on while streams keep the
 # model busy, taking turns like one more stream's partials.
 FILE_PATIENCE = 2.0
+# A stream over its audio budget (a client pushing audio faster than real time) has its
+# jobs ranked below every live stream's, just above files' chunks (ORDER_OVER_BUDGET),
+# for this long after they were queued: its work yields to streams within their budget
+# yet is never starved (after that its jobs rank as their kind).
+OVER_BUDGET_PATIENCE = 2.0
+ORDER_OVER_BUDGET = int(JobKind.PARTIAL) + 0.5
 # After an out-of-memory error halved the batch, this many clean batches double it
 # again (up to the configured size).
 BATCH_REGROW_AFTER = 200
@@ -68,8 +74,12 @@ class Job:
     started_at: float | None = None  # time.perf_counter() when a worker took it
     admissions: list[Admission] = field(default_factory=list)  # of the requests waiting on it
 
-    def order(self, now: float) -> tuple[int, int]:
-        rank = int(self.kind)
+    def order(self, now: float, over_budget: bool = False) -> tuple[float, int]:
+        """Its place in the queue (lowest first); `over_budget`: its stream is over its
+        audio budget (see OVER_BUDGET_PATIENCE)."""
+        rank: float = int(self.kind)
+        if over_budget and self.kind is not JobKind.FILE and now - self.enqueued_at <= OVER_BUDGET_PATIENCE:
+            return (ORDER_OVER_BUDGET, self.sequence)
         if self.kind is JobKind.FILE:
             if now - self.enqueued_at > FILE_PATIENCE:
                 rank = int(JobKind.PARTIAL)

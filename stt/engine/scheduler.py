@@ -76,6 +76,10 @@ class Scheduler:
         self._running = 0
         self.closed = False
         self._publish_queue_depth = publish_queue_depth  # the live queue's gauge (one per process)
+        # Streams over their audio budget, until when (perf_counter): their jobs rank below
+        # the others' (Job.order) and their work is not the load admission protects.
+        self._over_budget: dict[Any, float] = {}
+        self._running_over_budget = 0  # batches of such streams being decoded
 
     @property
     def queue_depth(self) -> int:
@@ -100,6 +104,21 @@ class Scheduler:
 
     # --- requests ------------------------------------------------------------------
 
+    def over_budget(self, stream_key: Any, seconds: float) -> None:
+        """The stream is over its audio budget for the next `seconds`: its work yields to
+        streams within theirs (Job.order), and counts as elastic in the load figures."""
+        now = time.perf_counter()
+        with self._cond:
+            if len(self._over_budget) > 64:
+                self._over_budget = {key: until for key, until in self._over_budget.items() if until > now}
+            self._over_budget[stream_key] = max(self._over_budget.get(stream_key, 0.0), now + seconds)
+
+    def is_over_budget(self, stream_key: Any, now: float | None = None) -> bool:
+        if stream_key is None:
+            return False
+        until = self._over_budget.get(stream_key)
+        return until is not None and until > (time.perf_counter() if now is None else now)
+
     async def request(self, source: AudioSource, options: DecodeOptions, stream_key: Any = None,
                       health_probe: bool = False) -> Transcript:
         """Queue a decode and wait for it (see SpeechEngine.transcribe)."""
@@ -109,13 +128,13 @@ class Scheduler:
         timeout = self._timeout()
         try:
             transcript = await self._wait(future, job, timeout)
-            if options.kind is JobKind.FINAL and not health_probe:
+            if options.kind is JobKind.FINAL and not health_probe and not self.is_over_budget(stream_key):
                 self.load.record_final(time.perf_counter() - asked)
             return transcript
         except asyncio.TimeoutError:
             if job is not None:
                 self._withdraw(job)
-            if options.kind is JobKind.FINAL and not health_probe:
+            if options.kind is JobKind.FINAL and not health_probe and not self.is_over_budget(stream_key):
                 self.load.record_final(time.perf_counter() - asked)  # late at least this much
             self.stats.timeouts += 1
             # The model hung; a job still queued is overload, and a health probe not a client's.
@@ -285,14 +304,18 @@ class Scheduler:
             on_start()
         while True:
             batch: list[Job] = []
+            over_budget = False
             try:
                 with self._cond:
-                    while not self._queue and not self.closed:
-                        self._cond.wait()
+                    while not self.closed and not self._can_take():
+                        # Over-budget work may wait for its turn: look again when it may.
+                        self._cond.wait(None if not self._queue else 0.05)
                     if self.closed:
                         return
                     batch = self._take_batch()
+                    over_budget = self.is_over_budget(batch[0].stream_key)
                     self._running += len(batch)
+                    self._running_over_budget += over_budget
                 self._run_batch(batch)
             except Exception as exc:  # never let the worker thread die quietly
                 logger.exception("engine worker fault")
@@ -301,12 +324,34 @@ class Scheduler:
             finally:
                 with self._cond:
                     self._running -= len(batch)
+                    self._running_over_budget -= over_budget
+                    if over_budget:
+                        self._cond.notify()
+
+    def _over_budget_may_run(self) -> bool:
+        """With several workers, work of streams over their budget never takes the last
+        one: it stays free for streams within theirs."""
+        return len(self.threads) <= 1 or self._running_over_budget < len(self.threads) - 1
+
+    def _can_take(self) -> bool:
+        if not self._queue:
+            return False
+        if self._over_budget_may_run():
+            return True
+        now = time.perf_counter()
+        return any(not self._yields(job, now) for job in self._queue)
+
+    def _yields(self, job: Job, now: float) -> bool:
+        """Whether a queued job yields its place (its stream is over its budget)."""
+        return job.kind is not JobKind.FILE and self.is_over_budget(job.stream_key, now)
 
     def _take_batch(self) -> list[Job]:
         """The most urgent job and queued jobs that can share its inference."""
         now = time.perf_counter()
-        self._queue.sort(key=lambda j: j.order(now))
+        self._queue.sort(key=lambda j: j.order(now, self.is_over_budget(j.stream_key, now)))
         first = self._queue[0]
+        if not self._over_budget_may_run():
+            first = next(job for job in self._queue if not self._yields(job, now))
         batch = [first]
         self._remove_queued(first)
         self._materialize(first)
@@ -353,14 +398,14 @@ class Scheduler:
             results = self._decode(todo)
         except Exception as exc:
             logger.exception("inference failed")
-            self.load.record_batch(todo[0].kind is not JobKind.PARTIAL, time.perf_counter() - started)
+            self.load.record_batch(self._on_final_path(todo, started), time.perf_counter() - started)
             self.stats.failures += 1
             self._report(Verdict.FAILED, admissions)
             for job in todo:
                 self._fail(job, SttError("transcription_failed", f"the model failed: {exc}"))
             return
         elapsed = time.perf_counter() - started
-        self.load.record_batch(todo[0].kind is not JobKind.PARTIAL, elapsed)
+        self.load.record_batch(self._on_final_path(todo, started), elapsed)
         self.stats.batches += 1
         self.stats.last_inference_at = time.monotonic()
         self._report(Verdict.WORKED, admissions)
@@ -377,6 +422,14 @@ class Scheduler:
                                     window_seconds=self._bucket(job))
             self._cache.put(job.key, transcript)
             self._finish(job, transcript)
+
+    def _on_final_path(self, batch: list[Job], now: float) -> bool:
+        """Whether a batch's decode time is final-path load (what admission protects):
+        finals and speculative finals, unless every one is of a stream over its budget
+        (that work yields, like partials)."""
+        if batch[0].kind is JobKind.PARTIAL:
+            return False
+        return not all(self.is_over_budget(job.stream_key, now) for job in batch)
 
     def _needs_the_model(self, job: Job, started: float) -> bool:
         """Start a taken job; False when it needs no decode (withdrawn meanwhile, or

@@ -189,6 +189,12 @@ class SpeechEngine:
             return
         self.scheduler.prefetch(audio, options, stream_key)
 
+    def over_budget(self, stream_key: Any, seconds: float) -> None:
+        """The stream is over its audio budget for the next `seconds` (a client pushing
+        audio faster than real time): its work ranks below other streams' and is not
+        counted as the load admission protects (Scheduler.over_budget)."""
+        self.scheduler.over_budget(stream_key, seconds)
+
     def cancel_stream(self, stream_key: Any) -> int:
         """Drop the stream's queued partials and speculative finals; returns how many."""
         return self.scheduler.cancel_stream(stream_key)

@@ -16,6 +16,9 @@ from typing import Callable, Hashable
 
 # A key may get ahead of real time by this much (seconds of wall time at its rate).
 BURST_SECONDS = 2.0
+# A session that had to wait for its budget counts as over it (its work yields to
+# sessions within theirs, and admission does not protect it) for its wait and this long after.
+OVER_BUDGET_GRACE_SECONDS = 2.0
 
 
 @dataclass

@@ -16,13 +16,22 @@ sliding window, not on a connection count:
   (sessions + 1) x demand / workers; above `max_load`, it is refused. Partials do not
   count: they are elastic (under load a stream's partials come less often), but the
   load left to them is reported.
-- **Slow start.** Until a session's demand has been measured once (three warmups'
-  worth of session-seconds past their warmup, and some final-path work), a process
-  admits one session per `warmup_seconds`: it does not let a burst in blind.
+- **Before anything is measured**, a session's demand is taken to be `prior_demand`
+  (a fresh process, or one that never saw a final): clients that connect together to
+  an idle process are admitted up to what that prior predicts (max_load x workers /
+  prior_demand, 8 on two workers with the defaults), not one per warmup. Until
+  2026-12 a slow start admitted one session per warmup there, and refused 3 of 4
+  clients that connected together to an idle server (issue 24 #4).
+- **Over budget.** A session pushing audio faster than its audio budget
+  (stt/session/budget.py) is slowed, and its decodes rank below other sessions' (the
+  scheduler's over-budget rank); its work is elastic like partials. It is left out of
+  the session count, of the session-seconds and (by the engine's meter) of the finals
+  and final-path load that protect the others: a flooding client never locks out a
+  real-time one.
 
 The demand figure is kept after the window empties or goes silent (the last one
-measured), so a quiet process remembers what a session costs and does not start slow
-again. A process without sessions always admits one.
+measured), so a quiet process remembers what a session costs. A process without
+sessions always admits one.
 """
 
 from __future__ import annotations
@@ -51,13 +60,15 @@ class CapacityPolicy:
     max_load: float = 0.25  # final-path decode seconds per wall second per worker
     min_finals: int = 8  # finals in the window before their p95 counts
     warmup_seconds: float = 5.0  # a session's first seconds, not counted in its demand
+    prior_demand: float = 0.06  # a session's demand until one is measured
     retry_after: float = 5.0  # told to refused clients
 
     @classmethod
     def from_settings(cls) -> "CapacityPolicy":
         return cls(enabled=settings.CAPACITY_ADMISSION, final_p95_bound=settings.CAPACITY_FINAL_P95_BOUND,
                    max_load=settings.CAPACITY_MAX_LOAD, min_finals=settings.CAPACITY_MIN_FINALS,
-                   warmup_seconds=settings.CAPACITY_WARMUP_SECONDS, retry_after=settings.CAPACITY_RETRY_AFTER)
+                   warmup_seconds=settings.CAPACITY_WARMUP_SECONDS, prior_demand=settings.CAPACITY_PRIOR_DEMAND,
+                   retry_after=settings.CAPACITY_RETRY_AFTER)
 
 
 @dataclass(frozen=True)
@@ -66,17 +77,20 @@ class CapacityVerdict:
 
     full: bool
     reasons: tuple[str, ...]
-    sessions: int
-    demand_per_session: float | None  # final-path decode seconds per session-second
-    projected_load: float | None  # with one more session
+    sessions: int  # within their audio budget (over-budget ones are elastic load)
+    demand_per_session: float | None  # final-path decode seconds per session-second, measured
+    projected_load: float | None  # with one more session (at the prior demand until one is measured)
     figures: LoadFigures | None
     retry_after: float
+    over_budget: int = 0  # live sessions over their audio budget, not in `sessions`
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "full": self.full,
             "reasons": list(self.reasons),
             "sessions": self.sessions,
+            "over_budget_sessions": self.over_budget,
+            "demand_measured": self.demand_per_session is not None,
             "demand_per_session": None if self.demand_per_session is None else round(self.demand_per_session, 4),
             "projected_load": None if self.projected_load is None else round(self.projected_load, 4),
             "retry_after": self.retry_after if self.full else None,
@@ -86,38 +100,49 @@ class CapacityVerdict:
 
 class SessionTimes:
     """When each live session joined, and the lifetimes of those that left within the
-    window: the session-seconds lived in it."""
+    window: the session-seconds lived in it. Sessions over their audio budget are left
+    out while they are."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._live: dict[Any, float] = {}
         self._gone: deque[tuple[float, float]] = deque()  # (joined, left)
+        self._over_budget: dict[Any, float] = {}  # live sessions over their budget, until when
 
     def joined(self, token: Any) -> None:
         self._live[token] = self._clock()
 
     def left(self, token: Any) -> None:
         joined = self._live.pop(token, None)
+        self._over_budget.pop(token, None)
         if joined is not None:
             self._gone.append((joined, self._clock()))
 
+    def over_budget(self, token: Any, seconds: float) -> None:
+        if token in self._live:
+            self._over_budget[token] = self._clock() + seconds
+
+    def _within_budget(self) -> dict[Any, float]:
+        now = self._clock()
+        return {token: joined for token, joined in self._live.items() if self._over_budget.get(token, 0.0) <= now}
+
     @property
     def count(self) -> int:
-        return len(self._live)
+        """Live sessions within their audio budget."""
+        return len(self._within_budget())
 
-    def younger_than(self, seconds: float) -> int:
-        """Live sessions that joined less than `seconds` ago."""
-        now = self._clock()
-        return sum(1 for joined in self._live.values() if now - joined < seconds)
+    @property
+    def over_budget_count(self) -> int:
+        return len(self._live) - self.count
 
     def lived(self, window: float, skip: float) -> float:
         """Session-seconds within the last `window` seconds, each session's first `skip`
-        seconds left out."""
+        seconds left out (and live sessions over their budget)."""
         now = self._clock()
         start = now - window
         while self._gone and self._gone[0][1] < start:
             self._gone.popleft()
-        spans = [(joined, now) for joined in self._live.values()] + list(self._gone)
+        spans = [(joined, now) for joined in self._within_budget().values()] + list(self._gone)
         return sum(max(0.0, left - max(start, joined + skip)) for joined, left in spans)
 
 
@@ -143,12 +168,16 @@ class CapacityGate:
         with self._lock:
             self._times.left(token)
 
+    def over_budget(self, token: Any, seconds: float) -> None:
+        """The session is over its audio budget for the next `seconds` (see the module)."""
+        with self._lock:
+            self._times.over_budget(token, seconds)
+
     def verdict(self) -> CapacityVerdict:
         policy = self._policy()
         figures = self._figures()
         with self._lock:
-            sessions = self._times.count
-            young = self._times.younger_than(policy.warmup_seconds)
+            sessions, over_budget = self._times.count, self._times.over_budget_count
             if figures is not None and figures.span_seconds > 0:
                 lived = self._times.lived(figures.span_seconds, policy.warmup_seconds)
                 # A measure once sessions have lived past their warmup long enough
@@ -159,31 +188,28 @@ class CapacityGate:
                     self._demand = figures.final_busy_seconds / lived
             demand = self._demand
         projected = None
-        if demand is not None and figures is not None:
-            projected = (sessions + 1) * demand / figures.workers
+        if figures is not None:
+            assumed = policy.prior_demand if demand is None else demand
+            projected = (sessions + 1) * assumed / figures.workers
         reasons: list[str] = []
         # An idle process always takes a session: nothing to protect, and refusing on
         # stale figures (or a demand larger than the bound) would leave it unused.
         if policy.enabled and figures is not None and sessions > 0:
-            reasons = self._reasons(policy, figures, projected, young if demand is None else 0)
+            reasons = self._reasons(policy, figures, projected, measured=demand is not None)
         return CapacityVerdict(bool(reasons), tuple(reasons), sessions, demand, projected, figures,
-                               policy.retry_after)
+                               policy.retry_after, over_budget)
 
     @staticmethod
     def _reasons(policy: CapacityPolicy, figures: LoadFigures, projected: float | None,
-                 unmeasured: int) -> list[str]:
+                 measured: bool) -> list[str]:
         reasons = []
         p95 = figures.final_p95_seconds
         if p95 is not None and figures.finals >= policy.min_finals and p95 > policy.final_p95_bound:
             reasons.append(f"finals p95 {p95:.2f} s is over the bound of {policy.final_p95_bound:g} s")
         if projected is not None and projected > policy.max_load:
+            basis = "" if measured else f", at the {policy.prior_demand:g} assumed before a session is measured"
             reasons.append(f"one more session would load the engine to {projected:.0%} "
-                           f"(bound {policy.max_load:.0%})")
-        if unmeasured:
-            # Slow start: until a session's cost has been measured once, sessions are
-            # admitted one warmup apart, so a burst on a fresh process is not let in blind.
-            reasons.append(f"measuring what a session costs: {unmeasured} session(s) joined in the last "
-                           f"{policy.warmup_seconds:g} s, and none has been measured yet")
+                           f"(bound {policy.max_load:.0%}{basis})")
         return reasons
 
     def refusal(self) -> SttError | None:

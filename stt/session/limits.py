@@ -13,6 +13,7 @@ import asyncio
 from django.conf import settings
 
 from stt.errors import SttError
+from stt.session.budget import OVER_BUDGET_GRACE_SECONDS
 from stt.session.state import SessionState
 from stt.streaming import FinalReason
 
@@ -48,12 +49,21 @@ class SessionLimits(SessionState):
         delay = budget.wait_for(self.budget_owner, audio_seconds, self._clock())
         if delay <= 0:
             return True
+        self._mark_over_budget(delay + OVER_BUDGET_GRACE_SECONDS)
         try:
             await asyncio.wait_for(self._ending_event.wait(), delay)
         except TimeoutError:
             return True
         budget.refund(self.budget_owner, audio_seconds)
         return False
+
+    def _mark_over_budget(self, seconds: float) -> None:
+        """A client pushing audio faster than its budget: its decodes rank below those of
+        sessions within theirs, and admission counts it as elastic load (issue 24 #4)."""
+        if self.stream is not None:
+            self.stream.over_budget(seconds)
+        if self.services.capacity is not None:
+            self.services.capacity.over_budget(self.connection_id, seconds)
 
     def _start_watchdog(self) -> None:
         self._watchdog = asyncio.ensure_future(self._watch_limits())

@@ -127,6 +127,16 @@ class StreamingTranscriber:
     def buffering(self) -> bool:
         return self._segmenter.current is not None
 
+    @property
+    def stream_key(self) -> object:
+        """This stream's key in the engine's scheduler."""
+        return self._key
+
+    def over_budget(self, seconds: float) -> None:
+        """This stream's client is over its audio budget for the next `seconds`: its
+        decodes yield to streams within theirs (SpeechEngine.over_budget)."""
+        self.engine.over_budget(self._key, seconds)
+
     # --- audio in ----------------------------------------------------------------------
 
     async def push_audio(self, samples: np.ndarray) -> None:

@@ -9,6 +9,7 @@ from stt.engine import DecodeOptions, JobKind, Transcript
 from stt.engine.jobs import (
     BATCH_REGROW_AFTER,
     FILE_PATIENCE,
+    OVER_BUDGET_PATIENCE,
     Admission,
     BatchLimit,
     Job,
@@ -53,6 +54,14 @@ class TestRank:
         assert chunk.order(FILE_PATIENCE + 0.1) < partial.order(FILE_PATIENCE + 0.1), "then older first"
         assert chunk.order(1000.0) == (int(JobKind.PARTIAL), 1), "never above a partial's own rank"
         assert chunk.order(1000.0) > job(JobKind.SPECULATIVE, 9).order(1000.0)
+
+    def test_a_stream_over_its_budget_ranks_below_live_partials_and_above_files_until_its_patience(self):
+        flooded = job(JobKind.FINAL, 1)
+        live_partial, chunk = job(JobKind.PARTIAL, 5), job(JobKind.FILE, 6)
+        assert live_partial.order(0.1) < flooded.order(0.1, over_budget=True) < chunk.order(0.1)
+        assert flooded.order(OVER_BUDGET_PATIENCE + 0.1, over_budget=True) == (int(JobKind.FINAL), 1), \
+            "never starved: after its patience it ranks as its kind"
+        assert chunk.order(0.1, over_budget=True) == chunk.order(0.1), "files have a lane of their own"
 
     def test_files_partials_and_finals_never_share_an_inference(self):
         groups = {kind: batch_group(kind) for kind in JobKind}

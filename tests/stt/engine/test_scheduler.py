@@ -325,6 +325,72 @@ class TestWithoutTheModel:
         assert decoder.batches == [1, 4]
 
 
+class TestStreamsOverBudget:
+    """Issue 24 #4: a client flooding audio is slowed by its budget; its work then yields
+    to streams within theirs and is not the load admission protects."""
+
+    async def test_a_final_of_a_stream_over_its_budget_runs_after_live_partials(self, scripted):
+        scheduler, decoder = scripted.scheduler, scripted.decoder
+        decoder.gate.clear()
+        order: list[str] = []
+
+        async def run(name: str, options: DecodeOptions, key: str) -> None:
+            await scheduler.request(noise(1), options, key)
+            order.append(name)
+
+        scheduler.over_budget("flood", 5.0)
+        busy = asyncio.create_task(run("busy", DecodeOptions.final("en", True), "s0"))
+        await asyncio.sleep(0.05)
+        flooded = asyncio.create_task(run("flood final", DecodeOptions.final("en", True), "flood"))
+        await asyncio.sleep(0.01)
+        live = asyncio.create_task(run("live partial", DecodeOptions.partial("en"), "s1"))
+        await asyncio.sleep(0.01)
+        decoder.gate.set()
+        await asyncio.gather(busy, flooded, live)
+        assert order == ["busy", "live partial", "flood final"]
+
+    async def test_with_two_workers_its_work_never_takes_both(self):
+        decoder = ScriptedDecoder()
+        started: list[str] = []
+        scheduler = Scheduler(lambda jobs: (started.append(jobs[0].stream_key), decoder(jobs))[1],
+                              CircuitBreaker("transcription", 3, 60), EngineStats(), BatchLimit(), cache_size=0,
+                              min_window=10.0, timeout=lambda: 10.0)
+        scheduler.start(2)
+        try:
+            decoder.gate.clear()
+            scheduler.over_budget("flood", 5.0)
+            flooded = [asyncio.create_task(scheduler.request(noise(1), DecodeOptions.final("en", True), "flood"))
+                       for _ in range(2)]
+            await asyncio.sleep(0.2)
+            assert started == ["flood"], "the second worker stays free"
+            live = asyncio.create_task(scheduler.request(noise(1), DecodeOptions.final("en", True), "live"))
+            await asyncio.sleep(0.2)
+            assert started == ["flood", "live"], "and takes the live stream's final at once"
+            decoder.gate.set()
+            await asyncio.gather(*flooded, live)
+            assert started == ["flood", "live", "flood"]
+        finally:
+            decoder.gate.set()
+            scheduler.close(5)
+
+    async def test_its_finals_count_neither_in_the_finals_latencies_nor_in_the_final_path_load(self, scripted):
+        scheduler = scripted.scheduler
+        scheduler.over_budget("flood", 5.0)
+        await scheduler.request(noise(1), DecodeOptions.final("en", True), "flood")
+        figures = scheduler.load.figures()
+        assert (figures.finals, figures.final_busy_seconds) == (0, 0.0) and figures.partial_busy_seconds > 0
+        await scheduler.request(noise(1), DecodeOptions.final("en", True), "live")
+        figures = scheduler.load.figures()
+        assert figures.finals == 1 and figures.final_busy_seconds > 0
+
+    async def test_a_stream_is_over_its_budget_only_for_the_time_it_was_told(self, scripted):
+        scheduler = scripted.scheduler
+        scheduler.over_budget("flood", 0.05)
+        assert scheduler.is_over_budget("flood") and not scheduler.is_over_budget("live")
+        await asyncio.sleep(0.1)
+        assert not scheduler.is_over_budget("flood")
+
+
 class TestFileChunks:
     async def test_a_files_chunk_never_joins_a_finals_batch_and_runs_after_live_work(self, scripted):
         scheduler, decoder = scripted.scheduler, scripted.decoder

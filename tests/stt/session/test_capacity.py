@@ -174,21 +174,71 @@ class TestPredictedLoad:
         process.work(1, decode_seconds)
         assert process.gate.verdict().demand_per_session is not None
 
-    def test_a_process_that_has_measured_nothing_admits_one_session_per_warmup(self, decode_seconds):
+    def test_clients_that_connect_together_to_an_idle_process_are_admitted_up_to_what_the_prior_predicts(self):
+        """Issue 24 #4: a slow start admitted one session per warmup, so 3 of 4 clients
+        that connected together to an idle server were refused."""
+        process = Process(CapacityPolicy(), workers=2)  # the defaults: 0.06 assumed, bound 25%
+        admitted = 0
+        while process.gate.refusal() is None:
+            process.sessions(1, prefix=f"together{admitted}-")
+            admitted += 1
+            assert admitted < 1000
+        assert admitted == 8, "0.25 x 2 workers / 0.06"
+        verdict = process.gate.verdict()
+        assert verdict.demand_per_session is None and verdict.projected_load == pytest.approx(9 * 0.06 / 2)
+        assert verdict.reasons == ("one more session would load the engine to 27% (bound 25%, "
+                                   "at the 0.06 assumed before a session is measured)",)
+
+    def test_once_a_session_is_measured_its_demand_replaces_the_prior(self, decode_seconds):
+        process = Process(CapacityPolicy(prior_demand=10.0))  # the prior alone would refuse anyone
+        process.sessions(1)
+        assert process.gate.verdict().full
+        scale = 0.1 / (sum(decode_seconds) / len(decode_seconds))
+        process.work(30, [d * scale for d in decode_seconds])
+        verdict = process.gate.verdict()
+        assert verdict.demand_per_session == pytest.approx(0.12, rel=0.05)
+        assert not verdict.full and verdict.projected_load == pytest.approx(2 * verdict.demand_per_session)
+
+
+class TestOverBudget:
+    """A session over its audio budget (a client flooding audio) is elastic load: left
+    out of the sessions and session-seconds the gate protects (the scheduler leaves its
+    work out of the final-path figures: tests/stt/engine/test_scheduler.py)."""
+
+    def test_a_session_over_its_budget_is_left_out_of_the_count_for_as_long_as_it_is(self):
+        process = Process()
+        process.sessions(2)
+        process.gate.over_budget("s1", 3.0)
+        verdict = process.gate.verdict()
+        assert (verdict.sessions, verdict.over_budget) == (1, 1)
+        assert verdict.as_dict()["over_budget_sessions"] == 1
+        process.clock.advance(3.1)
+        assert (process.gate.verdict().sessions, process.gate.verdict().over_budget) == (2, 0)
+
+    def test_a_flooding_session_does_not_make_the_real_time_ones_look_expensive(self, decode_seconds):
+        process = Process()
+        process.sessions(1, prefix="live")
+        process.sessions(1, prefix="flood")
+        for _ in range(30):
+            process.gate.over_budget("flood0", 2.0)
+            process.work(1, decode_seconds)  # the live session's finals only: the flood's are elastic
+        verdict = process.gate.verdict()
+        assert verdict.sessions == 1
+        assert verdict.demand_per_session == pytest.approx(verdict.figures.final_busy_seconds / 25)
+
+    def test_a_process_with_only_a_flooding_session_admits_a_real_time_one(self):
+        process = Process(CapacityPolicy(), workers=2)
+        process.sessions(1, prefix="flood")
+        process.gate.over_budget("flood0", 5.0)
+        assert process.gate.refusal() is None
+
+    def test_a_session_that_left_is_forgotten(self):
         process = Process()
         process.sessions(1)
-        verdict = process.gate.verdict()
-        assert verdict.full and verdict.demand_per_session is None
-        assert verdict.reasons == ("measuring what a session costs: 1 session(s) joined in the last 5 s, "
-                                   "and none has been measured yet",)
-        process.clock.advance(POLICY.warmup_seconds)
-        assert not process.gate.verdict().full, "past its warmup, though silent: the next one may come"
-        process.sessions(1, prefix="second")
-        assert process.gate.verdict().full
-        process.work(12, decode_seconds)  # now they speak: measured over 12 + 7 s past their warmups
-        verdict = process.gate.verdict()
-        assert verdict.demand_per_session is not None
-        assert not any(reason.startswith("measuring") for reason in verdict.reasons)
+        process.gate.over_budget("s0", 5.0)
+        process.gate.left("s0")
+        process.gate.over_budget("s0", 5.0)  # a late report of a session gone
+        assert process.gate.verdict().over_budget == 0
 
 
 def test_a_disabled_gate_admits_but_still_reports_its_figures(decode_seconds):
@@ -203,7 +253,9 @@ def test_a_disabled_gate_admits_but_still_reports_its_figures(decode_seconds):
 def test_the_policy_comes_from_settings(settings):
     settings.CAPACITY_ADMISSION, settings.CAPACITY_FINAL_P95_BOUND, settings.CAPACITY_MAX_LOAD = True, 0.8, 0.5
     settings.CAPACITY_MIN_FINALS, settings.CAPACITY_WARMUP_SECONDS, settings.CAPACITY_RETRY_AFTER = 3, 2.0, 9.0
-    assert CapacityPolicy.from_settings() == CapacityPolicy(True, 0.8, 0.5, 3, 2.0, 9.0)
+    settings.CAPACITY_PRIOR_DEMAND = 0.2
+    assert CapacityPolicy.from_settings() == CapacityPolicy(True, 0.8, 0.5, 3, 2.0, prior_demand=0.2,
+                                                            retry_after=9.0)
 
 
 @pytest.mark.django_db(transaction=True)

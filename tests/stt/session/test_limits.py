@@ -120,3 +120,27 @@ async def test_a_session_ended_by_the_server_stops_waiting_for_the_budget_and_gi
     await asyncio.wait_for(waiting, 2)
     assert session.audio_received_ms == 0
     assert budget.wait_for(session.budget_owner, 0.01, session.services.clock()) == 0.0, "the frame not taken is not paid"
+
+
+async def test_a_session_held_back_by_its_budget_yields_to_the_others_and_is_not_counted_for_admission(engine):
+    """Issue 24 #4: a client flooding audio locked the next real-time client out (its
+    work counted as the load admission protects). Over its budget, its decodes rank
+    below the others' and the capacity gate leaves it out."""
+    from stt.session.capacity import CapacityGate, CapacityPolicy
+
+    clock = ManualClock()
+    gate = CapacityGate(lambda: engine.scheduler.load.figures(), CapacityPolicy, clock=clock)
+    services = session_services(engine, audio_budget=AudioBudget(lambda: 0.5), clock=clock, capacity=gate,
+                                history=HistoryRecorder(), runtime=SettingsRuntime())
+    session, transport = await open_session(engine, services=services)
+    assert gate.verdict().sessions == 1
+    await feed(session, silence(0.5))  # within its burst of 1 s
+    assert not engine.scheduler.is_over_budget(session.stream.stream_key)
+    waiting = asyncio.ensure_future(feed(session, silence(1.0)))  # past it: waits 1 s of the budget's clock
+    await asyncio.sleep(0.05)
+    assert engine.scheduler.is_over_budget(session.stream.stream_key)
+    assert (gate.verdict().sessions, gate.verdict().over_budget) == (0, 1)
+    clock.advance(5.0)  # its wait and the grace after it are over
+    assert (gate.verdict().sessions, gate.verdict().over_budget) == (1, 0)
+    await session.end("session_end", ended_reason="test")
+    await asyncio.wait_for(waiting, 2)
