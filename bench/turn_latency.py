@@ -257,6 +257,14 @@ def server_env(folder: Path) -> dict[str, str]:
 def local_server(root: Path, adjust: Callable[[dict[str, str]], dict[str, str]] | None = None) -> Iterator[str]:
     """A server of the tree at `root` on a fresh, migrated SQLite database; its URL.
     `adjust` changes its environment (server_env's) before it starts."""
+    with local_server_process(root, adjust) as (_, url):
+        yield url
+
+
+@contextlib.contextmanager
+def local_server_process(root: Path, adjust: Callable[[dict[str, str]], dict[str, str]] | None = None
+                         ) -> Iterator[tuple[subprocess.Popen, str]]:
+    """local_server's process and URL (for a benchmark that watches the process)."""
     with tempfile.TemporaryDirectory(prefix="turn-bench-server-") as folder:
         env, log = server_env(Path(folder)), Path(folder) / "server.log"
         if adjust is not None:
@@ -269,7 +277,7 @@ def local_server(root: Path, adjust: Callable[[dict[str, str]], dict[str, str]] 
             sys.stderr.write(log.read_text()[-4000:])
             raise
         try:
-            yield url
+            yield process, url
         finally:
             process.terminate()
             try:

@@ -116,6 +116,12 @@ async def stats(request: HttpRequest, sources: ServiceSources) -> JsonResponse:
         "max_batch": engine.max_batch,
         "audio_seconds": round(engine.stats.audio_seconds, 3),
         "inference_seconds": round(engine.stats.inference_seconds, 3),
+        "batches": engine.stats.batches,
+        "cache_hits": engine.stats.cache_hits,
+        "superseded": engine.stats.superseded,
+        "redone_the_long_way": engine.stats.fallbacks,
+        "by_kind": {kind: {"inferences": count, "seconds": round(engine.stats.kind_seconds.get(kind, 0.0), 3)}
+                    for kind, count in sorted(engine.stats.kind_inferences.items())},
     }
     snapshot["history"] = {
         "written": history.stats.written,

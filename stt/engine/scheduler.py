@@ -416,6 +416,7 @@ class Scheduler:
             self.stats.inferences += 1
             self.stats.audio_seconds += audio_seconds
             self.stats.inference_seconds += elapsed / len(todo)
+            self.stats.count_kind(job.kind.name.lower(), 1, elapsed / len(todo))
             transcript = Transcript(result.text, result.words, result.pieces, result.language,
                                     result.confidence, audio_seconds, started - job.enqueued_at, elapsed,
                                     batch_size=len(todo), prefix_forced=result.prefix_forced,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable, Union
 
@@ -138,6 +138,14 @@ class EngineStats:
     timeouts: int = 0
     audio_seconds: float = 0.0
     inference_seconds: float = 0.0
+    # By job kind ("final", "speculative", "partial", "file"): jobs decoded, and the
+    # decode time of their batches shared out among their jobs (what a stream costs, by path).
+    kind_inferences: dict[str, int] = field(default_factory=dict)
+    kind_seconds: dict[str, float] = field(default_factory=dict)
+
+    def count_kind(self, kind: str, jobs: int, seconds: float) -> None:
+        self.kind_inferences[kind] = self.kind_inferences.get(kind, 0) + jobs
+        self.kind_seconds[kind] = self.kind_seconds.get(kind, 0.0) + seconds
     last_inference_at: float | None = None  # time.monotonic() of the last successful decode
 
 

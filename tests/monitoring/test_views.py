@@ -214,6 +214,20 @@ async def test_ready_ignores_a_shared_dependency_that_health_reports(engine, set
     assert (await AsyncClient().get("/ready")).status_code == 200
 
 
+async def test_stats_give_the_engines_decodes_and_their_time_by_kind(engine, jfk_audio):
+    """What a stream costs, by path (issue 24 #1): bench/cost_profile.py reads these."""
+    before = (await AsyncClient().get("/stats")).json()["engine"]
+    await engine.transcribe(unique(jfk_audio[:48000]), DecodeOptions.partial("en"))
+    await engine.transcribe(unique(jfk_audio[:48000]), DecodeOptions.final("en", True))
+    after = (await AsyncClient().get("/stats")).json()["engine"]
+    for kind in ("partial", "final"):
+        was = before["by_kind"].get(kind, {"inferences": 0, "seconds": 0.0})
+        assert after["by_kind"][kind]["inferences"] == was["inferences"] + 1
+        assert after["by_kind"][kind]["seconds"] > was["seconds"]
+    assert after["batches"] >= before["batches"] + 2
+    assert {"cache_hits", "superseded", "redone_the_long_way"} <= set(after)
+
+
 async def test_stats_has_every_field_of_the_design_document(engine):
     sent: list[dict] = []
 
