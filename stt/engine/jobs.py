@@ -94,6 +94,22 @@ class Job:
         return (rank, self.sequence)
 
 
+class OverBudgetStreams:
+    """Streams over their audio budget, and until when (the scheduler's clock)."""
+
+    def __init__(self) -> None:
+        self._until: dict[Any, float] = {}
+
+    def mark(self, stream_key: Any, seconds: float, now: float) -> None:
+        if len(self._until) > 64:  # forget streams whose time ran out
+            self._until = {key: until for key, until in self._until.items() if until > now}
+        self._until[stream_key] = max(self._until.get(stream_key, 0.0), now + seconds)
+
+    def holds(self, stream_key: Any, now: float) -> bool:
+        until = self._until.get(stream_key) if stream_key is not None else None
+        return until is not None and until > now
+
+
 def batch_group(kind: JobKind) -> str:
     """Jobs share an inference only within their group: a partial never delays a final,
     and a file's chunk never rides along with (and slows) a live final."""

@@ -33,7 +33,7 @@ import numpy as np
 from monitoring import metrics
 from stt.engine.breaker import BreakerState, CircuitBreaker
 from stt.engine.decoding import Decoded, bucket, is_silent
-from stt.engine.jobs import Admission, BatchLimit, Job, ResultCache, Verdict, batch_group, digest
+from stt.engine.jobs import Admission, BatchLimit, Job, OverBudgetStreams, ResultCache, Verdict, batch_group, digest
 from stt.engine.load import LoadMeter
 from stt.engine.types import (
     SAMPLE_RATE,
@@ -76,9 +76,9 @@ class Scheduler:
         self._running = 0
         self.closed = False
         self._publish_queue_depth = publish_queue_depth  # the live queue's gauge (one per process)
-        # Streams over their audio budget, until when (perf_counter): their jobs rank below
-        # the others' (Job.order) and their work is not the load admission protects.
-        self._over_budget: dict[Any, float] = {}
+        # Streams over their audio budget: their jobs rank below the others' (Job.order),
+        # never take the last worker, and are not the load admission protects.
+        self._over_budget = OverBudgetStreams()
         self._running_over_budget = 0  # batches of such streams being decoded
 
     @property
@@ -107,17 +107,11 @@ class Scheduler:
     def over_budget(self, stream_key: Any, seconds: float) -> None:
         """The stream is over its audio budget for the next `seconds`: its work yields to
         streams within theirs (Job.order), and counts as elastic in the load figures."""
-        now = time.perf_counter()
         with self._cond:
-            if len(self._over_budget) > 64:
-                self._over_budget = {key: until for key, until in self._over_budget.items() if until > now}
-            self._over_budget[stream_key] = max(self._over_budget.get(stream_key, 0.0), now + seconds)
+            self._over_budget.mark(stream_key, seconds, time.perf_counter())
 
     def is_over_budget(self, stream_key: Any, now: float | None = None) -> bool:
-        if stream_key is None:
-            return False
-        until = self._over_budget.get(stream_key)
-        return until is not None and until > (time.perf_counter() if now is None else now)
+        return self._over_budget.holds(stream_key, time.perf_counter() if now is None else now)
 
     async def request(self, source: AudioSource, options: DecodeOptions, stream_key: Any = None,
                       health_probe: bool = False) -> Transcript:

@@ -114,8 +114,8 @@ class SessionTimes:
 
     def left(self, token: Any) -> None:
         joined = self._live.pop(token, None)
-        self._over_budget.pop(token, None)
-        if joined is not None:
+        over_budget_until = self._over_budget.pop(token, 0.0)
+        if joined is not None and over_budget_until <= self._clock():  # a flood's lifetime is not demand
             self._gone.append((joined, self._clock()))
 
     def over_budget(self, token: Any, seconds: float) -> None:

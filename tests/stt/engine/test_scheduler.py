@@ -325,6 +325,14 @@ class TestWithoutTheModel:
         assert decoder.batches == [1, 4]
 
 
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait (polling) until `condition()` holds; fails past `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.01)
+
+
 class TestStreamsOverBudget:
     """Issue 24 #4: a client flooding audio is slowed by its budget; its work then yields
     to streams within theirs and is not the load admission protects."""
@@ -361,11 +369,12 @@ class TestStreamsOverBudget:
             scheduler.over_budget("flood", 5.0)
             flooded = [asyncio.create_task(scheduler.request(noise(1), DecodeOptions.final("en", True), "flood"))
                        for _ in range(2)]
-            await asyncio.sleep(0.2)
+            await until(lambda: len(started) == 1)
+            await asyncio.sleep(0.2)  # time for the second worker to take the other one, were it allowed
             assert started == ["flood"], "the second worker stays free"
             live = asyncio.create_task(scheduler.request(noise(1), DecodeOptions.final("en", True), "live"))
-            await asyncio.sleep(0.2)
-            assert started == ["flood", "live"], "and takes the live stream's final at once"
+            await until(lambda: len(started) == 2)
+            assert started == ["flood", "live"], "and takes the live stream's final while the flood's waits"
             decoder.gate.set()
             await asyncio.gather(*flooded, live)
             assert started == ["flood", "live", "flood"]

@@ -232,6 +232,18 @@ class TestOverBudget:
         process.gate.over_budget("flood0", 5.0)
         assert process.gate.refusal() is None
 
+    def test_a_flooding_session_that_left_does_not_count_its_lifetime(self, decode_seconds):
+        process = Process()
+        process.sessions(1, prefix="live")
+        process.sessions(1, prefix="flood")
+        for _ in range(20):
+            process.gate.over_budget("flood0", 2.0)
+            process.work(1, decode_seconds)
+        process.gate.left("flood0")
+        process.work(10, decode_seconds)
+        verdict = process.gate.verdict()
+        assert verdict.demand_per_session == pytest.approx(verdict.figures.final_busy_seconds / 25)
+
     def test_a_session_that_left_is_forgotten(self):
         process = Process()
         process.sessions(1)
