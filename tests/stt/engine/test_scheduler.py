@@ -330,6 +330,16 @@ class TestWithoutTheModel:
         assert decoder.batches == [1, 4]
 
 
+def answering_into(scheduler: Scheduler, order: list[str]):
+    """A request of 1 s of noise that appends its name to `order` once answered."""
+
+    async def run(name: str, options: DecodeOptions, key: str) -> None:
+        await scheduler.request(noise(1), options, key)
+        order.append(name)
+
+    return run
+
+
 async def until(condition, timeout: float = 10.0) -> None:
     """Wait (polling) until `condition()` holds; fails past `timeout`."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -346,10 +356,7 @@ class TestStreamsOverBudget:
         scheduler, decoder = scripted.scheduler, scripted.decoder
         decoder.gate.clear()
         order: list[str] = []
-
-        async def run(name: str, options: DecodeOptions, key: str) -> None:
-            await scheduler.request(noise(1), options, key)
-            order.append(name)
+        run = answering_into(scheduler, order)
 
         scheduler.over_budget("flood", 5.0)
         busy = asyncio.create_task(run("busy", DecodeOptions.final("en", True), "s0"))
@@ -410,10 +417,7 @@ class TestFileChunks:
         scheduler, decoder = scripted.scheduler, scripted.decoder
         decoder.gate.clear()
         order: list[str] = []
-
-        async def run(name: str, options: DecodeOptions, key: str) -> None:
-            await scheduler.request(noise(1), options, key)
-            order.append(name)
+        run = answering_into(scheduler, order)
 
         busy = asyncio.create_task(run("busy", DecodeOptions.final("en", True), "s0"))
         await asyncio.sleep(0.05)

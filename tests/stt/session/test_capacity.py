@@ -200,6 +200,18 @@ class TestPredictedLoad:
         assert not verdict.full and verdict.projected_load == pytest.approx(2 * verdict.demand_per_session)
 
 
+def live_beside_a_flood(seconds: int, decode_seconds: list[float]) -> Process:
+    """A live session and a flooding one ("flood0", over its budget throughout) for
+    `seconds`; the final path's work is the live one's (the flood's is elastic)."""
+    process = Process()
+    process.sessions(1, prefix="live")
+    process.sessions(1, prefix="flood")
+    for _ in range(seconds):
+        process.gate.over_budget("flood0", 2.0)
+        process.work(1, decode_seconds)
+    return process
+
+
 class TestOverBudget:
     """A session over its audio budget (a client flooding audio) is elastic load: left
     out of the sessions and session-seconds the gate protects (the scheduler leaves its
@@ -216,12 +228,7 @@ class TestOverBudget:
         assert (process.gate.verdict().sessions, process.gate.verdict().over_budget) == (2, 0)
 
     def test_a_flooding_session_does_not_make_the_real_time_ones_look_expensive(self, decode_seconds):
-        process = Process()
-        process.sessions(1, prefix="live")
-        process.sessions(1, prefix="flood")
-        for _ in range(30):
-            process.gate.over_budget("flood0", 2.0)
-            process.work(1, decode_seconds)  # the live session's finals only: the flood's are elastic
+        process = live_beside_a_flood(30, decode_seconds)
         verdict = process.gate.verdict()
         assert verdict.sessions == 1
         assert verdict.demand_per_session == pytest.approx(verdict.figures.final_busy_seconds / 25)
@@ -233,12 +240,7 @@ class TestOverBudget:
         assert process.gate.refusal() is None
 
     def test_a_flooding_session_that_left_does_not_count_its_lifetime(self, decode_seconds):
-        process = Process()
-        process.sessions(1, prefix="live")
-        process.sessions(1, prefix="flood")
-        for _ in range(20):
-            process.gate.over_budget("flood0", 2.0)
-            process.work(1, decode_seconds)
+        process = live_beside_a_flood(20, decode_seconds)
         process.gate.left("flood0")
         process.work(10, decode_seconds)
         verdict = process.gate.verdict()
