@@ -471,8 +471,10 @@ FILE_DECODE_TIMEOUT = env_float("FILE_DECODE_TIMEOUT", 60.0)
 if FILE_MAX_UPLOADS < 1 or FILE_MAX_UPLOADS_PER_KEY < 1 or FILE_ENGINE_JOBS < 1 or FILE_DECODE_TIMEOUT <= 0 or FILE_RETRY_AFTER < 0:
     raise ImproperlyConfigured("FILE_MAX_UPLOADS, FILE_MAX_UPLOADS_PER_KEY and FILE_ENGINE_JOBS must be >= 1, "
                                "FILE_DECODE_TIMEOUT > 0, FILE_RETRY_AFTER >= 0")
-# Model names clients may send besides STT_MODEL; all are served by the one loaded model.
-OPENAI_MODEL_ALIASES = env_list("OPENAI_MODEL_ALIASES", "whisper-1,gpt-4o-transcribe,gpt-4o-mini-transcribe")
+# Model names clients may send besides STT_MODEL (file API and /v1/realtime; a dated
+# snapshot NAME-YYYY-MM-DD of one too); all are served by the one loaded model.
+OPENAI_MODEL_ALIASES = env_list("OPENAI_MODEL_ALIASES",
+                                "whisper-1,gpt-4o-transcribe,gpt-4o-mini-transcribe,gpt-transcribe,gpt-realtime-whisper")
 # (Uploads above Django's FILE_UPLOAD_MAX_MEMORY_SIZE, 2.5 MB, wait in a temporary file.)
 if MAX_FILE_SECONDS <= 0 or FILE_CHUNK_SECONDS < 2 or FILE_CHUNK_SECONDS > 28:
     raise ImproperlyConfigured("MAX_FILE_SECONDS must be > 0 and FILE_CHUNK_SECONDS within 2-28 s")

@@ -61,8 +61,12 @@ def _file_settings() -> FileSettings:
                         server_id=current_server_id())
 
 
+def process_model_catalog() -> ModelCatalog:
+    """The model names the OpenAI-compatible endpoints answer to (file API and realtime)."""
+    return ModelCatalog.from_settings(settings.STT_MODEL, settings.OPENAI_MODEL_ALIASES, _started_at())
+
+
 def process_file_services(engine: SpeechEngine | None = None) -> FileApiServices:
     """The file API's services: the process's engine (looked up on each call, like
     process_session_services) and history, and the model names from the settings."""
-    catalog = ModelCatalog.from_settings(settings.STT_MODEL, settings.OPENAI_MODEL_ALIASES, _started_at())
-    return FileApiServices(FileTranscriber(engine or get_engine(), history, _file_settings), catalog)
+    return FileApiServices(FileTranscriber(engine or get_engine(), history, _file_settings), process_model_catalog())

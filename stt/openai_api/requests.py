@@ -50,9 +50,10 @@ def parse_transcription_request(fields: Mapping[str, Any], catalog: ModelCatalog
     model = _single(fields, "model")
     if not model:
         raise bad_request("you must provide a model parameter", "model", "missing_required_parameter")
-    if not catalog.knows(model):
-        raise bad_request(f"the model {model!r} does not exist; this server has {', '.join(catalog.ids)}",
-                          "model", "model_not_found")
+    refused = catalog.refusal(model)
+    if refused is not None:
+        code, message = refused
+        raise bad_request(message, "model", code)
     response_format = _single(fields, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise bad_request(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}; got {response_format!r}",

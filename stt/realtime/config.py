@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from stt.errors import SttError
+from stt.openai_api.catalog import ModelCatalog
 from stt.realtime.events import BetaSession, GaSession, TranscriptionOptions, TurnDetection
 
 INPUT_SAMPLE_RATE = 24000
@@ -130,9 +131,10 @@ class UpdateParams:
 
 
 def updated_config(current: RealtimeConfig, session: BetaSession | GaSession,
-                   max_silence_ms: int) -> RealtimeConfig:
+                   max_silence_ms: int, models: ModelCatalog | None = None) -> RealtimeConfig:
     """The config after an update event's session (fields it leaves out keep their
-    value), or SttError naming the offending field; nothing is applied on error."""
+    value), or SttError naming the offending field; nothing is applied on error.
+    `models`: the names a transcription model may be asked by (None: any)."""
     if isinstance(session, BetaSession):
         params = UpdateParams.beta()
         if session.input_audio_format not in (None, "pcm16"):
@@ -151,7 +153,7 @@ def updated_config(current: RealtimeConfig, session: BetaSession | GaSession,
         has_transcription, has_turn = "transcription" in fields, "turn_detection" in fields
     config = current
     if has_transcription:
-        config = _with_transcription(config, transcription, params)
+        config = _with_transcription(config, transcription, params, models)
     if has_turn:
         config = _with_turn_detection(config, turn, params, max_silence_ms)
     return config
@@ -169,10 +171,13 @@ def _check_ga_format(audio_format: Any) -> None:
 
 
 def _with_transcription(config: RealtimeConfig, options: TranscriptionOptions | None,
-                        params: UpdateParams) -> RealtimeConfig:
+                        params: UpdateParams, models: ModelCatalog | None) -> RealtimeConfig:
     if options is None:
         raise SttError("invalid_config", "a transcription session always transcribes: the transcription "
                        "settings cannot be null", field=params.transcription)
+    refused = models.refusal(options.model) if models is not None and options.model else None
+    if refused is not None:  # as the file API refuses it (its code there is in the message's place here)
+        raise SttError("invalid_config", refused[1], field=f"{params.transcription}.model")
     if "language" in options.model_fields_set:
         config = replace(config, language=options.language)
     if "prompt" in options.model_fields_set:  # checked as the session's prompt when applied

@@ -10,7 +10,7 @@ from stt.consumers import BROADCAST_GROUP, TranscribeConsumer, session_group
 from stt.handshake import client_address
 from stt.realtime.session import BETA, GA, RealtimeSession
 from stt.realtime.translator import event_id
-from stt.services import process_session_services
+from stt.services import process_model_catalog, process_session_services
 
 TRANSCRIPTION_INTENT = "transcription"
 
@@ -49,7 +49,7 @@ class RealtimeConsumer(TranscribeConsumer):
             return
         self.realtime = RealtimeSession(self._send_json, self._close, process_session_services(),
                                         dialect=dialect_of(self.scope), client=client_address(self.scope),
-                                        principal=principal)
+                                        principal=principal, models=process_model_catalog())
         self.session = self.realtime.session
         if await self.realtime.open():
             await self._join(BROADCAST_GROUP)

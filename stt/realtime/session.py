@@ -37,6 +37,7 @@ from stt.realtime.events import (
     TranscriptionSessionUpdate,
     parse_client_event,
 )
+from stt.openai_api.catalog import ModelCatalog
 from stt.realtime.translator import EventTranslator
 from stt.session import CloseFn, SendFn, SessionServices, SttSession
 from stt.streaming import FinalReason, SpeechEnd
@@ -49,8 +50,11 @@ GA = "ga"  # session.* names and the session of type "transcription"
 
 class RealtimeSession:
     def __init__(self, send: SendFn, close: CloseFn, services: SessionServices, *, dialect: str = GA,
-                 client: str | None = None, principal: Principal | None = None) -> None:
+                 client: str | None = None, principal: Principal | None = None,
+                 models: ModelCatalog | None = None) -> None:
+        """`models`: the names a client may ask for (None: any name, as a test's session)."""
         self._send_raw = send
+        self.models = models
         self._close_raw = close
         self._open = True
         self.dialect = dialect
@@ -142,7 +146,8 @@ class RealtimeSession:
             return
         try:
             config = updated_config(self.config, event.session,
-                                    max_silence_ms=round(session.runtime.max_silence_duration * 1000))
+                                    max_silence_ms=round(session.runtime.max_silence_duration * 1000),
+                                    models=self.models)
         except SttError as error:
             await session.reject(error)
             return

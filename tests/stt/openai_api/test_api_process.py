@@ -142,6 +142,12 @@ class TestModels:
         assert ids[0] == "tiny.en" and "whisper-1" in ids
         assert client.models.retrieve("whisper-1").owned_by == "fasttalk"
 
+    def test_pipecats_default_name_is_listed_and_transcribes(self, client):
+        """Issue 26 #1: Pipecat's OpenAISTTService asks for gpt-transcribe (400 before)."""
+        assert {"gpt-transcribe", "gpt-realtime-whisper"} <= {model.id for model in client.models.list()}
+        result = client.audio.transcriptions.create(file=JFK_PATH, model="gpt-transcribe")
+        assert word_error_rate(JFK_TEXT, result.text) <= 0.1
+
     def test_an_unknown_model_is_not_found(self, client):
         with pytest.raises(openai.NotFoundError):
             client.models.retrieve("whisper-9")

@@ -56,6 +56,32 @@ class TestAccepted:
                                                 "owned_by": "fasttalk"}
 
 
+class TestModelNames:
+    """Issue 26 #1: Pipecat's default STT asks for gpt-transcribe, which was refused."""
+
+    def test_openais_current_names_are_served_by_default(self, settings):
+        catalog = ModelCatalog.from_settings("tiny.en", settings.OPENAI_MODEL_ALIASES, 0)
+        for name in ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-transcribe",
+                     "gpt-realtime-whisper"):
+            assert name in catalog.ids and parse_transcription_request(QueryDict(f"model={name}"), catalog,
+                                                                       english_only).model == name
+
+    def test_a_dated_snapshot_of_a_known_name_is_that_name(self):
+        assert parse("model=gpt-4o-transcribe-2025-12-15").model == "gpt-4o-transcribe-2025-12-15"
+        assert CATALOG.knows("whisper-1-2024-01-01") and not CATALOG.knows("whisper-2-2024-01-01")
+        assert "gpt-4o-transcribe-2025-12-15" not in CATALOG.ids, "listed by their names only"
+
+    @pytest.mark.parametrize("name", ["gpt-4o-transcribe-diarize", "gpt-4o-transcribe-diarize-2025-10-15"])
+    def test_a_diarizing_model_is_refused_for_what_it_is(self, name):
+        error = refusal(f"model={name}")
+        assert (error.param, error.code) == ("model", "diarization_not_supported")
+        assert "does not tell speakers apart" in error.message
+
+    def test_an_operators_aliases_are_what_it_answers_to(self):
+        catalog = ModelCatalog.from_settings("tiny.en", ["house-model"], 0)
+        assert catalog.refusal("house-model") is None and catalog.refusal("gpt-transcribe")[0] == "model_not_found"
+
+
 class TestRefused:
     @pytest.mark.parametrize("query, param, code", [
         ("", "model", "missing_required_parameter"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stt.errors import SttError
+from stt.openai_api.catalog import ModelCatalog
 from stt.realtime.config import RealtimeConfig, ServerVad, UpdateParams, updated_config
 from stt.realtime.events import BetaSession, GaSession
 
@@ -59,6 +60,28 @@ class TestUpdates:
         for update, param in cases:
             error = refused(update)
             assert (error.code, error.field) == ("invalid_config", param)
+
+
+class TestModelNames:
+    """The names the file API answers to (stt/openai_api/catalog.py), the same way."""
+
+    MODELS = ModelCatalog.from_settings("tiny.en", ["whisper-1", "gpt-transcribe", "gpt-realtime-whisper"], 0)
+
+    def update(self, model: str) -> RealtimeConfig:
+        session = GaSession.model_validate({"type": "transcription", "audio": {"input": {"transcription": {
+            "model": model}}}})
+        return updated_config(CURRENT, session, max_silence_ms=2000, models=self.MODELS)
+
+    @pytest.mark.parametrize("model", ["gpt-transcribe", "gpt-realtime-whisper", "whisper-1-2025-01-01", "tiny.en"])
+    def test_a_name_the_server_answers_to_is_accepted_and_served_by_its_model(self, model):
+        assert self.update(model).model == "tiny.en"
+
+    @pytest.mark.parametrize("model, words", [("gpt-4o-transcribe-diarize", "does not tell speakers apart"),
+                                              ("whisper-7", "does not exist")])
+    def test_another_is_refused_naming_the_field_and_why(self, model, words):
+        error = refused(lambda: self.update(model))
+        assert (error.code, error.field) == ("invalid_config", "session.audio.input.transcription.model")
+        assert words in error.message
 
 
 class TestPrompt:

@@ -176,6 +176,23 @@ async def test_the_beta_client_commits_by_hand_clears_and_is_told_what_was_wrong
         assert "what your country" in of(events, COMPLETED)[0]["transcript"].lower()
 
 
+async def test_the_model_names_of_the_file_api_are_the_realtime_ones(server):
+    """Issue 26 #1: realtime took any name, the file API refused gpt-transcribe."""
+    async with client_for(server).realtime.connect(model="gpt-realtime-whisper", extra_query=TRANSCRIPTION) as connection:
+        assert json.loads(await connection.recv_bytes())["type"] == "session.created"
+        await connection.session.update(session={"type": "transcription", "audio": {"input": {
+            "transcription": {"model": "gpt-4o-transcribe-diarize"}}}}, event_id="diarize-1")
+        refused = json.loads(await connection.recv_bytes())
+        assert refused["type"] == "error"
+        assert (refused["error"]["event_id"], refused["error"]["param"]) == (
+            "diarize-1", "session.audio.input.transcription.model")
+        assert "does not tell speakers apart" in refused["error"]["message"]
+        await connection.session.update(session={"type": "transcription", "audio": {"input": {
+            "transcription": {"model": "gpt-transcribe"}}}})
+        updated = json.loads(await connection.recv_bytes())
+        assert updated["type"] == "session.updated", "the session goes on, and takes a name it answers to"
+
+
 async def test_a_key_the_server_does_not_know_is_refused_before_the_websocket_opens(server):
     with pytest.raises(websockets.InvalidStatus) as refused:
         async with client_for(server, key="ftk_not-a-key").realtime.connect(extra_query=TRANSCRIPTION):
