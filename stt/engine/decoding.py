@@ -7,7 +7,9 @@ max(STT_MIN_WINDOW_SECONDS, audio + 2 s), in 2 s buckets. Much shorter windows m
 Whisper loop or drop words; 10 s keeps its accuracy at a third of the cost. The
 decoder is capped in tokens in proportion to the audio, and looped tails are trimmed.
 A final that still loops, says one phrase twice, or ends in words the aligner could give
-no time (written past the speech), is redone by faster-whisper's stock long-form path.
+no time (written past the speech), is redone by faster-whisper's stock long-form path,
+unless its options say its caller has a cheaper retry (redo_long_form False: a stream's
+final with context, decoded again without it); then it comes back marked suspicious.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Decoded(NamedTuple):
     confidence: float
     prefix_forced: bool
     redone: bool = False  # a suspicious short-window final redone the long way
+    suspicious: bool = False  # one left as it is (DecodeOptions.redo_long_form False)
 
 
 def window_seconds(audio_seconds: float, min_window: float = DEFAULT_MIN_WINDOW) -> int:
@@ -213,6 +216,7 @@ class _Draft:
     text: str
     tokens: list[int]
     score: float
+    suspicious: bool = False  # loops or says it all twice
 
 
 def decode_batch(model: Any, tokenizer: Any, jobs: Sequence[Decodable], multilingual: bool,
@@ -231,13 +235,13 @@ def decode_batch(model: Any, tokenizer: Any, jobs: Sequence[Decodable], multilin
     alignments = _align(model, tokenizer, jobs, drafts, encoded) if options.word_timestamps else None
     outputs: list[Decoded] = []
     for index, (job, draft) in enumerate(zip(jobs, drafts)):
-        if draft is None:
-            outputs.append(decode_stock(model, tokenizer, job, multilingual)._replace(redone=True))
-            continue
         alignment = alignments[index] if alignments is not None else []
         output = _assemble(tokenizer, job, draft, alignment, multilingual)
-        if job.kind is not JobKind.PARTIAL and has_collapsed_tail(output.words):
+        suspicious = draft.suspicious or (job.kind is not JobKind.PARTIAL and has_collapsed_tail(output.words))
+        if suspicious and job.options.redo_long_form:
             output = decode_stock(model, tokenizer, job, multilingual)._replace(redone=True)
+        elif suspicious:
+            output = output._replace(suspicious=True)
         outputs.append(output)
     return [without_hallucination(output, job.audio) for output, job in zip(outputs, jobs)]
 
@@ -264,9 +268,9 @@ def _encode(model: Any, jobs: Sequence[Decodable], window: int, to_cpu: bool) ->
     return model.model.encode(ctranslate2.StorageView.from_array(stacked), to_cpu=to_cpu)
 
 
-def _generate(model: Any, tokenizer: Any, jobs: Sequence[Decodable], encoded: Any) -> list[_Draft | None]:
-    """Greedy or beam decoding of the whole batch, each job capped in tokens; None for a
-    final that loops or says it all twice (to be redone the long way)."""
+def _generate(model: Any, tokenizer: Any, jobs: Sequence[Decodable], encoded: Any) -> list[_Draft]:
+    """Greedy or beam decoding of the whole batch, each job capped in tokens; a final that
+    loops or says it all twice is marked suspicious (to be redone)."""
     base_prompt = (context_tokens(tokenizer, jobs[0].options.prompt)
                    + list(tokenizer.sot_sequence) + [tokenizer.no_timestamps])
     prompts = [base_prompt + list(job.options.prefix) for job in jobs]
@@ -277,7 +281,7 @@ def _generate(model: Any, tokenizer: Any, jobs: Sequence[Decodable], encoded: An
         return_scores=True, return_no_speech_prob=True,
         suppress_blank=True, suppress_tokens=[-1],
     )
-    drafts: list[_Draft | None] = []
+    drafts: list[_Draft] = []
     for job, result, cap in zip(jobs, generated, caps):
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
         prefix_length = len(job.options.prefix)
@@ -287,10 +291,9 @@ def _generate(model: Any, tokenizer: Any, jobs: Sequence[Decodable], encoded: An
         text = tokenizer.decode(tokens).strip()
         if result.no_speech_prob > NO_SPEECH_PROB and score < LOW_LOGPROB:
             tokens, text = [], ""
-        if job.kind is not JobKind.PARTIAL and text and is_suspicious(tokenizer, text, tokens, prefix_length):
-            drafts.append(None)
-            continue
-        drafts.append(_Draft(text, tokens, score))
+        suspicious = job.kind is not JobKind.PARTIAL and bool(text) and is_suspicious(tokenizer, text, tokens,
+                                                                                     prefix_length)
+        drafts.append(_Draft(text, tokens, score, suspicious))
     return drafts
 
 
@@ -303,10 +306,11 @@ def is_suspicious(tokenizer: Any, text: str, tokens: list[int], prefix_length: i
         is_doubled(part) or says_it_twice(tokenizer.decode(part)) for part in (tokens, tokens[prefix_length:]))
 
 
-def _align(model: Any, tokenizer: Any, jobs: Sequence[Decodable], drafts: list[_Draft | None],
+def _align(model: Any, tokenizer: Any, jobs: Sequence[Decodable], drafts: list[_Draft],
            encoded: Any) -> list[list[dict]]:
-    """Word timings of the drafts with text, found on the encoder output of the whole batch."""
-    aligned_tokens = [draft.tokens if draft is not None else [] for draft in drafts]
+    """Word timings of the drafts with text, found on the encoder output of the whole batch
+    (not of suspicious ones: they are redone, or decoded again by their caller)."""
+    aligned_tokens = [draft.tokens if not draft.suspicious else [] for draft in drafts]
     alignments: list[list[dict]] = [[] for _ in jobs]
     indices = [i for i, tokens in enumerate(aligned_tokens) if tokens]
     if indices:

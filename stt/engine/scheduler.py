@@ -414,7 +414,7 @@ class Scheduler:
             transcript = Transcript(result.text, result.words, result.pieces, result.language,
                                     result.confidence, audio_seconds, started - job.enqueued_at, elapsed,
                                     batch_size=len(todo), prefix_forced=result.prefix_forced,
-                                    window_seconds=self._bucket(job))
+                                    window_seconds=self._bucket(job), suspicious=result.suspicious)
             self._cache.put(job.key, transcript)
             self._finish(job, transcript)
 

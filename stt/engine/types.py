@@ -41,6 +41,10 @@ class DecodeOptions:
     # Whisper's temperature fallback). Above 0: sampled at this temperature on the
     # stock path, no fallback (what the OpenAI API's `temperature` asks for).
     temperature: float = 0.0
+    # A short-window final that loops, says it all twice or ends in words with no time is
+    # redone the long way (True), or returned as it is and marked suspicious (False: its
+    # caller has a cheaper retry, a stream's final decoded again without its context).
+    redo_long_form: bool = True
 
     @classmethod
     def partial(cls, language: str | None, prefix: tuple[int, ...] = (),
@@ -73,7 +77,7 @@ class DecodeOptions:
     @property
     def cache_key(self) -> tuple:
         """What makes two results interchangeable (a speculative final serves the final)."""
-        return self.batch_key + (self.prefix,)
+        return self.batch_key + (self.prefix, self.redo_long_form)
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class Transcript:
     cached: bool = False
     prefix_forced: bool = False
     window_seconds: int | None = None  # encoder window; None for the stock long-form path
+    suspicious: bool = False  # short-window text that loops or repeats, not redone (redo_long_form False)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,12 @@ class FinalPath:
                                       prompt=params.final_prompt(self.context), prefix=progress.agreement.prefix_tokens)
         if not self.context:
             return FinalDecode(options)
-        return FinalDecode(options, self.context, replace(options, prompt=params.prompt))
+        # With context, a final that loops or repeats is decoded again without it (a
+        # short decode), not first redone the long way with it (3-4 times the cost): the
+        # context is what made it repeat (every long-form redo of a run of 8 streams was
+        # of a final with context, of 2-3 s of speech).
+        return FinalDecode(replace(options, redo_long_form=False), self.context,
+                           replace(options, prompt=params.prompt))
 
     async def stop(self) -> None:
         """Deliver what is queued, then end."""
@@ -148,7 +153,8 @@ class FinalPath:
         decode = pending.decode
         transcript, error = await self._transcribe_with_retries(closed.audio, decode.options)
         if (transcript is not None and decode.alone is not None
-                and (repeats(decode.context, transcript.text) or says_it_twice(transcript.text))):
+                and (transcript.suspicious or repeats(decode.context, transcript.text)
+                     or says_it_twice(transcript.text))):
             # Whisper may read its prompt back, or say a phrase twice, on audio that ends
             # abruptly: decode without the context; words really said again come again.
             # (The context it read, not the stream's now: behind a backlog they differ.)

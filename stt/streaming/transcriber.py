@@ -241,8 +241,8 @@ class StreamingTranscriber:
             transcript = await self.engine.transcribe(event.audio, options, stream_key=self._key)
         except (Superseded, SttError):
             return  # the usual end silence applies
-        if not self._accepting or event.utterance.closed:
-            return
+        if not self._accepting or event.utterance.closed or transcript.suspicious:
+            return  # (a text that repeats itself or its context says nothing of the turn)
         verdict = completeness(transcript.text)
         silence = required_silence(verdict, self.params.eagerness, self.params.end_silence)
         await asyncio.shield(self._endpoint_later(event, silence, event.end if verdict is Completeness.COMPLETE else None))

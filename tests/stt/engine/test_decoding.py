@@ -185,6 +185,17 @@ class TestDecodeBatch:
         (speculative,) = decode(tiny, Clip(clip, DecodeOptions.final("en", True), kind=JobKind.SPECULATIVE))
         assert speculative.redone, "a speculative final is checked like the final it stands for"
 
+    def test_a_final_with_a_cheaper_retry_is_returned_marked_suspicious_not_redone(self, tiny, jfk_audio):
+        """Issue 24: a stream's final with context is decoded again without it (a short
+        decode) when it repeats; redone the long way first, it cost 3-4 times as much."""
+        clip = jfk_audio[int(0.152 * 16000):int(2.768 * 16000)]  # said twice, as above
+        options = replace(DecodeOptions.final("en", True), redo_long_form=False)
+        (final,) = decode(tiny, Clip(clip, options))
+        assert final.suspicious and not final.redone
+        assert says_it_twice(final.text) and final.words == (), "not aligned: its caller decodes it again"
+        (fine,) = decode(tiny, Clip(jfk_audio, options))
+        assert not fine.suspicious and word_error_rate(JFK_TEXT, fine.text) == 0.0
+
     def test_a_final_a_prompt_made_say_it_twice_is_redone_too(self, tiny, jfk_audio):
         # 2.3 s of "And so my fellow Americans" with "Americans." as the prompt: the short window
         # says "And so, my fellow Americans. And so, my fellow Americans" (the tokens differ by a period).

@@ -11,7 +11,8 @@ from stt.engine import DecodeOptions, Transcript
 from stt.engine.types import SAMPLE_RATE
 from stt.streaming.finals import FinalDecode, FinalPath, UtteranceProgress, repeats
 from stt.streaming.segmenter import Utterance, UtteranceClosed
-from stt.streaming.types import FinalResult, StreamStats
+from stt.protocol import validate_config
+from stt.streaming.types import FinalResult, StreamParams, StreamStats
 
 CONTEXT = "Go forward 10 meters. Today only platforms one and three are used."
 
@@ -41,6 +42,21 @@ class PromptEcho:
         return Transcript(text, (), (), "en", 0.9, audio.size / SAMPLE_RATE, 0.0, 0.01)
 
 
+class Repeater:
+    """The engine as the final path sees it, with a final that repeats itself scripted:
+    marked suspicious when it may not be redone the long way (the real engine's
+    marking: tests/stt/engine/test_decoding.py)."""
+
+    def __init__(self) -> None:
+        self.asked: list[DecodeOptions] = []
+
+    async def transcribe(self, audio: np.ndarray, options: DecodeOptions, stream_key: object = None) -> Transcript:
+        self.asked.append(options)
+        suspicious = not options.redo_long_form
+        text = "Go forward. Go forward." if suspicious else "Go forward."
+        return Transcript(text, (), (), "en", 0.9, audio.size / SAMPLE_RATE, 0.0, 0.01, suspicious=suspicious)
+
+
 class Finals:
     def __init__(self) -> None:
         self.results: list[FinalResult] = []
@@ -64,3 +80,17 @@ async def test_a_final_behind_a_backlog_that_reads_back_the_context_it_was_given
     await path.stop()
     assert engine.prompts == [given, ""]
     assert [result.transcript.text for result in listener.results] == ["Go forward ten meters."]
+
+
+async def test_a_final_with_context_that_repeats_is_decoded_again_without_it_not_redone_the_long_way():
+    engine, listener = Repeater(), Finals()
+    path = FinalPath(engine, listener, StreamStats(), stream_key="stream")
+    path.context = "Today only platforms one and three are used."
+    decode = path.final_decode(StreamParams.from_config(validate_config({})), UtteranceProgress())
+    assert decode.options.prompt and not decode.options.redo_long_form and decode.alone.redo_long_form
+    utterance = Utterance("u1", start=0, last_speech_end=SAMPLE_RATE)
+    closed = UtteranceClosed(utterance, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE, "silence_detected", 0.0)
+    await path.queue(closed, UtteranceProgress(), decode).delivered
+    await path.stop()
+    assert [options.redo_long_form for options in engine.asked] == [False, True]
+    assert [result.transcript.text for result in listener.results] == ["Go forward."]
