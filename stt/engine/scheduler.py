@@ -307,7 +307,7 @@ class Scheduler:
                     if self.closed:
                         return
                     batch = self._take_batch()
-                    over_budget = self.is_over_budget(batch[0].stream_key)
+                    over_budget = self._yields(batch[0], time.perf_counter())
                     self._running += len(batch)
                     self._running_over_budget += over_budget
                 self._run_batch(batch)
@@ -342,7 +342,7 @@ class Scheduler:
     def _take_batch(self) -> list[Job]:
         """The most urgent job and queued jobs that can share its inference."""
         now = time.perf_counter()
-        self._queue.sort(key=lambda j: j.order(now, self.is_over_budget(j.stream_key, now)))
+        self._queue.sort(key=lambda j: j.order(now, self._yields(j, now)))
         first = self._queue[0]
         if not self._over_budget_may_run():
             first = next(job for job in self._queue if not self._yields(job, now))
