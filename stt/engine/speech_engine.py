@@ -60,9 +60,10 @@ class SpeechEngine:
         `load_window_seconds`: the span of the load figures (`load`, stt/engine/load.py).
         `workers` and `cpu_threads` of 0 are chosen for the device (inference_layout).
         `background_workers` > 0: on a CPU, chunks of uploaded files (JobKind.FILE) run
-        on a copy of the model of their own, with that many workers at the lowest CPU
-        priority, so they use only what live streams leave of the cores; 0, or a GPU:
-        they queue below live work on the model's own workers."""
+        on a copy of the model of their own, with that many workers whose compute threads
+        run at the background CPU priority (nice +10, stt/engine/priority.py), so they
+        yield the cores to live streams; 0, or a GPU: they queue below live work on the
+        model's own workers."""
         self.model_reference = model
         self.workers, self.cpu_threads = inference_layout(pick_device(device), workers, cpu_threads,
                                                           os.cpu_count() or 1)
@@ -92,13 +93,19 @@ class SpeechEngine:
         # because live streams took the CPU is not a failure of the live model.
         self.background_breaker = CircuitBreaker("background_transcription", transcription_failure_threshold,
                                                  transcription_reset_seconds, on_change=_breaker_changed)
-        if self.background_workers:
-            batch_limit = BatchLimit()
-            batch_limit.set_full(self.background_workers)
-            self._background = Scheduler(self._decode_in_background, self.background_breaker, self.stats,
-                                         batch_limit, cache_size, min_window_seconds, timeout,
-                                         LoadMeter(self.background_workers, load_window_seconds),
-                                         publish_queue_depth=False)
+        self._background = self._uploads_lane(cache_size, timeout, load_window_seconds)
+
+    def _uploads_lane(self, cache_size: int, timeout: Callable[[], float],
+                      load_window_seconds: float) -> Scheduler | None:
+        """The scheduler of the uploads' lane (its workers start with serving on a CPU);
+        None without background workers."""
+        if not self.background_workers:
+            return None
+        batch_limit = BatchLimit()
+        batch_limit.set_full(self.background_workers)
+        return Scheduler(self._decode_in_background, self.background_breaker, self.stats, batch_limit, cache_size,
+                         self._min_window, timeout, LoadMeter(self.background_workers, load_window_seconds),
+                         publish_queue_depth=False)
 
     def set_failure_thresholds(self, transcription: int, gpu: int) -> None:
         """Breaker thresholds from the runtime configuration (they change at run time)."""
@@ -147,7 +154,7 @@ class SpeechEngine:
             self._gpu_guard = GpuGuard(self._decode_on_gpu, self._decode_on_cpu, self.gpu_breaker,
                                        self._batch_limit, self.stats)
         self.scheduler.start(self.workers)
-        if self.background_workers and not on_gpu:
+        if self._background is not None and not on_gpu:
             self.background = self._background
             self.background.start(self.background_workers, "stt-background-inference")
 
