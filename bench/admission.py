@@ -124,10 +124,9 @@ def report(label: str, bursts: list[Burst], flood_result: Flooded) -> None:
     f = flood_result
     idle95, flood95 = quantile(f.idle, 0.95), quantile(f.flooded, 0.95)
     ratio = f"{flood95 / idle95:.2f}" if idle95 and flood95 else "n/a"
-    speed = f.flood.audio_seconds / max(f.flood.stopped - f.flood.started, 1e-9)
     print(f"{'flood':12}{'yes' if f.admitted else 'no':>10}{ms(f.flooded, 0.5):>12}{ms(f.flooded, 0.95):>10}"
           f"{'':>10}   {f.refusal or 'none'}; idle p50/p95 {ms(f.idle, 0.5)}/{ms(f.idle, 0.95)} ms, "
-          f"p95 ratio {ratio} [<= 1.2]; flooder at {speed:.1f}x real time, errors {f.flood.errors or '{}'}")
+          f"p95 ratio {ratio} [<= 1.2]; flooder sent {f.flood.real_time_factor:.1f}x real time, errors {f.flood.errors or '{}'}")
 
 
 def main() -> None:

@@ -58,6 +58,12 @@ class FloodStats:
     def audio_seconds(self) -> float:
         return self.frames * FLOOD_FRAME / SAMPLE_RATE
 
+    @property
+    def real_time_factor(self) -> float:
+        """Audio sent per second of flooding (frames the client sent, what the TCP
+        buffers held included: not what the server took)."""
+        return self.audio_seconds / max(self.stopped - self.started, 1e-9)
+
 
 def load(name: str) -> np.ndarray:
     from faster_whisper.audio import decode_audio
@@ -190,7 +196,7 @@ def report(recording: Recording, repeat: int, idle: Measured, flooded: Measured,
     print(f"\nflood benchmark: {recording.name} ({recording.audio.size / SAMPLE_RATE:.1f} s) x{repeat} "
           f"at real-time pace, idle vs. beside a flooder of {FLOOD_CLIP} in {FLOOD_FRAME}-sample frames")
     print(f"flooder: {stats.audio_seconds:.0f} s of audio in {seconds:.0f} s "
-          f"({stats.audio_seconds / max(seconds, 1e-9):.0f}x real time), {stats.connections} connection(s), "
+          f"({stats.real_time_factor:.0f}x real time), {stats.connections} connection(s), "
           f"errors {stats.errors or '{}'}, closes {stats.closes or '[]'}")
     print(f"{'figure (ms)':14}{'idle p50':>10}{'p95':>8}{'flood p50':>12}{'p95':>8}{'ratio p50':>11}{'p95':>7}")
     for label, slot in (("word lag", "word_lags"), ("final lag", "final_lags"), ("VAD event lag", "vad_lags")):
